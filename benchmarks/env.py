@@ -1,0 +1,168 @@
+"""Everything one benchmark run stands on: servers, databases, floors and contenders.
+
+``async with BenchEnv(options) as env`` starts private nats-server(s), creates this run's
+databases, opens every saver and the floors, and undoes all of it on the way out (servers
+stopped by pid, only this run's databases dropped).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import aiomysql
+
+from . import peers
+from .contender import FLOOR, FLOOR_ALWAYS, SKIALITH, SKIALITH_ALWAYS, Contender
+from .databases import Databases, MySQLTarget, mysql_settings
+from .jetstream_side import Floor, SkialithApi, SkialithSide, load_skialith, open_floor, open_skialith
+from .nats_server import NatsServer
+
+RAW_TABLE = "raw_insert"
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """Command-line options of one run."""
+
+    quick: bool = False
+    iterations: int | None = None
+    sync_always: bool = False
+    out: Path = Path("benchmarks/results")
+    mysql_url: str = "mysql://root@127.0.0.1:3306/test"
+    postgres_url: str = "postgresql://postgres@127.0.0.1:5432/test"
+    sections: tuple[str, ...] = ("latency", "graph", "concurrency", "projector")
+
+
+@dataclass(slots=True)
+class BenchEnv:
+    """The servers, databases and contenders of one run (see module docstring)."""
+
+    options: Options
+    mysql: MySQLTarget = field(init=False)
+    dbs: Databases = field(init=False)
+    workdir: Path = field(init=False)
+    nats: NatsServer = field(init=False)
+    nats_always: NatsServer | None = None
+    floors: dict[str, Floor] = field(default_factory=dict)
+    raw_conn: Any = None
+    peers: list[Contender] = field(default_factory=list)
+    skialith: list[SkialithSide] = field(default_factory=list)
+    skialith_api: SkialithApi | None = None
+    notes: list[str] = field(default_factory=list)
+    mysql_info: dict[str, Any] = field(default_factory=dict)
+    _stack: AsyncExitStack = field(default_factory=AsyncExitStack)
+
+    async def __aenter__(self) -> BenchEnv:
+        self.workdir = Path(tempfile.mkdtemp(prefix="skbench-"))
+        self.mysql = MySQLTarget.from_url(self.options.mysql_url)
+        self.dbs = Databases(self.mysql, self.options.postgres_url, self.workdir)
+        try:
+            await self._open()
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def _open(self) -> None:
+        stack = self._stack
+        stack.push_async_callback(self._drop_databases)
+        self.nats = NatsServer(label="nats").start()
+        stack.callback(self.nats.stop)
+        if self.options.sync_always:
+            self.nats_always = NatsServer(sync_always=True, label="nats-always").start()
+            stack.callback(self.nats_always.stop)
+        self.mysql_info = await mysql_settings(self.mysql)
+
+        self.floors[FLOOR] = await open_floor(stack, self.nats)
+        if self.nats_always is not None:
+            self.floors[FLOOR_ALWAYS] = await open_floor(stack, self.nats_always)
+
+        peer_db = await self.dbs.create_mysql("peer")
+        self.raw_conn = await self.mysql.connect(peer_db)
+        stack.callback(self.raw_conn.close)
+        async with self.raw_conn.cursor() as cur:
+            await cur.execute(
+                f"CREATE TABLE {RAW_TABLE} (id BIGINT AUTO_INCREMENT PRIMARY KEY, payload BLOB NOT NULL)"
+            )
+
+        self.peers = [
+            await peers.open_mysql(stack, self.mysql, peer_db),
+            await peers.open_postgres(stack, await self.dbs.create_postgres("peer")),
+            await peers.open_sqlite(stack, self.dbs.sqlite_path("peer")),
+            await peers.open_memory(),
+        ]
+
+        api = load_skialith()
+        if isinstance(api, str):
+            self.notes.append(f"Skialith contender skipped: {api}")
+            return
+        self.skialith_api = api
+        servers = [(SKIALITH, self.nats, "SKBENCH")]
+        if self.nats_always is not None:
+            servers.append((SKIALITH_ALWAYS, self.nats_always, "SKBENCH_SYNC"))
+        for name, server, stream in servers:
+            try:
+                db = await self.dbs.create_mysql(stream.lower())
+                side = await open_skialith(
+                    stack,
+                    api,
+                    name=name,
+                    server=server,
+                    mysql=self.mysql,
+                    db=db,
+                    stream=stream,
+                    workdir=self.workdir,
+                    db_settings={"innodb_flush_log_at_trx_commit": self.mysql_info["innodb_flush_log_at_trx_commit"]},
+                )
+            except Exception as exc:  # noqa: BLE001 - the package is being written; say why and go on
+                self.notes.append(f"{name} contender skipped: {type(exc).__name__}: {exc}")
+                continue
+            self.skialith.append(side)
+
+    async def raw_insert(self, payload: bytes) -> None:
+        """One autocommit ``INSERT`` of ``payload`` into the raw table."""
+        async with self.raw_conn.cursor() as cur:
+            await cur.execute(f"INSERT INTO {RAW_TABLE} (payload) VALUES (%s)", (payload,))
+
+    async def pool(self, size: int) -> aiomysql.Pool:
+        """An autocommit aiomysql pool on the peer database (closed at the end of the run)."""
+        pool = await aiomysql.create_pool(
+            host=self.mysql.host,
+            port=self.mysql.port,
+            user=self.mysql.user,
+            password=self.mysql.password,
+            db=f"{self.dbs.prefix}_peer",
+            autocommit=True,
+            minsize=size,
+            maxsize=size,
+        )
+        return pool
+
+    @property
+    def contenders(self) -> list[Contender]:
+        """Every saver: Skialith first, then the peers."""
+        return [s.contender for s in self.skialith] + self.peers
+
+    async def caught_up(self) -> None:
+        """Wait until every Skialith projection has applied its whole stream."""
+        for side in self.skialith:
+            await side.caught_up()
+
+    async def _drop_databases(self) -> None:
+        failed = await self.dbs.drop_all()
+        if failed:
+            self.notes.append(f"could not drop: {', '.join(failed)}")
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            await self._stack.aclose()
+        finally:
+            shutil.rmtree(self.workdir, ignore_errors=True)

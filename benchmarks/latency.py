@@ -1,0 +1,152 @@
+"""Per-operation latency, interleaved in blocks so that machine drift hits every contender alike.
+
+Each *row* is one (operation, payload size, contender). A round runs ``block`` timed calls of
+every row in turn, the order of contenders rotating from round to round; rounds repeat until
+each row has ``iterations`` samples. Only the call itself is timed: building the next
+checkpoint is not.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+
+from .contender import FLOOR, RAW_INSERT, Contender
+from .env import BenchEnv
+from .payloads import SIZES, CheckpointChain, make_messages, make_writes, new_task_id
+from .stats import Sample
+
+Call = Callable[[], Awaitable[int]]  # one timed call; returns nanoseconds
+OPS = ("aput", "aput_writes", "aget_tuple")
+
+
+@dataclass(slots=True)
+class Row:
+    """One measured series."""
+
+    op: str
+    size: str
+    contender: str
+    call: Call
+    sample: Sample = field(default_factory=Sample)
+    skialith: bool = False
+
+
+def _timed(fn: Callable[[], Awaitable[Any]]) -> Call:
+    async def call() -> int:
+        t0 = time.perf_counter_ns()
+        await fn()
+        return time.perf_counter_ns() - t0
+
+    return call
+
+
+def aput_call(c: Contender, size: str, *, tag: str) -> Call:
+    """Successive ``aput`` calls on one thread, each checkpoint the child of the previous one."""
+    chain = CheckpointChain(c.saver, f"lat-{tag}-aput-{size}-{uuid.uuid4().hex[:8]}", make_messages(SIZES[size]))
+
+    async def call() -> int:
+        config, ckpt, metadata, versions = chain.next()
+        t0 = time.perf_counter_ns()
+        returned = await c.saver.aput(config, ckpt, metadata, versions)
+        elapsed = time.perf_counter_ns() - t0
+        chain.advance(returned, ckpt)
+        return elapsed
+
+    return call
+
+
+async def _prepared_thread(c: Contender, size: str, *, tag: str, checkpoints: int = 3) -> RunnableConfig:
+    """A thread with a few checkpoints and pending writes on the last; returns its last config."""
+    chain = CheckpointChain(c.saver, f"lat-{tag}-{size}-{uuid.uuid4().hex[:8]}", make_messages(SIZES[size]))
+    for _ in range(checkpoints):
+        config, ckpt, metadata, versions = chain.next()
+        chain.advance(await c.saver.aput(config, ckpt, metadata, versions), ckpt)
+    await c.saver.aput_writes(chain.config, make_writes(SIZES[size] // 4, seed=3), new_task_id())
+    return chain.config
+
+
+async def aput_writes_call(c: Contender, size: str, *, tag: str) -> Call:
+    """``aput_writes`` of one task's messages against one checkpoint, a new task id each call."""
+    config = await _prepared_thread(c, size, tag=f"{tag}-w", checkpoints=1)
+    writes = make_writes(SIZES[size], seed=5)
+
+    async def call() -> int:
+        task_id = new_task_id()
+        t0 = time.perf_counter_ns()
+        await c.saver.aput_writes(config, writes, task_id)
+        return time.perf_counter_ns() - t0
+
+    return call
+
+
+async def aget_tuple_call(c: Contender, size: str, *, tag: str) -> Call:
+    """``aget_tuple`` of the latest checkpoint of a prepared thread (checked, untimed)."""
+    config = await _prepared_thread(c, size, tag=f"{tag}-r")
+    wanted = config["configurable"]["checkpoint_id"]
+    latest: RunnableConfig = {"configurable": {"thread_id": config["configurable"]["thread_id"], "checkpoint_ns": ""}}
+
+    async def call() -> int:
+        t0 = time.perf_counter_ns()
+        tup = await c.saver.aget_tuple(latest)
+        elapsed = time.perf_counter_ns() - t0
+        if tup is None or tup.config["configurable"]["checkpoint_id"] != wanted:
+            raise AssertionError(f"{c.name}: aget_tuple returned the wrong checkpoint")
+        return elapsed
+
+    return call
+
+
+async def build_rows(env: BenchEnv) -> list[Row]:
+    """Every row of the latency table, prepared (threads written, projections caught up)."""
+    rows: list[Row] = []
+    for name, floor in env.floors.items():
+        for size, n in SIZES.items():
+            payload = os.urandom(n)
+            rows.append(Row("publish", size, name, _timed(lambda f=floor, p=payload: f.publish(p))))
+    raw = os.urandom(SIZES["1KiB"])
+    rows.append(Row("insert", "1KiB", RAW_INSERT, _timed(lambda: env.raw_insert(raw))))
+    tag = uuid.uuid4().hex[:6]
+    for op in OPS:
+        for size in SIZES:
+            for c in env.contenders:
+                if op == "aput":
+                    call = aput_call(c, size, tag=tag)
+                elif op == "aput_writes":
+                    call = await aput_writes_call(c, size, tag=tag)
+                else:
+                    call = await aget_tuple_call(c, size, tag=tag)
+                rows.append(Row(op, size, c.name, call, skialith=c.skialith))
+    await env.caught_up()
+    return rows
+
+
+async def run_interleaved(rows: list[Row], *, iterations: int, block: int, warmup: int) -> None:
+    """Fill every row's sample: ``warmup`` untimed calls each, then rounds of ``block`` calls per row."""
+    for row in rows:
+        for _ in range(warmup):
+            await row.call()
+    groups: dict[tuple[str, str], list[Row]] = {}
+    for row in rows:
+        groups.setdefault((row.op, row.size), []).append(row)
+    gc.collect()
+    rounds = max(1, -(-iterations // block))
+    for r in range(rounds):
+        n = min(block, iterations - r * block)
+        for group in groups.values():
+            k = r % len(group)
+            for row in group[k:] + group[:k]:
+                for _ in range(n):
+                    row.sample.add(await row.call())
+
+
+def floor_for(row: Row) -> str:
+    """The floor a Skialith row is compared with (the same server's PubAck floor)."""
+    return FLOOR + row.contender.removeprefix("Skialith")

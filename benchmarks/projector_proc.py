@@ -1,0 +1,165 @@
+"""Run a Skialith projector in its own process, so it does not share the measured event loop.
+
+Usage (the benchmark starts it; it is not meant to be run by hand)::
+
+    python -m benchmarks.projector_proc --nats-url URL --database-url URL --stream NAME --ready FILE
+
+It writes ``ready`` to the ``--ready`` file once consuming, and stops cleanly on SIGTERM.
+The parent watches the projection watermark in the database (:class:`Watermark`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from .databases import MySQLTarget
+
+START_TIMEOUT = 30.0  # seconds
+STOP_TIMEOUT = 10.0  # seconds
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    from skialith_langgraph import Projector, Settings
+
+    settings = Settings(
+        nats_url=args.nats_url,
+        database_url=args.database_url,
+        stream=args.stream,
+        subject_prefix=args.stream.lower(),
+    )
+    projector = Projector(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    await projector.start()
+    Path(args.ready).write_text("ready\n")
+    await stop.wait()
+    await projector.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the projector subprocess."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.projector_proc")
+    parser.add_argument("--nats-url", required=True)
+    parser.add_argument("--database-url", required=True)
+    parser.add_argument("--stream", required=True)
+    parser.add_argument("--ready", required=True)
+    asyncio.run(_serve(parser.parse_args(argv)))
+
+
+class ProjectorProcess:
+    """A projector subprocess, stopped by pid (SIGTERM, then SIGKILL) when the context exits.
+
+    Args:
+        nats_url: the benchmark's nats-server.
+        database_url: SQLAlchemy URL of the read model.
+        stream: the Skialith stream (its lower-cased name is the subject prefix).
+        workdir: where the ready flag and the log go.
+    """
+
+    def __init__(self, *, nats_url: str, database_url: str, stream: str, workdir: Path) -> None:
+        self._args = ["--nats-url", nats_url, "--database-url", database_url, "--stream", stream]
+        self._ready = workdir / f"projector-{stream}.ready"
+        self._log = workdir / f"projector-{stream}.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    async def __aenter__(self) -> ProjectorProcess:
+        with self._log.open("wb") as log:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "benchmarks.projector_proc", *self._args, "--ready", str(self._ready)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=str(Path(__file__).resolve().parent.parent),
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self._ready.exists():
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                tail = self._log.read_text(errors="replace")[-3000:]
+                await self.stop()
+                raise RuntimeError(f"projector subprocess did not start; its output:\n{tail}")
+            await asyncio.sleep(0.02)
+        return self
+
+    async def stop(self) -> None:
+        """Stop the subprocess (SIGTERM, then SIGKILL after ``STOP_TIMEOUT`` seconds)."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+            deadline = time.monotonic() + STOP_TIMEOUT
+            while proc.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+
+class Watermark:
+    """Reads the projection watermark (last applied stream sequence) from the read model.
+
+    Args:
+        target: the MariaDB server.
+        db: the read-model database.
+    """
+
+    def __init__(self, target: MySQLTarget, db: str) -> None:
+        self._target, self._db = target, db
+        self._conn: Any = None
+        from skialith_langgraph.readmodel import PROJECTION
+        from skialith_langgraph.readmodel.tables import projection
+
+        self._sql = f"SELECT last_seq FROM {projection.name} WHERE name = %s"
+        self._name = PROJECTION
+
+    async def get(self) -> int:
+        """Return the committed watermark (0 before the first batch)."""
+        if self._conn is None:
+            self._conn = await self._target.connect(self._db)
+        async with self._conn.cursor() as cur:
+            try:
+                await cur.execute(self._sql, (self._name,))
+            except Exception:  # noqa: BLE001 - the table may not exist yet
+                return 0
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def wait_for(self, seq: int, timeout: float = 60.0, poll: float = 0.002) -> float:
+        """Wait until the watermark reaches ``seq``; return the seconds waited.
+
+        Raises:
+            TimeoutError: it did not within ``timeout`` seconds.
+        """
+        start = time.monotonic()
+        while (current := await self.get()) < seq:
+            if time.monotonic() - start > timeout:
+                raise TimeoutError(f"projection watermark {current} did not reach {seq} within {timeout} s")
+            await asyncio.sleep(poll)
+        return time.monotonic() - start
+
+    def close(self) -> None:
+        """Close the connection."""
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Latency samples and their summaries (pure; no I/O)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Return the q-th percentile (0..100) of already sorted values, linearly interpolated.
+
+    Args:
+        sorted_values: values in ascending order; must not be empty.
+        q: percentile in [0, 100].
+
+    Returns:
+        The interpolated percentile.
+
+    Raises:
+        ValueError: ``sorted_values`` is empty or ``q`` is out of range.
+    """
+    if not sorted_values:
+        raise ValueError("percentile of an empty sample")
+    if not 0.0 <= q <= 100.0:
+        raise ValueError(f"q must be in [0, 100], got {q!r}")
+    pos = (len(sorted_values) - 1) * q / 100.0
+    lo, hi = math.floor(pos), math.ceil(pos)
+    if lo == hi:
+        return float(sorted_values[lo])
+    return float(sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo))
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """Latency summary in milliseconds."""
+
+    n: int
+    p50: float
+    p95: float
+    p99: float
+    mean: float
+    max: float
+
+    def as_dict(self) -> dict[str, float]:
+        """Return the summary as a plain dict for JSON."""
+        return {
+            "n": self.n,
+            "p50_ms": self.p50,
+            "p95_ms": self.p95,
+            "p99_ms": self.p99,
+            "mean_ms": self.mean,
+            "max_ms": self.max,
+        }
+
+
+@dataclass(slots=True)
+class Sample:
+    """Durations of one operation of one contender, in nanoseconds."""
+
+    durations_ns: list[int] = field(default_factory=list)
+
+    def add(self, ns: int) -> None:
+        """Record one duration in nanoseconds."""
+        self.durations_ns.append(ns)
+
+    def summary(self) -> Summary:
+        """Summarise the sample in milliseconds.
+
+        Raises:
+            ValueError: the sample is empty.
+        """
+        values = sorted(d / 1e6 for d in self.durations_ns)
+        if not values:
+            raise ValueError("summary of an empty sample")
+        return Summary(
+            n=len(values),
+            p50=percentile(values, 50),
+            p95=percentile(values, 95),
+            p99=percentile(values, 99),
+            mean=sum(values) / len(values),
+            max=values[-1],
+        )
+
+
+def ratio(numerator: float, denominator: float) -> float | None:
+    """Return numerator / denominator, or None when the denominator is not positive."""
+    if denominator <= 0:
+        return None
+    return numerator / denominator

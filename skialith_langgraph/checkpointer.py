@@ -1,0 +1,499 @@
+"""SkialithCheckpointer: LangGraph writes go to NATS JetStream; reads come from the SQL read model.
+
+One coroutine per operation lives on :class:`_Core`; the async face runs it on the caller's loop
+(one NATS client and engine per loop), the sync face on a loop thread the checkpointer owns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import weakref
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from types import TracebackType
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    BaseCheckpointSaver,
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+    DeltaChannelHistory,
+    get_checkpoint_id,
+)
+from langgraph.checkpoint.serde.base import SerializerProtocol
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from . import codec
+from ._loop import LoopThread
+from .config import Settings
+from .errors import ConfigError
+from .log import Log
+from .readmodel import PROJECTION, ReadModel, queries
+from .readmodel.apply import apply_messages, watermark
+from .subjects import check_length, token
+
+logger = logging.getLogger(__name__)
+
+
+def _thread_id(value: Any) -> str:
+    if value is None:
+        raise ConfigError("config['configurable']['thread_id'] is required by the checkpointer")
+    return value if isinstance(value, str) else str(value)
+
+
+class _Core:
+    """The operations, bound to one event loop (its NATS client and its engine)."""
+
+    def __init__(self, settings: Settings, serde: SerializerProtocol) -> None:
+        self.settings = settings
+        self.serde = serde
+        self.log: Log | None = None
+        self.model = ReadModel.from_url(settings.database_url, connect_timeout=settings.connect_timeout)
+        self._lock = asyncio.Lock()
+
+    async def _log(self) -> Log:
+        log = self.log
+        if log is not None:
+            return log
+        async with self._lock:
+            if self.log is None:
+                log = await Log.open(self.settings)
+                try:
+                    await log.ensure_stream()
+                except BaseException:
+                    await log.close()
+                    raise
+                self.log = log
+        return self.log
+
+    async def setup(self) -> None:
+        await self._log()
+        await self.model.setup()
+
+    async def close(self) -> None:
+        if self.log is not None:
+            await self.log.close()
+            self.log = None
+        await self.model.close()
+
+    # -- writes -----------------------------------------------------------------------------
+
+    async def put(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        conf = config["configurable"]
+        thread_id = _thread_id(conf.get("thread_id"))
+        ns = conf.get("checkpoint_ns", "")
+        checkpoint_id = check_length(checkpoint["id"], field="checkpoint id")
+        parent = conf.get("checkpoint_id")
+        if parent is not None:
+            check_length(parent, field="checkpoint_id")
+        msg = codec.encode_checkpoint(self.serde, config, checkpoint, metadata, new_versions)
+        msg.thread_id = thread_id
+        for channel, _, _, _ in msg.blobs:
+            check_length(channel, field="channel")
+        log = await self._log()
+        tk, nk = token(thread_id, field="thread_id"), token(ns, field="checkpoint_ns")
+        subject = log.subjects.checkpoint(tk, nk, token(checkpoint_id, field="checkpoint_id"))
+        body = codec.dumps(msg)
+        await log.publish(subject, body, codec.msg_id(subject, body))
+        return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint_id}}
+
+    async def put_writes(
+        self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str
+    ) -> None:
+        conf = config["configurable"]
+        thread_id = _thread_id(conf.get("thread_id"))
+        ns = conf.get("checkpoint_ns", "")
+        checkpoint_id = check_length(conf["checkpoint_id"], field="checkpoint_id")
+        check_length(task_id, field="task_id")
+        for channel, _ in writes:
+            check_length(channel, field="channel")
+        msg = codec.encode_writes(self.serde, config, writes, task_id, task_path)
+        msg.thread_id = thread_id
+        log = await self._log()
+        tk, nk = token(thread_id, field="thread_id"), token(ns, field="checkpoint_ns")
+        subject = log.subjects.writes(
+            tk, nk, token(checkpoint_id, field="checkpoint_id"), token(task_id, field="task_id")
+        )
+        body = codec.dumps(msg)
+        await log.publish(subject, body, codec.msg_id(subject, body))
+
+    async def _publish_thread_op(self, thread_id: str, op: str, msg: codec.Msg) -> int:
+        log = await self._log()
+        subject = log.subjects.thread_op(token(thread_id, field="thread_id"), op)
+        body = codec.dumps(msg)
+        return await log.publish(subject, body, codec.msg_id(subject, body) + f":{time.time_ns()}")
+
+    async def delete_thread(self, thread_id: str) -> None:
+        thread_id = _thread_id(thread_id)
+        seq = await self._publish_thread_op(thread_id, "delete", codec.DeleteThreadMsg(thread_id))
+        log = await self._log()
+        # the delete itself stays as a tombstone; what it deletes leaves the stream
+        await log.purge(log.subjects.thread(token(thread_id, field="thread_id")), before_seq=seq)
+
+    async def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        if not run_ids:
+            return
+        log = await self._log()
+        subject = log.subjects.global_op("runs")
+        body = codec.dumps(codec.DeleteRunsMsg([str(r) for r in run_ids]))
+        await log.publish(subject, body, codec.msg_id(subject, body) + f":{time.time_ns()}")
+
+    async def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        source, target = _thread_id(source_thread_id), _thread_id(target_thread_id)
+        async with self.view(source) as conn:
+            msgs = await queries.export_thread(conn, source, target)
+        log = await self._log()
+        tk = token(target, field="thread_id")
+        for msg in msgs:
+            nk = token(msg.checkpoint_ns, field="checkpoint_ns")
+            ck = token(msg.checkpoint_id, field="checkpoint_id")
+            if isinstance(msg, codec.CheckpointMsg):
+                subject = log.subjects.checkpoint(tk, nk, ck)
+            else:
+                subject = log.subjects.writes(tk, nk, ck, token(msg.task_id, field="task_id"))
+            body = codec.dumps(msg)
+            await log.publish(subject, body, codec.msg_id(subject, body))
+
+    async def prune(self, thread_ids: Sequence[str], strategy: str) -> None:
+        if strategy not in ("keep_latest", "delete"):
+            raise ConfigError(f"prune strategy must be 'keep_latest' or 'delete', got {strategy!r}")
+        for raw in thread_ids:
+            thread_id = _thread_id(raw)
+            if strategy == "delete":
+                await self.delete_thread(thread_id)
+                continue
+            async with self.view(thread_id) as conn:
+                plan = await queries.prune_plan(conn, self.serde, thread_id, strategy)
+            await self._publish_thread_op(thread_id, "prune", plan)
+
+    # -- reads ------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def view(self, thread_id: str | None) -> AsyncIterator[AsyncConnection]:
+        """A connection that reflects every write acknowledged before this call.
+
+        The read model serves it once its watermark has passed the last sequence on the thread's
+        subjects (and on cross-thread operations); until then the read waits up to
+        ``settings.read_wait`` seconds, then replays the log itself into a private in-memory model.
+        """
+        log = await self._log()
+        if thread_id is None:
+            target = await log.stream_last_seq()
+        else:
+            target = await log.last_seq(
+                log.subjects.thread(token(thread_id, field="thread_id")), log.subjects.global_ops
+            )
+        async with self.model.connect() as conn:
+            if target == 0 or await watermark(conn, PROJECTION) >= target:
+                yield conn
+                return
+            deadline = time.monotonic() + self.settings.read_wait
+            delay = 0.0005
+            while time.monotonic() < deadline:
+                await conn.rollback()  # a fresh snapshot on the next statement
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.02)
+                if await watermark(conn, PROJECTION) >= target:
+                    break
+            else:
+                conn = None  # type: ignore[assignment]
+            if conn is not None:
+                yield conn
+                return
+        logger.debug("projection behind seq %d for thread %r; reading the log", target, thread_id)
+        async with self._replay(thread_id, target) as mem:
+            yield mem
+
+    @asynccontextmanager
+    async def _replay(self, thread_id: str | None, target: int) -> AsyncIterator[AsyncConnection]:
+        log = await self._log()
+        filters = (
+            [log.subjects.all]
+            if thread_id is None
+            else [
+                log.subjects.thread(token(thread_id, field="thread_id")),
+                log.subjects.global_ops,
+            ]
+        )
+        messages: list[tuple[int, codec.Msg]] = []
+        for f in filters:
+            async for m in log.read(f, until_seq=target):
+                messages.append((m.seq, codec.loads(m.body)))
+        messages.sort(key=lambda item: item[0])
+        mem = ReadModel.memory()
+        try:
+            async with mem.begin() as conn:
+                await apply_messages(conn, messages, name=None)
+            async with mem.connect() as conn:
+                yield conn
+        finally:
+            await mem.close()
+
+    async def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        conf = config["configurable"]
+        thread_id = _thread_id(conf.get("thread_id"))
+        async with self.view(thread_id) as conn:
+            return await queries.get_tuple(
+                conn, self.serde, thread_id, conf.get("checkpoint_ns", ""), get_checkpoint_id(config)
+            )
+
+    async def list(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> list[CheckpointTuple]:
+        conf = (config or {}).get("configurable", {})
+        thread_id = _thread_id(conf["thread_id"]) if conf.get("thread_id") is not None else None
+        async with self.view(thread_id) as conn:
+            return [
+                t
+                async for t in queries.list_tuples(
+                    conn,
+                    self.serde,
+                    thread_id=thread_id,
+                    ns=conf.get("checkpoint_ns"),
+                    checkpoint_id=conf.get("checkpoint_id"),
+                    before_id=get_checkpoint_id(before) if before else None,
+                    filter=filter,
+                    limit=limit,
+                )
+            ]
+
+    async def delta_history(
+        self, config: RunnableConfig, channels: Sequence[str]
+    ) -> dict[str, DeltaChannelHistory]:
+        thread_id = _thread_id(config["configurable"].get("thread_id"))
+        async with self.view(thread_id) as conn:
+            return await queries.delta_history(conn, self.serde, config, channels)
+
+
+class SkialithCheckpointer(BaseCheckpointSaver[str]):
+    """A LangGraph checkpointer with a write-ahead log on NATS JetStream.
+
+    ``put``/``put_writes`` return once JetStream acknowledged the write; ``get_tuple``/``list``
+    are served by the SQL read model that ``skialith projector`` (or ``skialith up``) fills,
+    and never return stale data: while the projector lags they read the log.
+
+    Args:
+        nats_url: NATS URL; default ``SKIALITH_NATS_URL`` or what ``skialith up`` starts.
+        database_url: SQLAlchemy async URL of the read model; default ``SKIALITH_DATABASE_URL``
+            or SQLite under ``./.skialith/``.
+        settings: a complete :class:`Settings` (then the other arguments must be omitted).
+        serde: the serializer (LangGraph's ``JsonPlusSerializer`` by default).
+        **options: any other :class:`Settings` field, e.g. ``read_wait=0.2``.
+
+    Example:
+        >>> from skialith_langgraph import SkialithCheckpointer
+        >>> app = graph.compile(checkpointer=SkialithCheckpointer())  # doctest: +SKIP
+        >>> app.invoke({"x": 1}, {"configurable": {"thread_id": "t-1"}})  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        nats_url: str | None = None,
+        database_url: str | None = None,
+        *,
+        settings: Settings | None = None,
+        serde: SerializerProtocol | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(serde=serde)
+        if settings is not None and (nats_url or database_url or options):
+            raise ConfigError("pass either settings=... or individual options, not both")
+        self.settings = settings or Settings.from_env(nats_url=nats_url, database_url=database_url, **options)
+        self._loop_thread = LoopThread()
+        self._cores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Core] = weakref.WeakKeyDictionary()
+
+    @classmethod
+    @contextmanager
+    def from_conn_string(
+        cls, nats_url: str, database_url: str | None = None, **options: Any
+    ) -> Iterator[SkialithCheckpointer]:
+        """A checkpointer for ``with`` blocks, closed at the end (as LangGraph's own savers offer)."""
+        saver = cls(nats_url, database_url, **options)
+        try:
+            yield saver
+        finally:
+            saver.close()
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _core(self) -> _Core:
+        loop = asyncio.get_running_loop()
+        core = self._cores.get(loop)
+        if core is None:
+            core = self._cores[loop] = _Core(self.settings, self.serde)
+        return core
+
+    async def _in_loop(self) -> _Core:
+        return self._core()
+
+    def _run(self, method: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        async def call() -> Any:
+            return await fn(self._core(), *args, **kwargs)
+
+        return self._loop_thread.run(call(), method=method)
+
+    def setup(self) -> None:
+        """Create the stream and the read-model tables. Idempotent and cheap; writes and reads
+        also do it on first use, so calling it is optional (it makes start-up errors surface early)."""
+        self._run("asetup", _Core.setup)
+
+    async def asetup(self) -> None:
+        """Async :meth:`setup`."""
+        await self._core().setup()
+
+    def close(self) -> None:
+        """Close the NATS connection and engine of the sync face and stop its loop thread."""
+        if self._loop_thread.started:
+            loop = self._loop_thread.loop
+            core = self._cores.pop(loop, None)
+            if core is not None:
+                self._loop_thread.run(core.close(), method="aclose")
+            self._loop_thread.close()
+
+    async def aclose(self) -> None:
+        """Close the NATS connection and engine used on the current loop (and the sync face's)."""
+        core = self._cores.pop(asyncio.get_running_loop(), None)
+        if core is not None:
+            await core.close()
+        if self._loop_thread.started:
+            await asyncio.to_thread(self.close)
+
+    def __enter__(self) -> SkialithCheckpointer:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> SkialithCheckpointer:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    # -- sync face --------------------------------------------------------------------------
+
+    def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return self._run("aget_tuple", _Core.get_tuple, config)  # type: ignore[no-any-return]
+
+    def list(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> Iterator[CheckpointTuple]:
+        yield from self._run("alist", _Core.list, config, filter=filter, before=before, limit=limit)
+
+    def put(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        return self._run("aput", _Core.put, config, checkpoint, metadata, new_versions)  # type: ignore[no-any-return]
+
+    def put_writes(
+        self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = ""
+    ) -> None:
+        self._run("aput_writes", _Core.put_writes, config, writes, task_id, task_path)
+
+    def delete_thread(self, thread_id: str) -> None:
+        self._run("adelete_thread", _Core.delete_thread, thread_id)
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        self._run("adelete_for_runs", _Core.delete_for_runs, run_ids)
+
+    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        self._run("acopy_thread", _Core.copy_thread, source_thread_id, target_thread_id)
+
+    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        self._run("aprune", _Core.prune, thread_ids, strategy)
+
+    def get_delta_channel_history(
+        self, *, config: RunnableConfig, channels: Sequence[str]
+    ) -> dict[str, DeltaChannelHistory]:
+        if not channels:
+            return {}
+        return self._run("aget_delta_channel_history", _Core.delta_history, config, channels)  # type: ignore[no-any-return]
+
+    # -- async face -------------------------------------------------------------------------
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return await self._core().get_tuple(config)
+
+    async def alist(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        for item in await self._core().list(config, filter=filter, before=before, limit=limit):
+            yield item
+
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        return await self._core().put(config, checkpoint, metadata, new_versions)
+
+    async def aput_writes(
+        self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = ""
+    ) -> None:
+        await self._core().put_writes(config, writes, task_id, task_path)
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        await self._core().delete_thread(thread_id)
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        await self._core().delete_for_runs(run_ids)
+
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        await self._core().copy_thread(source_thread_id, target_thread_id)
+
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        await self._core().prune(thread_ids, strategy)
+
+    async def aget_delta_channel_history(
+        self, *, config: RunnableConfig, channels: Sequence[str]
+    ) -> dict[str, DeltaChannelHistory]:
+        if not channels:
+            return {}
+        return await self._core().delta_history(config, channels)
+
+    def get_next_version(self, current: str | None, channel: None) -> str:
+        """Versions like LangGraph's Postgres saver: a zero-padded counter plus a random tail."""
+        if current is None:
+            current_v = 0
+        elif isinstance(current, int):
+            current_v = current
+        else:
+            current_v = int(current.split(".")[0])
+        return f"{current_v + 1:032}.{random.random():016}"

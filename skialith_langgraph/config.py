@@ -1,0 +1,101 @@
+"""Settings: explicit arguments, then ``SKIALITH_*`` environment variables, then local defaults.
+
+The defaults match what ``skialith up`` starts: an embedded nats-server on
+127.0.0.1:4322 (4222 is often taken by a system NATS) and SQLite under ``./.skialith/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+
+DEFAULT_NATS_PORT = 4322
+DEFAULT_NATS_URL = f"nats://127.0.0.1:{DEFAULT_NATS_PORT}"
+DEFAULT_HOME = ".skialith"
+DEFAULT_DATABASE_URL = f"sqlite+aiosqlite:///./{DEFAULT_HOME}/skialith.db"
+DEFAULT_STREAM = "SKIALITH"
+DEFAULT_SUBJECT_PREFIX = "skialith"
+DEFAULT_CONNECT_TIMEOUT = 5.0  # seconds
+DEFAULT_PUBLISH_TIMEOUT = 5.0  # seconds
+DEFAULT_READ_WAIT = 0.5  # seconds a read waits for the projector before reading the log
+DEFAULT_DUPLICATE_WINDOW = 120.0  # seconds, JetStream's own default
+DEFAULT_CHUNK_SIZE = 512 * 1024  # bytes; bodies above this travel in chunks
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Where Skialith connects and how it behaves.
+
+    Attributes:
+        nats_url: NATS server URL(s), comma separated.
+        database_url: SQLAlchemy async URL of the read model.
+        stream: JetStream stream name.
+        subject_prefix: first token of every subject.
+        connect_timeout: seconds to wait for NATS or the database at start-up.
+        publish_timeout: seconds to wait for a PubAck before raising PublishError.
+        read_wait: seconds a read waits for the projector before reading the log itself.
+        replicas: stream replicas when Skialith creates the stream (1, or 3 on a cluster).
+        chunk_size: bodies larger than this are published in chunks.
+    """
+
+    nats_url: str = DEFAULT_NATS_URL
+    database_url: str = DEFAULT_DATABASE_URL
+    stream: str = DEFAULT_STREAM
+    subject_prefix: str = DEFAULT_SUBJECT_PREFIX
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT
+    read_wait: float = DEFAULT_READ_WAIT
+    replicas: int = 1
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+
+    def __post_init__(self) -> None:
+        for name in ("connect_timeout", "publish_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0 seconds, got {getattr(self, name)!r}")
+        if self.read_wait < 0:
+            raise ConfigError(f"read_wait must be >= 0 seconds, got {self.read_wait!r}")
+        if self.replicas not in (1, 3, 5):
+            raise ConfigError(f"replicas must be 1, 3 or 5, got {self.replicas!r}")
+        if self.chunk_size < 1024:
+            raise ConfigError(f"chunk_size must be >= 1024 bytes, got {self.chunk_size!r}")
+        if not self.stream.isidentifier():
+            raise ConfigError(f"stream must be a plain name like 'SKIALITH', got {self.stream!r}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from explicit overrides, then ``SKIALITH_*`` variables, then defaults.
+
+        Overrides that are ``None`` are ignored, so callers can pass their optional arguments through.
+
+        Raises:
+            ConfigError: an override or variable has the wrong type or value.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(f"SKIALITH_{f.name.upper()}")
+            if raw is None or raw == "":
+                continue
+            try:
+                values[f.name] = _convert(f.type, raw)
+            except ValueError as exc:
+                raise ConfigError(f"SKIALITH_{f.name.upper()}={raw!r} is not a valid {f.type}") from exc
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def _convert(type_name: Any, raw: str) -> Any:
+    name = type_name if isinstance(type_name, str) else getattr(type_name, "__name__", str(type_name))
+    if name == "float":
+        return float(raw)
+    if name == "int":
+        return int(raw)
+    return raw

@@ -1,0 +1,281 @@
+"""The write-ahead log: NATS JetStream. Connects, ensures the stream, publishes, reads back.
+
+nats errors are translated here, at the boundary, into :mod:`skialith_langgraph.errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+
+from .config import Settings
+from .errors import ConnectError, LogError, PublishError, StreamNotFoundError
+from .subjects import Subjects
+
+logger = logging.getLogger(__name__)
+
+
+class Header(StrEnum):
+    MSG_ID = "Nats-Msg-Id"
+    PARTS = "Skialith-Parts"  # on a message whose body travels in parts: "<n> <base subject>"
+    PART = "Skialith-Part"  # on each part
+
+
+@dataclass(slots=True)
+class LogMsg:
+    """One message read back from the stream (parts already joined)."""
+
+    seq: int
+    subject: str
+    body: bytes
+
+
+_HINT = "start it with 'skialith up' or point SKIALITH_NATS_URL at a running nats-server with JetStream"
+
+
+async def connect(settings: Settings) -> Client:
+    """Connect to NATS within ``settings.connect_timeout`` seconds.
+
+    Raises:
+        ConnectError: no server answered; the message names the URL and what to run.
+    """
+    url = settings.nats_url
+
+    async def _error_cb(exc: Exception) -> None:
+        logger.warning("NATS %s: %s", url, exc)
+
+    async def _reconnected_cb() -> None:
+        logger.info("reconnected to NATS %s", url)
+
+    try:
+        return await asyncio.wait_for(
+            nats.connect(
+                servers=url.split(","),
+                connect_timeout=max(1, int(settings.connect_timeout)),
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.25,
+                error_cb=_error_cb,
+                reconnected_cb=_reconnected_cb,
+                name="skialith",
+                skip_subject_validation=True,
+            ),
+            timeout=settings.connect_timeout,
+        )
+    except (TimeoutError, OSError, nats.errors.Error) as exc:
+        raise ConnectError(
+            f"cannot reach NATS at {url!r} within {settings.connect_timeout} s "
+            f"({type(exc).__name__}: {exc}); {_HINT}",
+            url=url,
+        ) from exc
+
+
+class Log:
+    """JetStream access for one deployment: one stream holding every subject under the prefix.
+
+    Owns nothing it was given: a ``Client`` passed in stays the caller's.
+    """
+
+    def __init__(self, settings: Settings, nc: Client, *, owned: bool = True) -> None:
+        self.settings = settings
+        self.subjects = Subjects(settings.subject_prefix)
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream(timeout=settings.publish_timeout)
+        self._owned = owned
+        self._ready = False
+
+    @classmethod
+    async def open(cls, settings: Settings) -> Log:
+        return cls(settings, await connect(settings))
+
+    async def close(self) -> None:
+        if self._owned and not self.nc.is_closed:
+            try:
+                await self.nc.drain()
+            except Exception:
+                await self.nc.close()
+
+    @property
+    def url(self) -> str:
+        return self.settings.nats_url
+
+    async def ensure_stream(self) -> None:
+        """Create the stream if missing (idempotent, cheap)."""
+        if self._ready:
+            return
+        name = self.settings.stream
+        try:
+            await self.js.stream_info(name)
+        except nats.js.errors.NotFoundError:
+            config = StreamConfig(
+                name=name,
+                subjects=[self.subjects.all],
+                storage=StorageType.FILE,
+                retention=RetentionPolicy.LIMITS,
+                discard=DiscardPolicy.OLD,
+                num_replicas=self.settings.replicas,
+                allow_direct=True,
+                duplicate_window=120.0,
+            )
+            try:
+                await self.js.add_stream(config)
+                logger.info("created stream %s for %s", name, self.subjects.all)
+            except nats.js.errors.BadRequestError as exc:
+                if "already in use" not in str(exc):
+                    raise LogError(
+                        f"cannot create stream {name!r} at {self.url!r}: {exc}", url=self.url
+                    ) from exc
+        except (
+            nats.errors.TimeoutError,
+            nats.errors.NoRespondersError,
+            nats.js.errors.ServiceUnavailableError,
+        ) as exc:
+            raise LogError(
+                f"NATS at {self.url!r} does not answer JetStream requests ({type(exc).__name__}); "
+                "is JetStream enabled? 'skialith up' starts a server with it",
+                url=self.url,
+            ) from exc
+        self._ready = True
+
+    async def publish(self, subject: str, body: bytes, msg_id: str) -> int:
+        """Publish ``body`` and wait for the PubAck; returns the stream sequence.
+
+        Bodies larger than ``settings.chunk_size`` are published as parts first, then a small
+        message that names them, so any size fits under the server's ``max_payload``.
+
+        Raises:
+            PublishError: no PubAck within ``settings.publish_timeout`` seconds.
+        """
+        headers: dict[str, str] = {Header.MSG_ID.value: msg_id}
+        if len(body) > self.settings.chunk_size:
+            digest = hashlib.blake2b(body, digest_size=16).hexdigest()
+            base = self.subjects.part_base(subject, digest)
+            size = self.settings.chunk_size
+            n = (len(body) + size - 1) // size
+            for i in range(n):
+                await self._publish(
+                    f"{base}.{i}",
+                    body[i * size : (i + 1) * size],
+                    {Header.MSG_ID.value: f"{base}.{i}", Header.PART.value: "1"},
+                )
+            headers[Header.PARTS.value] = f"{n} {base}"
+            body = b""
+        return await self._publish(subject, body, headers)
+
+    async def _publish(self, subject: str, body: bytes, headers: dict[str, str]) -> int:
+        try:
+            ack = await self.js.publish(subject, body, timeout=self.settings.publish_timeout, headers=headers)
+        except nats.errors.TimeoutError as exc:
+            raise PublishError(
+                f"no PubAck from NATS at {self.url!r} within {self.settings.publish_timeout} s "
+                f"for {subject!r}; the write may or may not be stored. Is the server up? {_HINT}",
+                url=self.url,
+                subject=subject,
+            ) from exc
+        except nats.js.errors.NoStreamResponseError as exc:
+            raise StreamNotFoundError(
+                f"no stream at {self.url!r} takes {subject!r}; call setup() first",
+                url=self.url,
+                subject=subject,
+            ) from exc
+        except (nats.errors.ConnectionClosedError, nats.errors.OutboundBufferLimitError) as exc:
+            raise PublishError(
+                f"NATS connection to {self.url!r} is closed; {_HINT}", url=self.url, subject=subject
+            ) from exc
+        except nats.js.errors.APIError as exc:
+            raise PublishError(
+                f"JetStream refused {subject!r}: {exc}", url=self.url, subject=subject
+            ) from exc
+        return int(ack.seq)
+
+    async def last_seq(self, *filters: str) -> int:
+        """The stream sequence of the last message on any of ``filters`` (0 if none)."""
+        results = await asyncio.gather(*(self._last_seq(f) for f in filters))
+        return max(results, default=0)
+
+    async def _last_seq(self, subject_filter: str) -> int:
+        req = json.dumps({"last_by_subj": subject_filter}).encode()
+        msg = await self._direct_get(req)
+        if msg is None:
+            return 0
+        return int(msg.headers["Nats-Sequence"]) if msg.headers else 0
+
+    async def _direct_get(self, req: bytes) -> Any:
+        subject = f"$JS.API.DIRECT.GET.{self.settings.stream}"
+        try:
+            msg = await self.nc.request(subject, req, timeout=self.settings.publish_timeout)
+        except nats.errors.TimeoutError as exc:
+            raise LogError(
+                f"NATS at {self.url!r} did not answer a read within "
+                f"{self.settings.publish_timeout} s; {_HINT}",
+                url=self.url,
+            ) from exc
+        except nats.errors.NoRespondersError as exc:
+            raise StreamNotFoundError(
+                f"stream {self.settings.stream!r} not found at {self.url!r} "
+                "(or direct get is off); call setup()",
+                url=self.url,
+            ) from exc
+        headers = msg.headers or {}
+        status = headers.get("Status")
+        if status == "404":
+            return None
+        if status is not None:
+            detail = headers.get("Description", "")
+            raise LogError(f"direct get on {self.settings.stream!r} failed: {status} {detail}", url=self.url)
+        return msg
+
+    async def read(
+        self, subject_filter: str, *, start_seq: int = 1, until_seq: int | None = None
+    ) -> AsyncIterator[LogMsg]:
+        """Yield the messages on ``subject_filter`` in stream order, parts joined, parts skipped."""
+        seq = max(1, start_seq)
+        while until_seq is None or seq <= until_seq:
+            req = json.dumps({"seq": seq, "next_by_subj": subject_filter}).encode()
+            msg = await self._direct_get(req)
+            if msg is None:
+                return
+            found = int(msg.headers["Nats-Sequence"])
+            if until_seq is not None and found > until_seq:
+                return
+            seq = found + 1
+            if msg.headers.get(Header.PART.value):
+                continue
+            body = await self.join_parts(msg.headers, msg.data)
+            yield LogMsg(seq=found, subject=msg.headers["Nats-Subject"], body=body)
+
+    async def join_parts(self, headers: dict[str, str] | None, data: bytes) -> bytes:
+        """Return the whole body of a message that may have been published in parts."""
+        parts = headers.get(Header.PARTS.value) if headers else None
+        if not parts:
+            return data
+        n_text, base = parts.split(" ", 1)
+        chunks = []
+        for i in range(int(n_text)):
+            req = json.dumps({"last_by_subj": f"{base}.{i}"}).encode()
+            msg = await self._direct_get(req)
+            if msg is None:
+                raise LogError(f"part {i} of {base!r} is missing from the stream", url=self.url)
+            chunks.append(msg.data)
+        return b"".join(chunks)
+
+    async def purge(self, subject_filter: str, *, before_seq: int) -> None:
+        """Remove the messages on ``subject_filter`` with a sequence below ``before_seq``."""
+        await self.js.purge_stream(self.settings.stream, seq=before_seq, subject=subject_filter)
+
+    async def stream_last_seq(self) -> int:
+        info = await self.js.stream_info(self.settings.stream)
+        return int(info.state.last_seq)

@@ -1,0 +1,154 @@
+"""The SQL read model: engine ownership, schema set-up, and the projection watermark."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import StaticPool
+
+from ..errors import MigrationError, ReadModelError
+from .apply import watermark
+from .migrations import migrate
+
+logger = logging.getLogger(__name__)
+
+PROJECTION = "main"
+
+
+def safe_url(url: str) -> str:
+    """The URL with its password hidden, for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.close()
+
+
+def create_engine(url: str, *, connect_timeout: float = 5.0) -> AsyncEngine:
+    """An AsyncEngine for SQLite (file or memory) or MySQL/TiDB with sensible settings."""
+    u = make_url(url)
+    backend = u.get_backend_name()
+    if backend == "sqlite":
+        database = u.database or ""
+        if database and database != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
+            engine = create_async_engine(url, connect_args={"timeout": 10})
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+            return engine
+        return create_async_engine(
+            "sqlite+aiosqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False}
+        )
+    if backend in ("mysql", "mariadb"):
+        return create_async_engine(
+            url,
+            pool_recycle=3600,
+            pool_pre_ping=True,
+            connect_args={"connect_timeout": max(1, int(connect_timeout))},
+        )
+    raise ReadModelError(
+        f"unsupported database URL {safe_url(url)!r}: use sqlite+aiosqlite:// or mysql+aiomysql://",
+        url=safe_url(url),
+    )
+
+
+class ReadModel:
+    """The SQL read model behind one AsyncEngine (owned unless passed in)."""
+
+    def __init__(
+        self, engine: AsyncEngine, *, url: str, owned: bool = True, connect_timeout: float = 5.0
+    ) -> None:
+        self.engine = engine
+        self.url = safe_url(url)
+        self._owned = owned
+        self._connect_timeout = connect_timeout
+        self._ready = False
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    def from_url(cls, url: str, *, connect_timeout: float = 5.0) -> ReadModel:
+        return cls(
+            create_engine(url, connect_timeout=connect_timeout), url=url, connect_timeout=connect_timeout
+        )
+
+    @classmethod
+    def memory(cls) -> ReadModel:
+        """A private in-memory SQLite model (used to answer reads from the log)."""
+        return cls(create_engine("sqlite+aiosqlite://"), url="sqlite+aiosqlite://")
+
+    async def close(self) -> None:
+        if self._owned:
+            await self.engine.dispose()
+
+    def _error(self, exc: BaseException) -> ReadModelError:
+        return ReadModelError(
+            f"cannot use the read model database at {self.url!r} ({type(exc).__name__}: {exc}); "
+            "check that it is running and reachable ('skialith up' starts the SQLite default)",
+            url=self.url,
+        )
+
+    async def setup(self) -> None:
+        """Create or migrate the tables. Idempotent and cheap; run at every start."""
+        if self._ready:
+            return
+        async with self._lock:
+            if self._ready:
+                return
+            try:
+                async with asyncio.timeout(self._connect_timeout * 4):
+                    async with self.engine.begin() as conn:
+                        await migrate(conn)
+            except (OperationalError, DBAPIError, OSError, TimeoutError) as exc:
+                raise self._error(exc) from exc
+            except SQLAlchemyError as exc:
+                raise MigrationError(
+                    f"cannot migrate the read model at {self.url!r}: {exc}", url=self.url
+                ) from exc
+            self._ready = True
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for reads (ready once ``setup`` ran)."""
+        await self.setup()
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                conn = await self.engine.connect()
+        except (OperationalError, DBAPIError, OSError, TimeoutError) as exc:
+            raise self._error(exc) from exc
+        try:
+            yield conn
+        finally:
+            await conn.close()
+
+    @asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncConnection]:
+        """A connection inside one transaction (committed on success)."""
+        await self.setup()
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                conn = await self.engine.connect()
+        except (OperationalError, DBAPIError, OSError, TimeoutError) as exc:
+            raise self._error(exc) from exc
+        try:
+            async with conn.begin():
+                yield conn
+        finally:
+            await conn.close()
+
+    async def watermark(self, conn: AsyncConnection, name: str = PROJECTION) -> int:
+        return await watermark(conn, name)

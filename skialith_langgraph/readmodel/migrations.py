@@ -1,0 +1,31 @@
+"""Schema migrations: a list whose index + 1 is the schema version. Never edit a released entry."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .tables import metadata, schema_version
+
+
+async def _v1(conn: AsyncConnection) -> None:
+    await conn.run_sync(metadata.create_all, checkfirst=True)
+
+
+MIGRATIONS: list[Callable[[AsyncConnection], Awaitable[None]]] = [_v1]
+
+
+async def migrate(conn: AsyncConnection) -> int:
+    """Bring the schema up to date inside the caller's transaction; returns the version."""
+    await conn.run_sync(lambda sync: schema_version.create(sync, checkfirst=True))
+    current = (
+        await conn.execute(select(schema_version.c.version).order_by(schema_version.c.version.desc()))
+    ).scalar()
+    current = int(current or 0)
+    for version, step in enumerate(MIGRATIONS, start=1):
+        if version > current:
+            await step(conn)
+            await conn.execute(insert(schema_version).values(version=version))
+    return len(MIGRATIONS)

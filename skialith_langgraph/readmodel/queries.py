@@ -1,0 +1,360 @@
+"""Read queries over the read model, returning LangGraph's own types.
+
+Every function takes an open connection, so a caller can first check the projection
+watermark and then read on the same connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import CheckpointTuple, DeltaChannelHistory, PendingWrite
+from langgraph.checkpoint.serde.base import SerializerProtocol
+from sqlalchemy import Select, select, tuple_
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ..codec import CheckpointMsg, PruneMsg, WritesMsg, version_key
+from ..subjects import token
+from .tables import checkpoint_blobs, checkpoint_writes, checkpoints
+
+_C = checkpoints.c
+_W = checkpoint_writes.c
+_B = checkpoint_blobs.c
+PAGE = 100
+
+
+def _config(thread_id: str, ns: str, checkpoint_id: str) -> RunnableConfig:
+    return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint_id}}
+
+
+@dataclass(slots=True)
+class _Head:
+    row: Row[Any]
+    checkpoint: dict[str, Any]
+
+
+async def _writes_for(
+    conn: AsyncConnection, serde: SerializerProtocol, keys: Sequence[tuple[str, str, str]]
+) -> dict[tuple[str, str, str], list[PendingWrite]]:
+    """Pending writes per (thread_key, ns_key, checkpoint_id), in ``writes_sort_key`` order."""
+    out: dict[tuple[str, str, str], list[PendingWrite]] = {k: [] for k in keys}
+    if not keys:
+        return out
+    raw: dict[tuple[str, str, str], list[tuple[tuple[str, str, int], PendingWrite]]] = {k: [] for k in keys}
+    for i in range(0, len(keys), PAGE):
+        part = list(keys[i : i + PAGE])
+        rows = await conn.execute(
+            select(
+                _W.thread_key,
+                _W.ns_key,
+                _W.checkpoint_id,
+                _W.task_id,
+                _W.idx,
+                _W.channel,
+                _W.type,
+                _W.blob,
+                _W.task_path,
+            ).where(tuple_(_W.thread_key, _W.ns_key, _W.checkpoint_id).in_(part))
+        )
+        for r in rows:
+            raw[(r.thread_key, r.ns_key, r.checkpoint_id)].append(
+                ((r.task_path, r.task_id, r.idx), (r.task_id, r.channel, serde.loads_typed((r.type, r.blob))))
+            )
+    for k, items in raw.items():
+        items.sort(key=lambda item: item[0])
+        out[k] = [w for _, w in items]
+    return out
+
+
+async def _blobs_for(
+    conn: AsyncConnection, thread_key: str, ns_key: str, wanted: set[tuple[str, str]]
+) -> dict[tuple[str, str], tuple[str, bytes]]:
+    found: dict[tuple[str, str], tuple[str, bytes]] = {}
+    items = sorted(wanted)
+    for i in range(0, len(items), PAGE):
+        rows = await conn.execute(
+            select(_B.channel, _B.version, _B.type, _B.blob).where(
+                _B.thread_key == thread_key,
+                _B.ns_key == ns_key,
+                tuple_(_B.channel, _B.version).in_(items[i : i + PAGE]),
+            )
+        )
+        for r in rows:
+            found[(r.channel, r.version)] = (r.type, r.blob)
+    return found
+
+
+def _values(
+    serde: SerializerProtocol, versions: dict[str, Any], blobs: dict[tuple[str, str], tuple[str, bytes]]
+) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for channel, version in versions.items():
+        blob = blobs.get((channel, version_key(version)))
+        if blob is None or blob[0] == "empty":
+            continue
+        values[channel] = serde.loads_typed(blob)
+    return values
+
+
+async def _tuples(
+    conn: AsyncConnection, serde: SerializerProtocol, rows: Sequence[Row[Any]]
+) -> list[CheckpointTuple]:
+    heads = [_Head(r, serde.loads_typed((r.type, r.checkpoint))) for r in rows]
+    writes = await _writes_for(conn, serde, [(r.thread_key, r.ns_key, r.checkpoint_id) for r in rows])
+    wanted: dict[tuple[str, str], set[tuple[str, str]]] = {}
+    for h in heads:
+        bucket = wanted.setdefault((h.row.thread_key, h.row.ns_key), set())
+        bucket.update((ch, version_key(v)) for ch, v in h.checkpoint["channel_versions"].items())
+    blobs: dict[tuple[str, str], dict[tuple[str, str], tuple[str, bytes]]] = {}
+    for (tk, nk), want in wanted.items():
+        blobs[(tk, nk)] = await _blobs_for(conn, tk, nk, want)
+    out = []
+    for h in heads:
+        r = h.row
+        checkpoint = {
+            **h.checkpoint,
+            "channel_values": _values(
+                serde, h.checkpoint["channel_versions"], blobs[(r.thread_key, r.ns_key)]
+            ),
+        }
+        out.append(
+            CheckpointTuple(
+                config=_config(r.thread_id, r.checkpoint_ns, r.checkpoint_id),
+                checkpoint=checkpoint,  # type: ignore[arg-type]
+                metadata=serde.loads_typed((r.metadata_type, r.metadata)),
+                parent_config=_config(r.thread_id, r.checkpoint_ns, r.parent_checkpoint_id)
+                if r.parent_checkpoint_id
+                else None,
+                pending_writes=writes[(r.thread_key, r.ns_key, r.checkpoint_id)],
+            )
+        )
+    return out
+
+
+def _head_query() -> Select[Any]:
+    return select(
+        _C.thread_key,
+        _C.ns_key,
+        _C.checkpoint_id,
+        _C.thread_id,
+        _C.checkpoint_ns,
+        _C.parent_checkpoint_id,
+        _C.type,
+        _C.checkpoint,
+        _C.metadata_type,
+        _C.metadata,
+    )
+
+
+async def get_tuple(
+    conn: AsyncConnection, serde: SerializerProtocol, thread_id: str, ns: str, checkpoint_id: str | None
+) -> CheckpointTuple | None:
+    """The checkpoint ``checkpoint_id`` of a thread/namespace, or its latest when ``None``."""
+    q = _head_query().where(
+        _C.thread_key == token(thread_id, field="thread_id"), _C.ns_key == token(ns, field="checkpoint_ns")
+    )
+    if checkpoint_id:
+        q = q.where(_C.checkpoint_id == checkpoint_id)
+    else:
+        q = q.order_by(_C.checkpoint_id.desc()).limit(1)
+    rows = (await conn.execute(q)).all()
+    if not rows:
+        return None
+    return (await _tuples(conn, serde, rows))[0]
+
+
+async def list_tuples(
+    conn: AsyncConnection,
+    serde: SerializerProtocol,
+    *,
+    thread_id: str | None,
+    ns: str | None,
+    checkpoint_id: str | None,
+    before_id: str | None,
+    filter: dict[str, Any] | None,
+    limit: int | None,
+) -> AsyncIterator[CheckpointTuple]:
+    """Checkpoints newest first (per thread and namespace), as LangGraph's ``list``."""
+    if limit is not None and limit <= 0:
+        return
+    q = _head_query()
+    if thread_id is not None:
+        q = q.where(_C.thread_key == token(thread_id, field="thread_id"))
+    if ns is not None:
+        q = q.where(_C.ns_key == token(ns, field="checkpoint_ns"))
+    if checkpoint_id:
+        q = q.where(_C.checkpoint_id == checkpoint_id)
+    if before_id:
+        q = q.where(_C.checkpoint_id < before_id)
+    q = q.order_by(_C.checkpoint_id.desc(), _C.thread_key, _C.ns_key)
+    offset, emitted = 0, 0
+    while True:
+        page_size = PAGE if (filter or limit is None) else min(PAGE, limit - emitted)
+        rows = (await conn.execute(q.limit(page_size).offset(offset))).all()
+        if not rows:
+            return
+        offset += len(rows)
+        if filter:
+            rows = [
+                r
+                for r in rows
+                if all(
+                    v == serde.loads_typed((r.metadata_type, r.metadata)).get(k) for k, v in filter.items()
+                )
+            ]
+        for tup in await _tuples(conn, serde, rows):
+            yield tup
+            emitted += 1
+            if limit is not None and emitted >= limit:
+                return
+
+
+async def delta_history(
+    conn: AsyncConnection,
+    serde: SerializerProtocol,
+    config: RunnableConfig,
+    channels: Sequence[str],
+) -> dict[str, DeltaChannelHistory]:
+    """``get_delta_channel_history`` read straight from the tables on one connection."""
+    conf = config["configurable"]
+    thread_id, ns = conf["thread_id"], conf.get("checkpoint_ns", "")
+    tk, nk = token(thread_id, field="thread_id"), token(ns, field="checkpoint_ns")
+    target = await get_tuple(conn, serde, thread_id, ns, conf.get("checkpoint_id"))
+    collected: dict[str, list[PendingWrite]] = {c: [] for c in channels}
+    seeds: dict[str, Any] = {}
+    remaining = set(channels)
+    cursor = (
+        target.parent_config["configurable"]["checkpoint_id"] if target and target.parent_config else None
+    )
+    while cursor is not None and remaining:
+        row = (
+            await conn.execute(
+                select(_C.type, _C.checkpoint, _C.parent_checkpoint_id).where(
+                    _C.thread_key == tk, _C.ns_key == nk, _C.checkpoint_id == cursor
+                )
+            )
+        ).first()
+        if row is None:
+            break
+        ckpt = serde.loads_typed((row.type, row.checkpoint))
+        versions = ckpt.get("channel_versions", {})
+        want = {(ch, version_key(versions[ch])) for ch in remaining if ch in versions}
+        blobs = await _blobs_for(conn, tk, nk, want)
+        writes = (await _writes_for(conn, serde, [(tk, nk, cursor)]))[(tk, nk, cursor)]
+        for w in reversed(writes):
+            if w[1] in remaining:
+                collected[w[1]].append(w)
+        for ch in list(remaining):
+            if ch in versions:
+                blob = blobs.get((ch, version_key(versions[ch])))
+                if blob is not None and blob[0] != "empty":
+                    seeds[ch] = serde.loads_typed(blob)
+                    remaining.discard(ch)
+        cursor = row.parent_checkpoint_id
+    result: dict[str, DeltaChannelHistory] = {}
+    for ch in channels:
+        entry: DeltaChannelHistory = {"writes": list(reversed(collected[ch]))}
+        if ch in seeds:
+            entry["seed"] = seeds[ch]
+        result[ch] = entry
+    return result
+
+
+async def prune_plan(
+    conn: AsyncConnection, serde: SerializerProtocol, thread_id: str, strategy: str
+) -> PruneMsg:
+    """What a prune keeps: per namespace the latest checkpoint and, for ``DeltaChannel``s, the
+    ancestors back to the nearest stored value (snapshot), so the kept head still rebuilds."""
+    plan = PruneMsg(thread_id=thread_id)
+    if strategy == "delete":
+        return plan
+    tk = token(thread_id, field="thread_id")
+    rows = (
+        await conn.execute(
+            select(
+                _C.ns_key,
+                _C.checkpoint_ns,
+                _C.checkpoint_id,
+                _C.parent_checkpoint_id,
+                _C.type,
+                _C.checkpoint,
+                _C.metadata_type,
+                _C.metadata,
+            ).where(_C.thread_key == tk)
+        )
+    ).all()
+    by_ns: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        by_ns.setdefault(r.checkpoint_ns, {})[r.checkpoint_id] = r
+    for ns, ckpts in by_ns.items():
+        nk = token(ns, field="checkpoint_ns")
+        head = ckpts[max(ckpts)]
+        meta = serde.loads_typed((head.metadata_type, head.metadata)) or {}
+        pending = set((meta.get("counters_since_delta_snapshot") or {}).keys())
+        cursor: Any = head
+        while cursor is not None:
+            plan.keep.append((ns, cursor.checkpoint_id))
+            versions = serde.loads_typed((cursor.type, cursor.checkpoint)).get("channel_versions", {})
+            plan.keep_blobs.extend((ns, ch, version_key(v)) for ch, v in versions.items())
+            if pending:
+                stored = await _blobs_for(
+                    conn, tk, nk, {(ch, version_key(versions[ch])) for ch in pending if ch in versions}
+                )
+                pending -= {ch for (ch, _), blob in stored.items() if blob[0] != "empty"}
+            if not pending:
+                break
+            cursor = ckpts.get(cursor.parent_checkpoint_id) if cursor.parent_checkpoint_id else None
+    return plan
+
+
+async def export_thread(
+    conn: AsyncConnection, thread_id: str, target_thread_id: str
+) -> list[CheckpointMsg | WritesMsg]:
+    """Every checkpoint, blob and write of a thread, re-addressed to ``target_thread_id``, oldest first."""
+    tk = token(thread_id, field="thread_id")
+    rows = (
+        await conn.execute(select(checkpoints).where(_C.thread_key == tk).order_by(_C.checkpoint_id))
+    ).all()
+    blob_rows = (await conn.execute(select(checkpoint_blobs).where(_B.thread_key == tk))).all()
+    write_rows = (await conn.execute(select(checkpoint_writes).where(_W.thread_key == tk))).all()
+    blobs_by_ns: dict[str, list[tuple[str, str, str, bytes]]] = {}
+    for b in blob_rows:
+        blobs_by_ns.setdefault(b.ns_key, []).append((b.channel, b.version, b.type, b.blob))
+    out: list[CheckpointMsg | WritesMsg] = []
+    ns_of: dict[str, str] = {}
+    for r in rows:
+        ns_of[r.ns_key] = r.checkpoint_ns
+        out.append(
+            CheckpointMsg(
+                thread_id=target_thread_id,
+                checkpoint_ns=r.checkpoint_ns,
+                checkpoint_id=r.checkpoint_id,
+                parent_checkpoint_id=r.parent_checkpoint_id,
+                run_id=r.run_id,
+                checkpoint=(r.type, r.checkpoint),
+                metadata=(r.metadata_type, r.metadata),
+                blobs=blobs_by_ns.pop(r.ns_key, []),
+            )
+        )
+    grouped: dict[tuple[str, str, str, str], WritesMsg] = {}
+    for w in write_rows:
+        if w.ns_key not in ns_of:
+            continue
+        key = (w.ns_key, w.checkpoint_id, w.task_id, w.task_path)
+        msg = grouped.get(key)
+        if msg is None:
+            msg = grouped[key] = WritesMsg(
+                thread_id=target_thread_id,
+                checkpoint_ns=ns_of[w.ns_key],
+                checkpoint_id=w.checkpoint_id,
+                task_id=w.task_id,
+                task_path=w.task_path,
+                writes=[],
+            )
+        msg.writes.append((w.idx, w.channel, w.type, w.blob))
+    out.extend(grouped.values())
+    return out

@@ -1,0 +1,99 @@
+"""The SQL read model: SQLAlchemy Core tables, one MetaData.
+
+Ids that can be arbitrarily long (thread ids, namespaces, agent ids) are keyed by their subject
+token (``*_key``, at most 121 ASCII characters) and kept verbatim in a TEXT column beside it.
+Ids LangGraph generates (checkpoint ids, task ids) and channel names are keyed verbatim, in a
+binary collation so that ordering matches Python's string ordering.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.dialects import mysql
+
+metadata = MetaData()
+
+KEY = String(128).with_variant(mysql.VARCHAR(128, charset="ascii", collation="ascii_bin"), "mysql")
+ID = String(255).with_variant(mysql.VARCHAR(255, charset="utf8mb4", collation="utf8mb4_bin"), "mysql")
+SHORT = String(64)
+BLOB = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql")
+TEXT = Text().with_variant(mysql.LONGTEXT(charset="utf8mb4", collation="utf8mb4_bin"), "mysql")
+
+checkpoints = Table(
+    "skialith_checkpoints",
+    metadata,
+    Column("thread_key", KEY, primary_key=True),
+    Column("ns_key", KEY, primary_key=True),
+    Column("checkpoint_id", ID, primary_key=True),
+    Column("thread_id", TEXT, nullable=False),
+    Column("checkpoint_ns", TEXT, nullable=False),
+    Column("parent_checkpoint_id", ID, nullable=True),
+    Column("run_id", ID, nullable=True, index=True),
+    Column("type", SHORT, nullable=False),
+    Column("checkpoint", BLOB, nullable=False),
+    Column("metadata_type", SHORT, nullable=False),
+    Column("metadata", BLOB, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+)
+
+checkpoint_blobs = Table(
+    "skialith_checkpoint_blobs",
+    metadata,
+    Column("thread_key", KEY, primary_key=True),
+    Column("ns_key", KEY, primary_key=True),
+    Column("channel", ID, primary_key=True),
+    Column("version", ID, primary_key=True),
+    Column("type", SHORT, nullable=False),
+    Column("blob", BLOB, nullable=False),
+)
+
+checkpoint_writes = Table(
+    "skialith_checkpoint_writes",
+    metadata,
+    Column("thread_key", KEY, primary_key=True),
+    Column("ns_key", KEY, primary_key=True),
+    Column("checkpoint_id", ID, primary_key=True),
+    Column("task_id", ID, primary_key=True),
+    Column("idx", Integer, primary_key=True, autoincrement=False),
+    Column("channel", ID, nullable=False),
+    Column("type", SHORT, nullable=False),
+    Column("blob", BLOB, nullable=False),
+    Column("task_path", TEXT, nullable=False),
+)
+
+agent_events = Table(
+    "skialith_agent_events",
+    metadata,
+    Column("agent_key", KEY, primary_key=True),
+    Column("kind", SHORT, primary_key=True),  # "event" or "checkpoint"
+    Column("step", BigInteger, primary_key=True, autoincrement=False),
+    Column("name", ID, primary_key=True),
+    Column("agent_id", TEXT, nullable=False),
+    Column("type", SHORT, nullable=False),
+    Column("payload", BLOB, nullable=False),
+    Column("ts", Float, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+)
+
+projection = Table(
+    "skialith_projection",
+    metadata,
+    Column("name", SHORT, primary_key=True),
+    Column("last_seq", BigInteger, nullable=False),
+)
+
+schema_version = Table(
+    "skialith_schema_version",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+)

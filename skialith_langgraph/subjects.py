@@ -1,0 +1,133 @@
+"""Pure mapping from LangGraph ids to NATS subject tokens and read-model keys.
+
+Any string is a legal id: it is encoded as ``"b" + base64url(utf-8)`` (no padding), or, when its
+UTF-8 form is longer than :data:`TOKEN_MAX_RAW` bytes, as ``"h" + base64url(sha256)``. Both
+forms are legal subject tokens (no ``.``, ``*``, ``>`` or whitespace) and at most
+:data:`TOKEN_MAX_LEN` characters, so the same token doubles as the database key of the id.
+The empty string maps to ``"b"``.
+
+Subject layout under a prefix ``p`` (``skialith`` by default)::
+
+    p.t.<thread>.c.<ns>.<checkpoint_id>            a checkpoint (put)
+    p.t.<thread>.w.<ns>.<checkpoint_id>.<task_id>  the writes of one task (put_writes)
+    p.t.<thread>.x.<op>                            delete / prune / copy of one thread
+    p.t.<thread>.k.<digest>.<n>                    part n of a body too large for one message
+    p.g.<op>                                       operations across threads (delete_for_runs)
+    p.e.<agent>.<step>                             SkialithAgent events and checkpoints
+
+Everything about one thread sits under ``p.t.<thread>.>``, so one wildcard finds its last
+message and one filter replays it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+from .errors import SubjectError
+
+TOKEN_MAX_RAW = 90  # bytes of UTF-8 kept verbatim (base64) before hashing
+TOKEN_MAX_LEN = 1 + (TOKEN_MAX_RAW * 4 + 2) // 3  # 121 characters
+_HASHED_LEN = 1 + 43
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def token(value: str, *, field: str) -> str:
+    """Encode ``value`` as a subject token (and database key).
+
+    Args:
+        value: any string, including ``""``, dots, wildcards, whitespace, NUL and unicode.
+        field: the name of the argument, used in the error message.
+
+    Returns:
+        A token of at most :data:`TOKEN_MAX_LEN` characters from ``[A-Za-z0-9_-]``.
+
+    Raises:
+        SubjectError: ``value`` is not a string or cannot be encoded as UTF-8.
+    """
+    if not isinstance(value, str):
+        raise SubjectError(f"{field} must be a str, got {type(value).__name__}: {value!r}", field=field)
+    try:
+        raw = value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise SubjectError(f"{field} is not valid unicode (lone surrogate?): {value!r}", field=field) from exc
+    if len(raw) <= TOKEN_MAX_RAW:
+        return "b" + _b64(raw)
+    return "h" + _b64(hashlib.sha256(raw).digest())
+
+
+def decode_token(tok: str) -> str | None:
+    """Return the id behind a token, or ``None`` for a hashed (long) id."""
+    if tok.startswith("b"):
+        body = tok[1:]
+        return base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode("utf-8")
+    if tok.startswith("h") and len(tok) == _HASHED_LEN:
+        return None
+    raise SubjectError(f"not a skialith token: {tok!r}")
+
+
+def check_length(value: str, *, field: str, limit: int = 255) -> str:
+    """Refuse ids that the read model stores verbatim when they exceed ``limit`` characters."""
+    if not isinstance(value, str):
+        raise SubjectError(f"{field} must be a str, got {type(value).__name__}: {value!r}", field=field)
+    if len(value) > limit:
+        raise SubjectError(
+            f"{field} is {len(value)} characters long; at most {limit} are supported: {value[:40]!r}...",
+            field=field,
+        )
+    return value
+
+
+class Subjects:
+    """Builds the subjects of one deployment (one prefix)."""
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, prefix: str) -> None:
+        if not prefix or any(c in prefix for c in ".*> \t\r\n"):
+            raise SubjectError(
+                f"subject_prefix must be one plain token, got {prefix!r}", field="subject_prefix"
+            )
+        self.prefix = prefix
+
+    @property
+    def all(self) -> str:
+        """The stream's subject filter."""
+        return f"{self.prefix}.>"
+
+    def thread(self, thread_key: str) -> str:
+        """Everything about one thread (a wildcard)."""
+        return f"{self.prefix}.t.{thread_key}.>"
+
+    def checkpoint(self, thread_key: str, ns_key: str, checkpoint_key: str) -> str:
+        return f"{self.prefix}.t.{thread_key}.c.{ns_key}.{checkpoint_key}"
+
+    def writes(self, thread_key: str, ns_key: str, checkpoint_key: str, task_key: str) -> str:
+        return f"{self.prefix}.t.{thread_key}.w.{ns_key}.{checkpoint_key}.{task_key}"
+
+    def thread_op(self, thread_key: str, op: str) -> str:
+        return f"{self.prefix}.t.{thread_key}.x.{op}"
+
+    def part_base(self, subject: str, digest: str) -> str:
+        """Base subject of the parts of a large body published on ``subject``."""
+        parts = subject.split(".")
+        if len(parts) >= 3 and parts[1] == "t":
+            return f"{self.prefix}.t.{parts[2]}.k.{digest}"
+        return f"{self.prefix}.k.{digest}"
+
+    @property
+    def global_ops(self) -> str:
+        """Operations across threads (a wildcard)."""
+        return f"{self.prefix}.g.>"
+
+    def global_op(self, op: str) -> str:
+        return f"{self.prefix}.g.{op}"
+
+    def event(self, agent_key: str, step_key: str) -> str:
+        return f"{self.prefix}.e.{agent_key}.{step_key}"
+
+    def agent(self, agent_key: str) -> str:
+        return f"{self.prefix}.e.{agent_key}.>"
