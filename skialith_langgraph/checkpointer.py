@@ -34,9 +34,9 @@ from ._loop import LoopThread
 from .config import Settings
 from .errors import ConfigError
 from .log import Log
-from .readmodel import PROJECTION, ReadModel, queries
-from .readmodel.apply import apply_messages, watermark
+from .readmodel import ReadModel, queries
 from .subjects import check_length, token
+from .views import consistent_view
 
 logger = logging.getLogger(__name__)
 
@@ -182,64 +182,14 @@ class _Core:
 
     @asynccontextmanager
     async def view(self, thread_id: str | None) -> AsyncIterator[AsyncConnection]:
-        """A connection that reflects every write acknowledged before this call.
-
-        The read model serves it once its watermark has passed the last sequence on the thread's
-        subjects (and on cross-thread operations); until then the read waits up to
-        ``settings.read_wait`` seconds, then replays the log itself into a private in-memory model.
-        """
+        """A connection reflecting every write acknowledged before this call on the thread
+        (or on the whole stream for ``None``), including cross-thread operations."""
         log = await self._log()
-        if thread_id is None:
-            target = await log.stream_last_seq()
-        else:
-            target = await log.last_seq(
-                log.subjects.thread(token(thread_id, field="thread_id")), log.subjects.global_ops
-            )
-        async with self.model.connect() as conn:
-            if target == 0 or await watermark(conn, PROJECTION) >= target:
-                yield conn
-                return
-            deadline = time.monotonic() + self.settings.read_wait
-            delay = 0.0005
-            while time.monotonic() < deadline:
-                await conn.rollback()  # a fresh snapshot on the next statement
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.02)
-                if await watermark(conn, PROJECTION) >= target:
-                    break
-            else:
-                conn = None  # type: ignore[assignment]
-            if conn is not None:
-                yield conn
-                return
-        logger.debug("projection behind seq %d for thread %r; reading the log", target, thread_id)
-        async with self._replay(thread_id, target) as mem:
-            yield mem
-
-    @asynccontextmanager
-    async def _replay(self, thread_id: str | None, target: int) -> AsyncIterator[AsyncConnection]:
-        log = await self._log()
-        filters = (
-            [log.subjects.all]
-            if thread_id is None
-            else [
-                log.subjects.thread(token(thread_id, field="thread_id")),
-                log.subjects.global_ops,
-            ]
-        )
-        messages: list[tuple[int, codec.Msg]] = []
-        for f in filters:
-            async for m in log.read(f, until_seq=target):
-                messages.append((m.seq, codec.loads(m.body)))
-        messages.sort(key=lambda item: item[0])
-        mem = ReadModel.memory()
-        try:
-            async with mem.begin() as conn:
-                await apply_messages(conn, messages, name=None)
-            async with mem.connect() as conn:
-                yield conn
-        finally:
-            await mem.close()
+        filters = None
+        if thread_id is not None:
+            filters = [log.subjects.thread(token(thread_id, field="thread_id")), log.subjects.global_ops]
+        async with consistent_view(log, self.model, filters, read_wait=self.settings.read_wait) as conn:
+            yield conn
 
     async def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         conf = config["configurable"]

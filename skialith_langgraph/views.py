@@ -1,0 +1,78 @@
+"""Read-your-writes: a database connection that reflects every acknowledged write on some subjects.
+
+The read model serves the read once its projection watermark has passed the last stream
+sequence on the subjects asked about. Until then the read waits up to ``read_wait`` seconds,
+then replays those subjects from the log into a private in-memory SQLite model, through the
+same apply code the projector uses, so a read never returns stale data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from . import codec
+from .log import Log
+from .readmodel import PROJECTION, ReadModel
+from .readmodel.apply import apply_messages, watermark
+
+logger = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def consistent_view(
+    log: Log,
+    model: ReadModel,
+    filters: Sequence[str] | None,
+    *,
+    read_wait: float,
+    name: str = PROJECTION,
+) -> AsyncIterator[AsyncConnection]:
+    """Yield a connection that sees every write acknowledged on ``filters`` before this call.
+
+    Args:
+        log: the stream.
+        model: the read model the projector fills.
+        filters: subject filters the read depends on; ``None`` means the whole stream.
+        read_wait: seconds to wait for the projector before reading the log.
+        name: the projection whose watermark counts.
+    """
+    target = await log.stream_last_seq() if filters is None else await log.last_seq(*filters)
+    async with model.connect() as conn:
+        caught_up = target == 0 or await watermark(conn, name) >= target
+        deadline = time.monotonic() + read_wait
+        delay = 0.0005
+        while not caught_up and time.monotonic() < deadline:
+            await conn.rollback()  # the next statement takes a fresh snapshot
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.02)
+            caught_up = await watermark(conn, name) >= target
+        if caught_up:
+            yield conn
+            return
+    logger.debug("projection %s is behind seq %d for %s; reading the log", name, target, filters)
+    async with replay(log, filters, target) as mem:
+        yield mem
+
+
+@asynccontextmanager
+async def replay(log: Log, filters: Sequence[str] | None, until_seq: int) -> AsyncIterator[AsyncConnection]:
+    """An in-memory read model holding the messages on ``filters`` up to ``until_seq``."""
+    messages: list[tuple[int, codec.Msg]] = []
+    for f in [log.subjects.all] if filters is None else filters:
+        async for m in log.read(f, until_seq=until_seq):
+            messages.append((m.seq, codec.loads(m.body)))
+    messages.sort(key=lambda item: item[0])
+    mem = ReadModel.memory()
+    try:
+        async with mem.begin() as conn:
+            await apply_messages(conn, messages, name=None)
+        async with mem.connect() as conn:
+            yield conn
+    finally:
+        await mem.close()
