@@ -36,7 +36,7 @@ from .errors import ConfigError
 from .log import Log
 from .readmodel import ReadModel, queries
 from .subjects import check_length, token
-from .views import consistent_view
+from .views import ReadStats, consistent_view
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +50,9 @@ def _thread_id(value: Any) -> str:
 class _Core:
     """The operations, bound to one event loop (its NATS client and its engine)."""
 
-    def __init__(self, settings: Settings, serde: SerializerProtocol) -> None:
+    def __init__(self, settings: Settings, serde: SerializerProtocol, stats: ReadStats) -> None:
         self.settings = settings
+        self.stats = stats
         self.serde = serde
         self.log: Log | None = None
         self.model = ReadModel.from_url(settings.database_url, connect_timeout=settings.connect_timeout)
@@ -188,7 +189,9 @@ class _Core:
         filters = None
         if thread_id is not None:
             filters = [log.subjects.thread(token(thread_id, field="thread_id")), log.subjects.global_ops]
-        async with consistent_view(log, self.model, filters, read_wait=self.settings.read_wait) as conn:
+        async with consistent_view(
+            log, self.model, filters, read_wait=self.settings.read_wait, stats=self.stats
+        ) as conn:
             yield conn
 
     async def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
@@ -243,7 +246,7 @@ class SkialithCheckpointer(BaseCheckpointSaver[str]):
         nats_url: NATS URL; default ``SKIALITH_NATS_URL`` or what ``skialith up`` starts.
         database_url: SQLAlchemy async URL of the read model; default ``SKIALITH_DATABASE_URL``
             or SQLite under ``./.skialith/``.
-        settings: a complete :class:`Settings` (then the other arguments must be omitted).
+        settings: a complete :class:`Settings`; the other arguments, when given, override it.
         serde: the serializer (LangGraph's ``JsonPlusSerializer`` by default).
         **options: any other :class:`Settings` field, e.g. ``read_wait=0.2``.
 
@@ -263,10 +266,14 @@ class SkialithCheckpointer(BaseCheckpointSaver[str]):
         **options: Any,
     ) -> None:
         super().__init__(serde=serde)
-        if settings is not None and (nats_url or database_url or options):
-            raise ConfigError("pass either settings=... or individual options, not both")
-        self.settings = settings or Settings.from_env(nats_url=nats_url, database_url=database_url, **options)
+        overrides = {"nats_url": nats_url, "database_url": database_url, **options}
+        if settings is None:
+            self.settings = Settings.from_env(**overrides)
+        else:
+            self.settings = settings.replace(**overrides)
         self._loop_thread = LoopThread()
+        self.read_stats = ReadStats()
+        """Where reads were served from (read model or log), across sync and async calls."""
         self._cores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Core] = weakref.WeakKeyDictionary()
 
     @classmethod
@@ -287,7 +294,7 @@ class SkialithCheckpointer(BaseCheckpointSaver[str]):
         loop = asyncio.get_running_loop()
         core = self._cores.get(loop)
         if core is None:
-            core = self._cores[loop] = _Core(self.settings, self.serde)
+            core = self._cores[loop] = _Core(self.settings, self.serde, self.read_stats)
         return core
 
     async def _in_loop(self) -> _Core:

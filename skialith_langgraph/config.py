@@ -66,6 +66,17 @@ class Settings:
         if not self.stream.isidentifier():
             raise ConfigError(f"stream must be a plain name like 'SKIALITH', got {self.stream!r}")
 
+    def replace(self, **overrides: Any) -> Settings:
+        """A copy with the given fields changed (``None`` values are ignored).
+
+        Raises:
+            ConfigError: an unknown field or a bad value.
+        """
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from explicit overrides, then ``SKIALITH_*`` variables, then defaults.

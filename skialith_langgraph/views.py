@@ -12,16 +12,28 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import codec
+from .errors import ReadModelError
 from .log import Log
 from .readmodel import PROJECTION, ReadModel
 from .readmodel.apply import apply_messages, watermark
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class ReadStats:
+    """Where reads were served from: counters a user (or a test) can watch."""
+
+    database: int = 0  # the read model had caught up (possibly after a short wait)
+    log: int = 0  # the projector lagged or the database was down: replayed from the log
+    waited: int = 0  # reads that had to wait for the projector
 
 
 @asynccontextmanager
@@ -32,6 +44,7 @@ async def consistent_view(
     *,
     read_wait: float,
     name: str = PROJECTION,
+    stats: ReadStats | None = None,
 ) -> AsyncIterator[AsyncConnection]:
     """Yield a connection that sees every write acknowledged on ``filters`` before this call.
 
@@ -41,21 +54,37 @@ async def consistent_view(
         filters: subject filters the read depends on; ``None`` means the whole stream.
         read_wait: seconds to wait for the projector before reading the log.
         name: the projection whose watermark counts.
+        stats: counters to update.
     """
     target = await log.stream_last_seq() if filters is None else await log.last_seq(*filters)
-    async with model.connect() as conn:
-        caught_up = target == 0 or await watermark(conn, name) >= target
-        deadline = time.monotonic() + read_wait
-        delay = 0.0005
-        while not caught_up and time.monotonic() < deadline:
-            await conn.rollback()  # the next statement takes a fresh snapshot
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.02)
-            caught_up = await watermark(conn, name) >= target
-        if caught_up:
+    async with AsyncExitStack() as stack:
+        conn: AsyncConnection | None = None
+        try:
+            candidate = await stack.enter_async_context(model.connect())
+            caught_up = target == 0 or await watermark(candidate, name) >= target
+            if not caught_up and stats is not None:
+                stats.waited += 1
+            deadline = time.monotonic() + read_wait
+            delay = 0.0005
+            while not caught_up and time.monotonic() < deadline:
+                await candidate.rollback()  # the next statement takes a fresh snapshot
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.02)
+                caught_up = await watermark(candidate, name) >= target
+            if caught_up:
+                conn = candidate
+            else:
+                logger.debug("projection %s is behind seq %d for %s; reading the log", name, target, filters)
+        except (ReadModelError, SQLAlchemyError) as exc:
+            model.mark_down()
+            logger.warning("read model unavailable (%s); serving the read from the log", exc)
+        if conn is not None:
+            if stats is not None:
+                stats.database += 1
             yield conn
             return
-    logger.debug("projection %s is behind seq %d for %s; reading the log", name, target, filters)
+    if stats is not None:
+        stats.log += 1
     async with replay(log, filters, target) as mem:
         yield mem
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -22,6 +23,7 @@ from .migrations import migrate
 logger = logging.getLogger(__name__)
 
 PROJECTION = "main"
+DOWN_PAUSE = 2.0  # seconds reads skip a database that just failed
 
 
 def safe_url(url: str) -> str:
@@ -79,6 +81,18 @@ class ReadModel:
         self._connect_timeout = connect_timeout
         self._ready = False
         self._lock = asyncio.Lock()
+        self._down_until = 0.0  # monotonic time before which the database is assumed down
+
+    def mark_down(self, seconds: float = DOWN_PAUSE) -> None:
+        """Remember that the database failed, so reads go straight to the log for a while
+        instead of each waiting for a connect timeout."""
+        self._down_until = time.monotonic() + seconds
+
+    def _check_down(self) -> None:
+        if time.monotonic() < self._down_until:
+            raise ReadModelError(
+                f"the read model at {self.url!r} failed moments ago; not retrying yet", url=self.url
+            )
 
     @classmethod
     def from_url(cls, url: str, *, connect_timeout: float = 5.0) -> ReadModel:
@@ -124,6 +138,7 @@ class ReadModel:
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[AsyncConnection]:
         """A connection for reads (ready once ``setup`` ran)."""
+        self._check_down()
         await self.setup()
         try:
             async with asyncio.timeout(self._connect_timeout):

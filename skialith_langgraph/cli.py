@@ -1,0 +1,652 @@
+"""The ``skialith`` command: ``up``, ``projector`` and ``demo``. The only place that configures logging.
+
+* ``skialith up`` starts an embedded nats-server (JetStream, data under ``./.skialith/``) and the
+  projector, prints how to connect, and runs until Ctrl-C or SIGTERM.
+* ``skialith projector`` runs the projector alone (``--rebuild`` rebuilds the read model from the
+  stream), with progress in the log and, on request, Prometheus metrics.
+* ``skialith demo`` kills an agent with kill -9 between two nodes and resumes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+import urllib.parse
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+import nats.js.errors
+from sqlalchemy.exc import SQLAlchemyError
+
+from . import __version__
+from .config import (
+    DEFAULT_DATABASE_URL,
+    DEFAULT_HOME,
+    DEFAULT_NATS_PORT,
+    DEFAULT_NATS_URL,
+    DEFAULT_STREAM,
+    DEFAULT_SUBJECT_PREFIX,
+    Settings,
+)
+from .errors import ConnectError, ReadModelError, SkialithError
+from .log import Log
+from .metrics import DEFAULT_HOST, MetricsServer, ProgressProbe, render_metrics
+from .projector import DEFAULT_BATCH_SIZE, Projector
+from .readmodel import ReadModel, safe_url
+from .readmodel.tables import metadata
+from .server import RANDOM_PORT, NatsServer
+
+logger = logging.getLogger("skialith_langgraph.cli")
+
+DEFAULT_PROGRESS_INTERVAL = 10.0  # seconds between progress lines
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+_LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed without a traceback, exit code 1."""
+
+
+# -- shared pieces -------------------------------------------------------------------------------
+
+
+def _home_database_url(home: Path) -> str:
+    return f"sqlite+aiosqlite:///{home / 'skialith.db'}"
+
+
+def _resolve_database_url(flag: str | None, home: Path) -> str:
+    """``--database-url``, then ``SKIALITH_DATABASE_URL``, then SQLite under ``home``."""
+    return flag or os.environ.get("SKIALITH_DATABASE_URL") or _home_database_url(home)
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    """Whether a listener holds ``host:port`` (SO_REUSEADDR as nats-server, so TIME_WAIT is free)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+
+def _port_taken_message(port: int) -> str:
+    return (
+        f"port {port} is already in use on 127.0.0.1 (is another 'skialith up' or nats-server running?); "
+        f"stop that process, or choose a free port with 'skialith up --nats-port N' and then "
+        f"export SKIALITH_NATS_URL=nats://127.0.0.1:N"
+    )
+
+
+class EmbeddedStack:
+    """What ``skialith up`` runs: a nats-server subprocess plus the projector on this event loop.
+
+    Args:
+        home: data directory; the JetStream store goes to ``<home>/nats``, the server log to
+            ``<home>/nats-server.log``.
+        port: NATS client port (``-1``: a free one).
+        database_url: the read model; ``None`` means ``SKIALITH_DATABASE_URL`` or SQLite under ``home``.
+        sync_always: fsync every JetStream write.
+    """
+
+    def __init__(self, home: Path, port: int, database_url: str | None, *, sync_always: bool = False) -> None:
+        self.home = home.resolve()
+        self.port = port
+        self.database_url = _resolve_database_url(database_url, self.home)
+        self.server = NatsServer(
+            store_dir=self.home / "nats",
+            port=port,
+            log_file=self.home / "nats-server.log",
+            sync_always=sync_always,
+        )
+        self.projector: Projector | None = None
+
+    @property
+    def settings(self) -> Settings:
+        assert self.projector is not None, "start() first"
+        return self.projector.settings
+
+    async def start(self) -> None:
+        """Start nats-server, then the projector (which ensures the stream and the tables).
+
+        Raises:
+            CliError: the port is taken.
+            SkialithError: the server, NATS or the database cannot be used.
+        """
+        if self.port != RANDOM_PORT and _port_in_use("127.0.0.1", self.port):
+            raise CliError(_port_taken_message(self.port))
+        try:
+            await asyncio.to_thread(self.server.start)
+        except ConnectError as exc:
+            if "address already in use" in str(exc):
+                raise CliError(_port_taken_message(self.port)) from exc
+            raise
+        try:
+            settings = Settings.from_env(nats_url=self.server.url, database_url=self.database_url)
+            self.projector = Projector(settings)
+            await self.projector.start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        """Stop the projector (it finishes its batch), then the server. Idempotent."""
+        projector, self.projector = self.projector, None
+        try:
+            if projector is not None:
+                await _stop_projector(projector)
+        finally:
+            await asyncio.to_thread(self.server.stop)
+
+
+async def _stop_projector(projector: Projector) -> None:
+    try:
+        await projector.stop()
+    finally:
+        await projector.close()  # stop() skips it when the run task failed
+
+
+def _projector_failure(projector: Projector) -> BaseException | None:
+    """The exception that ended the projector's task, if it ended (Projector has no public probe)."""
+    task: asyncio.Task[None] | None = getattr(projector, "_task", None)
+    if task is None or not task.done() or task.cancelled():
+        return None
+    return task.exception() or RuntimeError("the projector stopped on its own")
+
+
+@contextlib.asynccontextmanager
+async def _stop_signals() -> AsyncIterator[asyncio.Event]:
+    """An event set by SIGINT or SIGTERM while the block runs."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, _on_signal, stop, sig)
+    try:
+        yield stop
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
+    if not stop.is_set():
+        logger.info("received %s; shutting down", sig.name)
+    stop.set()
+
+
+async def _serve(
+    projector: Projector, stop: asyncio.Event, probe: ProgressProbe, interval: float, *, quiet_idle: bool
+) -> None:
+    """Log progress every ``interval`` seconds until ``stop`` is set or the projector fails.
+
+    Raises:
+        CliError: the projector's task ended with an error.
+    """
+    last: tuple[int, int] | None = None
+    next_report = time.monotonic() + interval
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=min(0.5, interval))
+        failure = _projector_failure(projector)
+        if failure is not None:
+            raise CliError(f"the projector stopped: {type(failure).__name__}: {failure}") from failure
+        if stop.is_set() or time.monotonic() < next_report:
+            continue
+        next_report = time.monotonic() + interval
+        progress = await probe.sample()
+        now = (progress.watermark, progress.stream_last_seq)
+        if quiet_idle and now == last:
+            continue
+        last = now
+        stats = projector.stats
+        logger.info(
+            "projector %s: watermark=%d stream_last_seq=%d lag=%d applied=%d batches=%d failures=%d",
+            projector.durable,
+            progress.watermark,
+            progress.stream_last_seq,
+            progress.lag,
+            stats.applied,
+            stats.batches,
+            stats.failures,
+        )
+
+
+@contextlib.asynccontextmanager
+async def _probe(settings: Settings, projector: Projector) -> AsyncIterator[ProgressProbe]:
+    """A progress probe with its own NATS connection and engine."""
+    log = await Log.open(settings)
+    model = ReadModel.from_url(settings.database_url, connect_timeout=settings.connect_timeout)
+    try:
+        yield ProgressProbe(log, model, projector)
+    finally:
+        await log.close()
+        await model.close()
+
+
+def _out(text: str = "") -> None:
+    print(text, flush=True)
+
+
+# -- skialith up ----------------------------------------------------------------------------------
+
+
+def _connect_banner(stack: EmbeddedStack) -> list[str]:
+    settings = stack.settings
+    nats_url, shown_db = settings.nats_url, safe_url(settings.database_url)
+    hidden = shown_db != settings.database_url
+    # DEFAULT_DATABASE_URL is SQLite in ./.skialith, relative to where the checkpointer runs
+    default_db = _home_database_url(Path(DEFAULT_HOME).resolve())
+    defaults = nats_url == DEFAULT_NATS_URL and settings.database_url == default_db
+    if defaults:
+        snippet_args = ""
+    else:
+        snippet_args = f"{nats_url!r}, {shown_db!r}"
+    lines = [
+        "Skialith is up.",
+        f"  NATS       {nats_url}  (nats-server pid {stack.server.pid}, JetStream store {stack.server.store_dir})",
+        f"  server log {stack.server.log_file}",
+        f"  database   {shown_db}" + ("  (password hidden)" if hidden else ""),
+        f"  projector  {stack.projector.durable if stack.projector else '-'} on stream {settings.stream}",
+        "",
+        "Connect from another shell:",
+        f"  export SKIALITH_NATS_URL={nats_url}",
+        f"  export SKIALITH_DATABASE_URL={shown_db}" + ("  # put the real password in" if hidden else ""),
+        "",
+        "and in Python:",
+        "  from skialith_langgraph import SkialithCheckpointer",
+        f"  checkpointer = SkialithCheckpointer({snippet_args})",
+        "  app = graph.compile(checkpointer=checkpointer)",
+        "",
+    ]
+    if defaults:
+        lines += ["(From this directory, SkialithCheckpointer() with no arguments connects here.)", ""]
+    lines.append("Press Ctrl-C to stop.")
+    return lines
+
+
+async def _up(args: argparse.Namespace) -> int:
+    port = RANDOM_PORT if args.nats_port == 0 else args.nats_port
+    stack = EmbeddedStack(Path(args.home), port, args.database_url, sync_always=args.sync_always)
+    async with _stop_signals() as stop:
+        await stack.start()
+        try:
+            for line in _connect_banner(stack):
+                _out(line)
+            assert stack.projector is not None
+            async with _probe(stack.settings, stack.projector) as probe:
+                await _serve(stack.projector, stop, probe, args.progress_interval, quiet_idle=True)
+        finally:
+            await stack.stop()
+    _out("Skialith stopped.")
+    return 0
+
+
+# -- skialith projector ---------------------------------------------------------------------------
+
+
+async def _rebuild(settings: Settings, projector: Projector) -> int:
+    """Drop and re-create the read-model tables and delete the durable consumer.
+
+    Returns:
+        The stream's last sequence: the rebuild is complete once the watermark reaches it.
+    """
+    shown = safe_url(settings.database_url)
+    _out(f"rebuild: dropping the read-model tables in {shown}")
+    model = ReadModel.from_url(settings.database_url, connect_timeout=settings.connect_timeout)
+    try:
+        try:
+            async with model.engine.begin() as conn:
+                await conn.run_sync(metadata.drop_all)
+        except (SQLAlchemyError, OSError) as exc:
+            raise ReadModelError(
+                f"cannot drop the read-model tables in {shown!r} ({type(exc).__name__}: {exc})", url=shown
+            ) from exc
+        _out("rebuild: creating them again")
+        await model.setup()
+    finally:
+        await model.close()
+    log = await Log.open(settings)
+    try:
+        await log.ensure_stream()
+        try:
+            await log.js.delete_consumer(settings.stream, projector.durable)
+            _out(f"rebuild: deleted the durable consumer {projector.durable} on stream {settings.stream}")
+        except nats.js.errors.NotFoundError:
+            _out(f"rebuild: no durable consumer {projector.durable} on stream {settings.stream} to delete")
+        last = await log.stream_last_seq()
+    finally:
+        await log.close()
+    _out(f"rebuild: projecting stream {settings.stream} from sequence 1 (last sequence now {last})")
+    return last
+
+
+async def _announce_caught_up(probe: ProgressProbe, target: int, started: float) -> None:
+    while True:
+        progress = await probe.sample()
+        if progress.watermark >= target:
+            _out(
+                f"rebuild: done; the read model reflects the stream up to sequence {progress.watermark} "
+                f"({time.monotonic() - started:.1f} s). Still running; Ctrl-C or SIGTERM stops."
+            )
+            return
+        await asyncio.sleep(0.2)
+
+
+async def _projector(args: argparse.Namespace) -> int:
+    settings = Settings.from_env(
+        nats_url=args.nats_url,
+        database_url=args.database_url,
+        stream=args.stream,
+        subject_prefix=args.subject_prefix,
+    )
+    projector = Projector(settings, batch_size=args.batch_size)
+    async with _stop_signals() as stop:
+        started = time.monotonic()
+        target = await _rebuild(settings, projector) if args.rebuild else None
+        await projector.start()
+        metrics: MetricsServer | None = None
+        announce: asyncio.Task[None] | None = None
+        try:
+            _out(
+                f"projector {projector.durable}: stream {settings.stream} at {settings.nats_url} "
+                f"-> {safe_url(settings.database_url)}"
+            )
+            async with _probe(settings, projector) as probe:
+                if args.metrics_port is not None:
+                    metrics = MetricsServer(
+                        lambda: render_metrics(projector, probe),
+                        host=args.metrics_host,
+                        port=args.metrics_port,
+                    )
+                    try:
+                        await metrics.start()
+                    except OSError as exc:
+                        raise CliError(
+                            f"cannot serve metrics on {args.metrics_host}:{args.metrics_port} ({exc}); "
+                            "choose another --metrics-port"
+                        ) from exc
+                    _out(f"metrics: {metrics.url}")
+                if target is not None:
+                    announce = asyncio.create_task(_announce_caught_up(probe, target, started))
+                try:
+                    await _serve(projector, stop, probe, args.progress_interval, quiet_idle=False)
+                finally:
+                    if announce is not None:
+                        announce.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await announce
+        finally:
+            if metrics is not None:
+                await metrics.close()
+            await _stop_projector(projector)
+    stats = projector.stats
+    _out(f"projector stopped: applied={stats.applied} batches={stats.batches} watermark={stats.last_seq}")
+    return 0
+
+
+# -- skialith demo --------------------------------------------------------------------------------
+
+
+def _servers(nats_url: str) -> list[tuple[str, int]]:
+    found = []
+    for raw in nats_url.split(","):
+        parts = urllib.parse.urlsplit(raw.strip() if "://" in raw else f"nats://{raw.strip()}")
+        found.append((parts.hostname or "127.0.0.1", parts.port or 4222))
+    return found
+
+
+async def _answers(nats_url: str, timeout: float = 0.5) -> bool:
+    """Whether any server of ``nats_url`` accepts a TCP connection."""
+    for host, port in _servers(nats_url):
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        except (OSError, TimeoutError):
+            continue
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
+    return False
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    from . import demo  # LangGraph graph building is only needed here
+
+    nats_url = args.nats_url or os.environ.get("SKIALITH_NATS_URL") or DEFAULT_NATS_URL
+    _out("skialith demo: kill -9 an agent between two nodes, then resume it.")
+    if await _answers(nats_url):
+        database_url = args.database_url or os.environ.get("SKIALITH_DATABASE_URL") or DEFAULT_DATABASE_URL
+        _out(f"  NATS      {nats_url} (already running)")
+        _out(f"  database  {safe_url(database_url)}")
+        return await demo.run(nats_url, database_url, out=_out)
+    servers = _servers(nats_url)
+    host, port = servers[0]
+    if len(servers) > 1 or host not in _LOCAL_HOSTS:
+        raise CliError(
+            f"nothing answers at {nats_url!r}; start NATS there, or run 'skialith demo' without "
+            "--nats-url to use an embedded server"
+        )
+    async with _stop_signals() as stop:
+        with tempfile.TemporaryDirectory(prefix="skialith-demo-home-") as home:
+            stack = EmbeddedStack(Path(home), port, args.database_url)
+            await stack.start()
+            try:
+                settings = stack.settings
+                _out(f"  NATS      {settings.nats_url} (embedded, started for this demo, home {home})")
+                _out(f"  database  {safe_url(settings.database_url)}")
+                task = asyncio.create_task(demo.run(settings.nats_url, settings.database_url, out=_out))
+                stopper = asyncio.create_task(stop.wait())
+                await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                stopper.cancel()
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                    _out("interrupted")
+                    return 130
+                return task.result()
+            finally:
+                await stack.stop()
+
+
+# -- argument parsing -----------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port 0..65535 (0: a free one), got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``skialith`` command."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--log-level",
+        default=argparse.SUPPRESS,
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log verbosity on stderr (default: INFO for up and projector, WARNING for demo)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="skialith",
+        parents=[common],
+        description=(
+            "Skialith for LangGraph: checkpoints are written to NATS JetStream first and served "
+            "from a SQL read model that the projector fills."
+        ),
+        epilog=(
+            "Quick start: run 'skialith up' in one shell, then use SkialithCheckpointer() in Python. "
+            "Environment: SKIALITH_NATS_URL, SKIALITH_DATABASE_URL, SKIALITH_STREAM, SKIALITH_SUBJECT_PREFIX."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"skialith-langgraph {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    up = commands.add_parser(
+        "up",
+        parents=[common],
+        formatter_class=fmt,
+        help="start an embedded NATS server and the projector, print how to connect",
+        description=(
+            "Start nats-server (JetStream on, data under HOME/nats) and the projector in this process, "
+            "print how to connect, and run until Ctrl-C or SIGTERM; then the projector finishes its "
+            "batch and the server stops. The defaults are what SkialithCheckpointer() connects to."
+        ),
+    )
+    up.add_argument(
+        "--nats-port",
+        type=_port,
+        default=DEFAULT_NATS_PORT,
+        help="NATS client port on 127.0.0.1 (0: a free one)",
+    )
+    up.add_argument(
+        "--home", default=f"./{DEFAULT_HOME}", help="data directory (JetStream store, logs, SQLite)"
+    )
+    up.add_argument(
+        "--database-url",
+        default=None,
+        help="SQLAlchemy async URL of the read model, e.g. mysql+aiomysql://user:pw@host/db "
+        "(default: $SKIALITH_DATABASE_URL, else SQLite at HOME/skialith.db)",
+    )
+    up.add_argument(
+        "--sync-always",
+        action="store_true",
+        help="fsync every JetStream write, so acknowledged writes survive a power cut, not only a crash",
+    )
+    up.add_argument(
+        "--progress-interval",
+        type=_positive_float,
+        default=DEFAULT_PROGRESS_INTERVAL,
+        help="seconds between progress log lines (only when something changed)",
+    )
+    up.set_defaults(run=_up, default_log_level="INFO")
+
+    proj = commands.add_parser(
+        "projector",
+        parents=[common],
+        formatter_class=fmt,
+        help="run the projector alone (log -> SQL read model); --rebuild rebuilds the read model",
+        description=(
+            "Consume the stream with a durable pull consumer and apply it to the SQL read model, "
+            "one transaction per batch, until SIGTERM or Ctrl-C (the batch in hand is finished). "
+            "Several replicas may run at once. Progress (watermark, lag) is logged every "
+            "--progress-interval seconds; --metrics-port serves Prometheus metrics."
+        ),
+    )
+    proj.add_argument(
+        "--nats-url", default=None, help=f"NATS URL (default: $SKIALITH_NATS_URL, else {DEFAULT_NATS_URL})"
+    )
+    proj.add_argument(
+        "--database-url",
+        default=None,
+        help=f"SQLAlchemy async URL of the read model (default: $SKIALITH_DATABASE_URL, else {DEFAULT_DATABASE_URL})",
+    )
+    proj.add_argument(
+        "--stream", default=None, help=f"stream name (default: $SKIALITH_STREAM, else {DEFAULT_STREAM})"
+    )
+    proj.add_argument(
+        "--subject-prefix",
+        default=None,
+        help=f"first subject token (default: $SKIALITH_SUBJECT_PREFIX, else {DEFAULT_SUBJECT_PREFIX})",
+    )
+    proj.add_argument(
+        "--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE, help="messages per fetch"
+    )
+    proj.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=None,
+        help="serve Prometheus metrics at http://METRICS_HOST:PORT/metrics (0: a free port; default: off)",
+    )
+    proj.add_argument("--metrics-host", default=DEFAULT_HOST, help="address of the metrics endpoint")
+    proj.add_argument(
+        "--progress-interval",
+        type=_positive_float,
+        default=DEFAULT_PROGRESS_INTERVAL,
+        help="seconds between progress log lines",
+    )
+    proj.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="drop the read-model tables and the durable consumer, then project the whole stream "
+        "again from sequence 1 (stop other projector replicas first)",
+    )
+    proj.set_defaults(run=_projector, default_log_level="INFO")
+
+    demo = commands.add_parser(
+        "demo",
+        parents=[common],
+        formatter_class=fmt,
+        help="kill -9 an agent between two LangGraph nodes and resume it",
+        description=(
+            "Run a four-node LangGraph pipeline in a child process, kill it with SIGKILL after the "
+            "second node's checkpoint is acknowledged, and resume the thread here: the first two "
+            "nodes do not run again. If nothing answers at the NATS URL, an embedded NATS server "
+            "and projector are started in a temporary directory and stopped at the end."
+        ),
+    )
+    demo.add_argument(
+        "--nats-url", default=None, help=f"NATS URL (default: $SKIALITH_NATS_URL, else {DEFAULT_NATS_URL})"
+    )
+    demo.add_argument(
+        "--database-url",
+        default=None,
+        help="read model URL (default: $SKIALITH_DATABASE_URL, else the default SQLite file, or a "
+        "temporary one with the embedded server)",
+    )
+    demo.set_defaults(run=_demo, default_log_level="WARNING")
+    return parser
+
+
+def configure_logging(level: str) -> None:
+    """Log to stderr at ``level``; nats-py's own chatter only from WARNING up."""
+    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
+    logging.getLogger("nats").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``skialith`` command; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    configure_logging(getattr(args, "log_level", None) or args.default_log_level)
+    command: Callable[[argparse.Namespace], Coroutine[Any, Any, int]] = args.run
+    try:
+        code = asyncio.run(command(args))
+    except (CliError, SkialithError) as exc:
+        print(f"skialith {args.command}: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

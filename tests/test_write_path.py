@@ -1,0 +1,122 @@
+"""The write path: publish, PubAck, done. The database is never on it."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+
+import nats
+import pytest
+from langgraph.checkpoint.base import empty_checkpoint
+
+from skialith_langgraph import Projector, Settings, SkialithCheckpointer, codec
+from skialith_langgraph.subjects import Subjects, token
+
+DOWN_DB = "mysql+aiomysql://root@127.0.0.1:1/nothing_listens_here"
+
+
+def _config(thread_id: str, checkpoint_id: str | None = None, ns: str = "") -> dict:
+    conf = {"thread_id": thread_id, "checkpoint_ns": ns}
+    if checkpoint_id:
+        conf["checkpoint_id"] = checkpoint_id
+    return {"configurable": conf}
+
+
+def _checkpoint(**values: object) -> dict:
+    cp = empty_checkpoint()
+    cp["channel_values"] = dict(values)
+    cp["channel_versions"] = {k: "1" for k in values}
+    return cp
+
+
+async def _stream_messages(settings: Settings) -> list[nats.aio.msg.Msg]:
+    nc = await nats.connect(settings.nats_url)
+    try:
+        js = nc.jetstream()
+        sub = await js.subscribe(f"{settings.subject_prefix}.>", ordered_consumer=True)
+        info = await js.stream_info(settings.stream)
+        out = [await sub.next_msg(timeout=5) for _ in range(info.state.messages)]
+        await sub.unsubscribe()
+        return out
+    finally:
+        await nc.close()
+
+
+async def test_writes_succeed_and_read_back_while_the_database_is_unreachable(settings: Settings) -> None:
+    settings = dataclasses.replace(settings, database_url=DOWN_DB, connect_timeout=2.0)
+    async with SkialithCheckpointer(settings=settings) as saver:
+        cp = _checkpoint(answer=42)
+        stored = await saver.aput(_config("t-down"), cp, {"source": "input", "step": -1}, {"answer": "1"})
+        await saver.aput_writes(stored, [("answer", 43)], "task-1")
+        tup = await saver.aget_tuple(_config("t-down"))
+        assert tup is not None
+        assert tup.checkpoint["channel_values"] == {"answer": 42}
+        assert tup.pending_writes == [("task-1", "answer", 43)]
+        assert saver.read_stats.log >= 1 and saver.read_stats.database == 0
+
+
+async def test_each_message_carries_a_msg_id_from_its_natural_key(settings: Settings) -> None:
+    async with SkialithCheckpointer(settings=settings) as saver:
+        stored = await saver.aput(_config("t-id"), _checkpoint(a=1), {}, {"a": "1"})
+        await saver.aput_writes(stored, [("a", 2)], "task-1")
+    msgs = await _stream_messages(settings)
+    subjects = Subjects(settings.subject_prefix)
+    tk, nk = token("t-id", field="thread_id"), token("", field="checkpoint_ns")
+    ck = token(stored["configurable"]["checkpoint_id"], field="checkpoint_id")
+    assert [m.subject for m in msgs] == [
+        subjects.checkpoint(tk, nk, ck),
+        subjects.writes(tk, nk, ck, token("task-1", field="task_id")),
+    ]
+    for m in msgs:
+        assert m.headers["Nats-Msg-Id"] == codec.msg_id(m.subject, m.data)
+
+
+async def test_a_retried_put_is_stored_once(settings: Settings) -> None:
+    async with SkialithCheckpointer(settings=settings) as saver:
+        cp = _checkpoint(a=1)
+        for _ in range(3):  # a client retrying after a timeout sends the same call again
+            stored = await saver.aput(_config("t-retry"), cp, {"step": 0}, {"a": "1"})
+            await saver.aput_writes(stored, [("a", 2)], "task-1")
+    msgs = await _stream_messages(settings)
+    assert len(msgs) == 2
+
+
+async def test_only_changed_channels_are_published(settings: Settings) -> None:
+    async with SkialithCheckpointer(settings=settings) as saver:
+        big = "x" * 50_000
+        cp = _checkpoint(big=big, small=1)
+        first = await saver.aput(_config("t-delta"), cp, {}, {"big": "1", "small": "1"})
+        cp2 = _checkpoint(big=big, small=2)
+        cp2["channel_versions"] = {"big": "1", "small": "2"}
+        await saver.aput(first, cp2, {}, {"small": "2"})
+        msgs = await _stream_messages(settings)
+        second = codec.loads(msgs[-1].data)
+        assert isinstance(second, codec.CheckpointMsg)
+        assert [b[0] for b in second.blobs] == ["small"]
+        assert len(msgs[-1].data) < 1_000 < len(msgs[0].data)
+        tup = await saver.aget_tuple(_config("t-delta"))
+        assert tup is not None and tup.checkpoint["channel_values"] == {"big": big, "small": 2}
+
+
+@pytest.mark.parametrize("projector_running", [False, True], ids=["log", "database"])
+async def test_a_checkpoint_above_max_payload_is_stored_and_read_back_whole(
+    settings: Settings, projector_running: bool
+) -> None:
+    blob = uuid.uuid4().bytes * (3 * 1024 * 1024 // 16)  # 3 MiB, over the 1 MiB max_payload
+    projector = Projector(settings, fetch_timeout=0.2)
+    if projector_running:
+        await projector.start()
+    try:
+        async with SkialithCheckpointer(
+            settings=settings, read_wait=5.0 if projector_running else 0.0
+        ) as saver:
+            await saver.aput(_config("t-big"), _checkpoint(blob=blob), {}, {"blob": "1"})
+            tup = await saver.aget_tuple(_config("t-big"))
+            assert tup is not None and tup.checkpoint["channel_values"]["blob"] == blob
+            if projector_running:
+                assert saver.read_stats.database == 1
+            else:
+                assert saver.read_stats.log == 1
+    finally:
+        if projector_running:
+            await projector.stop()
