@@ -1,0 +1,45 @@
+"""The docs say what the code does: README's commands, CI, configuration table, exports."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import skialith_langgraph
+from skialith_langgraph.config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def _fenced_commands() -> list[str]:
+    return re.findall(r"```bash\n(.+?)\n```", README, flags=re.S)
+
+
+def test_readme_starts_with_the_two_fresh_machine_commands() -> None:
+    first_two = _fenced_commands()[:2]
+    assert "skialith demo" in first_two[0] and "pip install" in first_two[0]
+    assert "pytest" in first_two[1] and ".[test]" in first_two[1]
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    test_command = _fenced_commands()[1].strip()
+    ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert test_command in ci_lines
+
+
+def test_readme_configuration_table_lists_every_setting_and_its_default() -> None:
+    defaults = Settings()
+    for field in dataclasses.fields(Settings):
+        row = next((line for line in README.splitlines() if line.startswith(f"| `{field.name}`")), None)
+        assert row is not None, f"README's configuration table lacks {field.name}"
+        assert f"SKIALITH_{field.name.upper()}" in row
+        assert str(getattr(defaults, field.name)) in row
+
+
+def test_all_is_sorted_and_complete() -> None:
+    names = skialith_langgraph.__all__
+    assert names == sorted(names)
+    public = {n for n in dir(skialith_langgraph) if not n.startswith("_") and n[0].isupper()}
+    assert public <= set(names) | {"Settings"}
