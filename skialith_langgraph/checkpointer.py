@@ -11,7 +11,7 @@ import logging
 import random
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from types import TracebackType
 from typing import Any
@@ -33,7 +33,8 @@ from . import codec
 from ._loop import LoopThread
 from .config import Settings
 from .errors import ConfigError
-from .log import Log
+from .heads import Heads, ThreadHead
+from .log import ExpectationFailed, Log
 from .readmodel import ReadModel, queries
 from .subjects import check_length, token
 from .views import ReadStats, consistent_view
@@ -56,6 +57,7 @@ class _Core:
         self.serde = serde
         self.log: Log | None = None
         self.model = ReadModel.from_url(settings.database_url, connect_timeout=settings.connect_timeout)
+        self.heads = Heads()
         self._lock = asyncio.Lock()
 
     async def _log(self) -> Log:
@@ -107,8 +109,41 @@ class _Core:
         tk, nk = token(thread_id, field="thread_id"), token(ns, field="checkpoint_ns")
         subject = log.subjects.checkpoint(tk, nk, token(checkpoint_id, field="checkpoint_id"))
         body = codec.dumps(msg)
-        await log.publish(subject, body, codec.msg_id(subject, body))
+        versions = checkpoint["channel_versions"]
+        await self._publish_own(
+            log, thread_id, tk, subject, body, lambda head: head.apply_checkpoint(msg, versions)
+        )
         return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint_id}}
+
+    async def _publish_own(
+        self,
+        log: Log,
+        thread_id: str,
+        tk: str,
+        subject: str,
+        body: bytes,
+        fold: Callable[[ThreadHead], bool | None],
+    ) -> None:
+        """Publish a write on a thread; keep its head (if any) exact, or drop it."""
+        msg_id = codec.msg_id(subject, body)
+        head = self.heads.get(thread_id)
+        if head is None:
+            await log.publish(subject, body, msg_id)
+            return
+        async with head.lock:
+            try:
+                head.seq = await log.publish(
+                    subject, body, msg_id, expect=(head.seq, log.subjects.thread(tk))
+                )
+            except ExpectationFailed:
+                self.heads.drop(thread_id)  # another writer on this thread: the head is no longer exact
+                await log.publish(subject, body, msg_id)
+                return
+            except BaseException:
+                self.heads.drop(thread_id)
+                raise
+            if fold(head) is False:
+                self.heads.drop(thread_id)
 
     async def put_writes(
         self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str
@@ -128,9 +163,10 @@ class _Core:
             tk, nk, token(checkpoint_id, field="checkpoint_id"), token(task_id, field="task_id")
         )
         body = codec.dumps(msg)
-        await log.publish(subject, body, codec.msg_id(subject, body))
+        await self._publish_own(log, thread_id, tk, subject, body, lambda head: head.apply_writes(msg))
 
     async def _publish_thread_op(self, thread_id: str, op: str, msg: codec.Msg) -> int:
+        self.heads.drop(thread_id)
         log = await self._log()
         subject = log.subjects.thread_op(token(thread_id, field="thread_id"), op)
         body = codec.dumps(msg)
@@ -146,6 +182,7 @@ class _Core:
     async def delete_for_runs(self, run_ids: Sequence[str]) -> None:
         if not run_ids:
             return
+        self.heads.clear()
         log = await self._log()
         subject = log.subjects.global_op("runs")
         body = codec.dumps(codec.DeleteRunsMsg([str(r) for r in run_ids]))
@@ -155,6 +192,7 @@ class _Core:
         source, target = _thread_id(source_thread_id), _thread_id(target_thread_id)
         async with self.view(source) as conn:
             msgs = await queries.export_thread(conn, source, target)
+        self.heads.drop(target)
         log = await self._log()
         tk = token(target, field="thread_id")
         for msg in msgs:
@@ -197,10 +235,32 @@ class _Core:
     async def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         conf = config["configurable"]
         thread_id = _thread_id(conf.get("thread_id"))
-        async with self.view(thread_id) as conn:
-            return await queries.get_tuple(
-                conn, self.serde, thread_id, conf.get("checkpoint_ns", ""), get_checkpoint_id(config)
-            )
+        ns, checkpoint_id = conf.get("checkpoint_ns", ""), get_checkpoint_id(config)
+        log = await self._log()
+        thread_filter = log.subjects.thread(token(thread_id, field="thread_id"))
+        thread_seq, global_seq = await log.last_seqs(thread_filter, log.subjects.global_ops)
+        head = self.heads.get(thread_id)
+        if head is not None and (head.seq != thread_seq or global_seq > head.global_seq):
+            self.heads.drop(thread_id)  # someone else wrote: the head is not exact any more
+            head = None
+        if head is None and thread_seq == 0:
+            # nothing was ever written on this thread: start a head that will know all of it
+            head = self.heads.create(thread_id, global_seq)
+        if head is not None and not head.lock.locked():
+            found = head.get_tuple(self.serde, thread_id, ns, checkpoint_id)
+            if found is not False:
+                self.stats.head += 1
+                return found  # type: ignore[return-value]
+        target = max(thread_seq, global_seq)
+        async with consistent_view(
+            log,
+            self.model,
+            [thread_filter, log.subjects.global_ops],
+            read_wait=self.settings.read_wait,
+            stats=self.stats,
+            target=target,
+        ) as conn:
+            return await queries.get_tuple(conn, self.serde, thread_id, ns, checkpoint_id)
 
     async def list(
         self,

@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 class Header(StrEnum):
     MSG_ID = "Nats-Msg-Id"
+    EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+    EXPECTED_LAST_SUBJECT_SEQ_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
     PARTS = "Skialith-Parts"  # on a message whose body travels in parts: "<n> <base subject>"
     PART = "Skialith-Part"  # on each part
 
@@ -41,6 +43,13 @@ class LogMsg:
     seq: int
     subject: str
     body: bytes
+
+
+WRONG_LAST_SEQUENCE = 10071  # JetStream's error code when an expectation header does not hold
+
+
+class ExpectationFailed(LogError):
+    """Something else was written on the expected subjects in between (nothing was stored)."""
 
 
 _HINT = "start it with 'skialith up' or point SKIALITH_NATS_URL at a running nats-server with JetStream"
@@ -150,14 +159,25 @@ class Log:
             ) from exc
         self._ready = True
 
-    async def publish(self, subject: str, body: bytes, msg_id: str) -> int:
+    async def publish(
+        self, subject: str, body: bytes, msg_id: str, *, expect: tuple[int, str] | None = None
+    ) -> int:
         """Publish ``body`` and wait for the PubAck; returns the stream sequence.
 
         Bodies larger than ``settings.chunk_size`` are published as parts first, then a small
         message that names them, so any size fits under the server's ``max_payload``.
 
+        Args:
+            subject: where to publish.
+            body: the message body.
+            msg_id: the ``Nats-Msg-Id`` (JetStream drops a repeat inside its duplicate window).
+            expect: ``(seq, subject_filter)``: store only if the last message on the filter has
+                that sequence (0: none). Parts chain the expectation.
+
         Raises:
             PublishError: no PubAck within ``settings.publish_timeout`` seconds.
+            ExpectationFailed: ``expect`` did not hold; the message was not stored (parts sent
+                before may remain, referenced by nothing).
         """
         headers: dict[str, str] = {Header.MSG_ID.value: msg_id}
         if len(body) > self.settings.chunk_size:
@@ -166,14 +186,15 @@ class Log:
             size = self.settings.chunk_size
             n = (len(body) + size - 1) // size
             for i in range(n):
-                await self._publish(
-                    f"{base}.{i}",
-                    body[i * size : (i + 1) * size],
-                    {Header.MSG_ID.value: f"{base}.{i}", Header.PART.value: "1"},
+                part_headers = {Header.MSG_ID.value: f"{base}.{i}", Header.PART.value: "1"}
+                seq = await self._publish(
+                    f"{base}.{i}", body[i * size : (i + 1) * size], _expect(part_headers, expect)
                 )
+                if expect is not None:
+                    expect = (seq, expect[1])
             headers[Header.PARTS.value] = f"{n} {base}"
             body = b""
-        return await self._publish(subject, body, headers)
+        return await self._publish(subject, body, _expect(headers, expect))
 
     async def _publish(self, subject: str, body: bytes, headers: dict[str, str]) -> int:
         try:
@@ -196,6 +217,8 @@ class Log:
                 f"NATS connection to {self.url!r} is closed; {_HINT}", url=self.url, subject=subject
             ) from exc
         except nats.js.errors.APIError as exc:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
+                raise ExpectationFailed(str(exc), url=self.url, subject=subject) from exc
             raise PublishError(
                 f"JetStream refused {subject!r}: {exc}", url=self.url, subject=subject
             ) from exc
@@ -203,8 +226,13 @@ class Log:
 
     async def last_seq(self, *filters: str) -> int:
         """The stream sequence of the last message on any of ``filters`` (0 if none)."""
-        results = await asyncio.gather(*(self._last_seq(f) for f in filters))
-        return max(results, default=0)
+        return max(await self.last_seqs(*filters), default=0)
+
+    async def last_seqs(self, *filters: str) -> list[int]:
+        """The stream sequence of the last message on each of ``filters`` (0 where none)."""
+        if len(filters) == 1:
+            return [await self._last_seq(filters[0])]
+        return list(await asyncio.gather(*(self._last_seq(f) for f in filters)))
 
     async def _last_seq(self, subject_filter: str) -> int:
         req = json.dumps({"last_by_subj": subject_filter}).encode()
@@ -279,3 +307,10 @@ class Log:
     async def stream_last_seq(self) -> int:
         info = await self.js.stream_info(self.settings.stream)
         return int(info.state.last_seq)
+
+
+def _expect(headers: dict[str, str], expect: tuple[int, str] | None) -> dict[str, str]:
+    if expect is not None:
+        headers[Header.EXPECTED_LAST_SUBJECT_SEQ.value] = str(expect[0])
+        headers[Header.EXPECTED_LAST_SUBJECT_SEQ_SUBJECT.value] = expect[1]
+    return headers

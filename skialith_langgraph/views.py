@@ -34,6 +34,7 @@ class ReadStats:
     database: int = 0  # the read model had caught up (possibly after a short wait)
     log: int = 0  # the projector lagged or the database was down: replayed from the log
     waited: int = 0  # reads that had to wait for the projector
+    head: int = 0  # answered from this process's own exact head of the thread (see heads.py)
 
 
 @asynccontextmanager
@@ -45,6 +46,7 @@ async def consistent_view(
     read_wait: float,
     name: str = PROJECTION,
     stats: ReadStats | None = None,
+    target: int | None = None,
 ) -> AsyncIterator[AsyncConnection]:
     """Yield a connection that sees every write acknowledged on ``filters`` before this call.
 
@@ -55,8 +57,10 @@ async def consistent_view(
         read_wait: seconds to wait for the projector before reading the log.
         name: the projection whose watermark counts.
         stats: counters to update.
+        target: the sequence to reach, when the caller already asked JetStream for it.
     """
-    target = await log.stream_last_seq() if filters is None else await log.last_seq(*filters)
+    if target is None:
+        target = await log.stream_last_seq() if filters is None else await log.last_seq(*filters)
     async with AsyncExitStack() as stack:
         conn: AsyncConnection | None = None
         try:

@@ -85,4 +85,26 @@ async def test_reads_after_the_projector_stops_mid_thread_still_see_every_write(
         await app.ainvoke({"steps": ["two"]}, config)
         state = await app.aget_state(config)
         assert state.values["steps"] == ["one", "plan", "act", "check", "two", "plan", "act", "check"]
-        assert saver.read_stats.log >= 1
+    # a reader that did not write the thread has no head of it: it reads the log
+    async with SkialithCheckpointer(settings=dataclasses.replace(settings, read_wait=0.1)) as reader:
+        state = await build().compile(checkpointer=reader).aget_state(config)
+        assert state.values["steps"] == ["one", "plan", "act", "check", "two", "plan", "act", "check"]
+        assert reader.read_stats.log == 1 and reader.read_stats.head == 0
+
+
+async def test_a_write_by_another_writer_is_seen_by_the_first(settings: Settings) -> None:
+    """A process answers reads of a thread it writes from memory; a foreign write must end that."""
+    config = {"configurable": {"thread_id": "t-two-writers"}}
+    fast = dataclasses.replace(settings, read_wait=0.0)
+    async with SkialithCheckpointer(settings=fast) as first, SkialithCheckpointer(settings=fast) as second:
+        app1, app2 = build().compile(checkpointer=first), build().compile(checkpointer=second)
+        await app1.ainvoke({"steps": ["a"]}, config)
+        assert (await app1.aget_state(config)).values["steps"] == ["a", "plan", "act", "check"]
+        assert first.read_stats.head >= 1
+        await app2.ainvoke({"steps": ["b"]}, config)  # the other writer continues the thread
+        served_from_head = first.read_stats.head
+        state = await app1.aget_state(config)
+        assert state.values["steps"] == ["a", "plan", "act", "check", "b", "plan", "act", "check"]
+        assert first.read_stats.head == served_from_head  # not from the stale head
+        await app1.ainvoke({"steps": ["c"]}, config)  # and writing again continues from the truth
+        assert (await app2.aget_state(config)).values["steps"][-4:] == ["c", "plan", "act", "check"]
