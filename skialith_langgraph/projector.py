@@ -48,7 +48,7 @@ class ProjectorStats:
 
 
 class Projector:
-    """Log -> read model. Run one per deployment (more replicas may stand by; see README).
+    """Log -> read model. Several replicas (distinct ``replica`` ids) may run at once.
 
     Example:
         >>> projector = Projector(Settings())  # doctest: +SKIP
@@ -61,10 +61,12 @@ class Projector:
         settings: Settings | None = None,
         *,
         name: str = PROJECTION,
+        replica: str = "0",
         batch_size: int = DEFAULT_BATCH_SIZE,
         fetch_timeout: float = DEFAULT_FETCH_TIMEOUT,
     ) -> None:
         self.settings = settings or Settings.from_env()
+        self.replica = replica
         self.name = name
         self.batch_size = batch_size
         self.fetch_timeout = fetch_timeout
@@ -76,7 +78,9 @@ class Projector:
 
     @property
     def durable(self) -> str:
-        return f"skialith-projector-{self.name}"
+        """Each replica has its own durable consumer over the whole stream; the watermark row lock
+        makes them take turns, so any number may run (for availability, not throughput)."""
+        return f"skialith-projector-{self.name}-{self.replica}"
 
     async def open(self) -> None:
         """Connect to NATS and the database, ensure the stream, the tables and the consumer."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import delete, select, tuple_
+from sqlalchemy import delete, select, tuple_, update
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Insert
@@ -210,7 +210,7 @@ async def apply_messages(
     Returns:
         The highest sequence applied (0 when nothing was).
     """
-    floor = await watermark(conn, name) if name else 0
+    floor = await lock_watermark(conn, name) if name else 0
     batch = Batch(conn)
     top = 0
     for seq, msg in messages:
@@ -225,6 +225,19 @@ async def apply_messages(
     return top
 
 
+async def lock_watermark(conn: AsyncConnection, name: str) -> int:
+    """Read the watermark holding its row lock until the transaction ends.
+
+    Projector replicas may run at once; this serializes their batches, so each applies only what
+    no other replica applied before it, in stream order (a delete is never undone by a late put).
+    On SQLite the UPDATE takes the database write lock; on MySQL/TiDB the row lock.
+    """
+    await conn.execute(_upsert(conn.dialect.name, projection, []), [{"name": name, "last_seq": 0}])
+    lock = update(projection).where(projection.c.name == name).values(last_seq=projection.c.last_seq)
+    await conn.execute(lock)
+    return await watermark(conn, name)
+
+
 async def watermark(conn: AsyncConnection, name: str) -> int:
     value = (await conn.execute(select(projection.c.last_seq).where(projection.c.name == name))).scalar()
     return int(value or 0)
@@ -236,4 +249,4 @@ async def set_watermark(conn: AsyncConnection, name: str, seq: int) -> None:
     )
 
 
-__all__ = ["Batch", "apply_messages", "apply_op", "set_watermark", "watermark"]
+__all__ = ["Batch", "lock_watermark", "apply_messages", "apply_op", "set_watermark", "watermark"]
