@@ -37,7 +37,7 @@ from .heads import Heads, ThreadHead
 from .log import ExpectationFailed, Log
 from .readmodel import ReadModel, queries
 from .subjects import check_length, token
-from .views import ReadStats, consistent_view
+from .views import ReadStats, Scratch, consistent_view
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class _Core:
         self.log: Log | None = None
         self.model = ReadModel.from_url(settings.database_url, connect_timeout=settings.connect_timeout)
         self.heads = Heads()
+        self.scratch = Scratch()
         self._lock = asyncio.Lock()
 
     async def _log(self) -> Log:
@@ -84,6 +85,7 @@ class _Core:
             await self.log.close()
             self.log = None
         await self.model.close()
+        await self.scratch.close()
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -228,7 +230,12 @@ class _Core:
         if thread_id is not None:
             filters = [log.subjects.thread(token(thread_id, field="thread_id")), log.subjects.global_ops]
         async with consistent_view(
-            log, self.model, filters, read_wait=self.settings.read_wait, stats=self.stats
+            log,
+            self.model,
+            filters,
+            read_wait=self.settings.read_wait,
+            stats=self.stats,
+            scratch=self.scratch,
         ) as conn:
             yield conn
 
@@ -258,6 +265,7 @@ class _Core:
             [thread_filter, log.subjects.global_ops],
             read_wait=self.settings.read_wait,
             stats=self.stats,
+            scratch=self.scratch,
             target=target,
         ) as conn:
             return await queries.get_tuple(conn, self.serde, thread_id, ns, checkpoint_id)

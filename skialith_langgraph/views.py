@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
+from sqlalchemy import delete
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -23,6 +24,7 @@ from .errors import ReadModelError
 from .log import Log
 from .readmodel import PROJECTION, ReadModel
 from .readmodel.apply import apply_messages, watermark
+from .readmodel.tables import metadata
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ async def consistent_view(
     name: str = PROJECTION,
     stats: ReadStats | None = None,
     target: int | None = None,
+    scratch: Scratch | None = None,
 ) -> AsyncIterator[AsyncConnection]:
     """Yield a connection that sees every write acknowledged on ``filters`` before this call.
 
@@ -58,6 +61,7 @@ async def consistent_view(
         name: the projection whose watermark counts.
         stats: counters to update.
         target: the sequence to reach, when the caller already asked JetStream for it.
+        scratch: a reusable in-memory model for the log replay.
     """
     if target is None:
         target = await log.stream_last_seq() if filters is None else await log.last_seq(*filters)
@@ -89,23 +93,55 @@ async def consistent_view(
             return
     if stats is not None:
         stats.log += 1
-    async with replay(log, filters, target) as mem:
+    async with replay(log, filters, target, scratch) as mem:
         yield mem
 
 
+class Scratch:
+    """A reusable private in-memory model for log replays (creating one costs ~100 ms of DDL).
+
+    Replays through one scratch model take turns; each starts from empty tables.
+    """
+
+    def __init__(self) -> None:
+        self._model: ReadModel | None = None
+        self._lock = asyncio.Lock()
+
+    @asynccontextmanager
+    async def empty(self) -> AsyncIterator[ReadModel]:
+        async with self._lock:
+            if self._model is None:
+                self._model = ReadModel.memory()
+                await self._model.setup()
+            else:
+                async with self._model.begin() as conn:
+                    for table in reversed(metadata.sorted_tables):
+                        await conn.execute(delete(table))
+            yield self._model
+
+    async def close(self) -> None:
+        if self._model is not None:
+            await self._model.close()
+            self._model = None
+
+
 @asynccontextmanager
-async def replay(log: Log, filters: Sequence[str] | None, until_seq: int) -> AsyncIterator[AsyncConnection]:
+async def replay(
+    log: Log, filters: Sequence[str] | None, until_seq: int, scratch: Scratch | None = None
+) -> AsyncIterator[AsyncConnection]:
     """An in-memory read model holding the messages on ``filters`` up to ``until_seq``."""
     messages: list[tuple[int, codec.Msg]] = []
     for f in [log.subjects.all] if filters is None else filters:
         async for m in log.read(f, until_seq=until_seq):
             messages.append((m.seq, codec.loads(m.body)))
     messages.sort(key=lambda item: item[0])
-    mem = ReadModel.memory()
+    own = scratch or Scratch()
     try:
-        async with mem.begin() as conn:
-            await apply_messages(conn, messages, name=None)
-        async with mem.connect() as conn:
-            yield conn
+        async with own.empty() as mem:
+            async with mem.begin() as conn:
+                await apply_messages(conn, messages, name=None)
+            async with mem.connect() as conn:
+                yield conn
     finally:
-        await mem.close()
+        if scratch is None:
+            await own.close()
