@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import uuid
+import os
 
 import nats
 import pytest
@@ -98,25 +98,28 @@ async def test_only_changed_channels_are_published(settings: Settings) -> None:
         assert tup is not None and tup.checkpoint["channel_values"] == {"big": big, "small": 2}
 
 
+@pytest.mark.parametrize("size_mib", [5, 50], ids=["5MiB", "50MiB"])
 @pytest.mark.parametrize("projector_running", [False, True], ids=["log", "database"])
 async def test_a_checkpoint_above_max_payload_is_stored_and_read_back_whole(
-    settings: Settings, projector_running: bool
+    settings: Settings, projector_running: bool, size_mib: int
 ) -> None:
-    blob = uuid.uuid4().bytes * (3 * 1024 * 1024 // 16)  # 3 MiB, over the 1 MiB max_payload
+    """Above NATS's 1 MiB max_payload and MySQL's 16 MiB max_allowed_packet: stored and read back whole."""
+    blob = os.urandom(size_mib * 1024 * 1024)
+    write = os.urandom(3 * 1024 * 1024)  # a large pending write too
     projector = Projector(settings, fetch_timeout=0.2)
     if projector_running:
         await projector.start()
+    settings = settings.replace(read_wait=60.0 if projector_running else 0.0)
+    expected_paths = (1, 0) if projector_running else (0, 1)
     try:
-        async with SkialithCheckpointer(
-            settings=settings, read_wait=5.0 if projector_running else 0.0
-        ) as saver:
-            await saver.aput(_config("t-big"), _checkpoint(blob=blob), {}, {"blob": "1"})
-            tup = await saver.aget_tuple(_config("t-big"))
+        async with SkialithCheckpointer(settings=settings) as writer:
+            stored = await writer.aput(_config("t-big"), _checkpoint(blob=blob), {}, {"blob": "1"})
+            await writer.aput_writes(stored, [("blob", write)], "task")
+        async with SkialithCheckpointer(settings=settings) as reader:
+            tup = await reader.aget_tuple(_config("t-big"))
             assert tup is not None and tup.checkpoint["channel_values"]["blob"] == blob
-            if projector_running:
-                assert saver.read_stats.database == 1
-            else:
-                assert saver.read_stats.log == 1
+            assert tup.pending_writes == [("task", "blob", write)]
+            assert (reader.read_stats.database, reader.read_stats.log) == expected_paths
     finally:
         if projector_running:
             await projector.stop()

@@ -7,6 +7,7 @@ from the log when the projector lags, so both answer alike. Upserts are
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -18,9 +19,12 @@ from sqlalchemy.sql import Insert
 from ..codec import CheckpointMsg, DeleteRunsMsg, DeleteThreadMsg, EventMsg, Msg, PruneMsg, WritesMsg
 from ..errors import ProjectionError
 from ..subjects import token
-from .tables import agent_events, checkpoint_blobs, checkpoint_writes, checkpoints, projection
+from .tables import agent_events, blob_parts, checkpoint_blobs, checkpoint_writes, checkpoints, projection
 
 Row = dict[str, Any]
+
+PART_SIZE = 1024 * 1024  # bytes per stored part of a large value
+PARTS_PREFIX = "parts:"
 
 
 def _upsert(dialect: str, table: Any, update: Sequence[str]) -> Insert:
@@ -51,9 +55,30 @@ class Batch:
         self.writes_first: list[Row] = []  # ordinary writes: the first value wins
         self.writes_last: list[Row] = []  # special writes (negative idx): the last value wins
         self.events: list[Row] = []
+        self.parts: list[Row] = []
+
+    def spill(self, owner_key: str, typ: str, data: bytes) -> tuple[str, bytes]:
+        """Store a value over PART_SIZE in parts; return what the owning row keeps."""
+        if len(data) <= PART_SIZE:
+            return typ, data
+        digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+        n = (len(data) + PART_SIZE - 1) // PART_SIZE
+        self.parts.extend(
+            {
+                "owner_key": owner_key,
+                "digest": digest,
+                "part": i,
+                "data": data[i * PART_SIZE : (i + 1) * PART_SIZE],
+            }
+            for i in range(n)
+        )
+        return f"{PARTS_PREFIX}{n}:{digest}:{typ}", b""
 
     async def flush(self) -> None:
         c = self.conn
+        if self.parts:
+            for row in self.parts:  # one part per statement keeps each packet under 2 MiB
+                await c.execute(_upsert(self.dialect, blob_parts, []), [row])
         if self.ckpts:
             cols = [k for k in self.ckpts[0] if k not in ("thread_key", "ns_key", "checkpoint_id")]
             await c.execute(_upsert(self.dialect, checkpoints, cols), self.ckpts)
@@ -71,6 +96,7 @@ class Batch:
                 _upsert(self.dialect, agent_events, ["agent_id", "type", "payload", "ts", "seq"]), self.events
             )
         self.ckpts, self.blobs, self.writes_first, self.writes_last, self.events = [], [], [], [], []
+        self.parts = []
 
     async def add(self, seq: int, msg: Msg) -> None:
         if isinstance(msg, CheckpointMsg):
@@ -91,15 +117,17 @@ class Batch:
                     "seq": seq,
                 }
             )
-            self.blobs.extend(
-                {"thread_key": tk, "ns_key": nk, "channel": ch, "version": ver, "type": typ, "blob": data}
-                for ch, ver, typ, data in msg.blobs
-            )
+            for ch, ver, typ, data in msg.blobs:
+                typ, data = self.spill(tk, typ, data)
+                self.blobs.append(
+                    {"thread_key": tk, "ns_key": nk, "channel": ch, "version": ver, "type": typ, "blob": data}
+                )
         elif isinstance(msg, WritesMsg):
             tk, nk = token(msg.thread_id, field="thread_id"), token(msg.checkpoint_ns, field="checkpoint_ns")
             # a repeated special write inside one put_writes keeps the last; ordinary ones the first
             seen: dict[int, Row] = {}
             for idx, ch, typ, data in msg.writes:
+                typ, data = self.spill(tk, typ, data)
                 row = {
                     "thread_key": tk,
                     "ns_key": nk,
@@ -116,15 +144,17 @@ class Batch:
             for idx, row in seen.items():
                 (self.writes_last if idx < 0 else self.writes_first).append(row)
         elif isinstance(msg, EventMsg):
+            ak = token(msg.agent_id, field="agent_id")
+            typ, data = self.spill(ak, *msg.payload)
             self.events.append(
                 {
-                    "agent_key": token(msg.agent_id, field="agent_id"),
+                    "agent_key": ak,
                     "kind": msg.kind,
                     "step": msg.step,
                     "name": msg.name,
                     "agent_id": msg.agent_id,
-                    "type": msg.payload[0],
-                    "payload": msg.payload[1],
+                    "type": typ,
+                    "payload": data,
                     "ts": msg.ts,
                     "seq": seq,
                 }
@@ -140,6 +170,7 @@ async def apply_op(conn: AsyncConnection, msg: Msg) -> None:
         tk = token(msg.thread_id, field="thread_id")
         for table in (checkpoints, checkpoint_blobs, checkpoint_writes):
             await conn.execute(delete(table).where(table.c.thread_key == tk))
+        await conn.execute(delete(blob_parts).where(blob_parts.c.owner_key == tk))
     elif isinstance(msg, PruneMsg):
         tk = token(msg.thread_id, field="thread_id")
         keep = {(token(ns, field="checkpoint_ns"), cid) for ns, cid in msg.keep}
@@ -250,3 +281,22 @@ async def set_watermark(conn: AsyncConnection, name: str, seq: int) -> None:
 
 
 __all__ = ["Batch", "lock_watermark", "apply_messages", "apply_op", "set_watermark", "watermark"]
+
+
+async def unspill(conn: AsyncConnection, owner_key: str, typ: str, data: bytes) -> tuple[str, bytes]:
+    """The whole value of a row that may hold it in parts (see :meth:`Batch.spill`)."""
+    if not typ.startswith(PARTS_PREFIX):
+        return typ, data
+    n_text, digest, original = typ[len(PARTS_PREFIX) :].split(":", 2)
+    rows = (
+        await conn.execute(
+            select(blob_parts.c.part, blob_parts.c.data)
+            .where(blob_parts.c.owner_key == owner_key, blob_parts.c.digest == digest)
+            .order_by(blob_parts.c.part)
+        )
+    ).all()
+    if len(rows) != int(n_text):
+        raise ProjectionError(
+            f"value {digest} of {owner_key!r} has {len(rows)} of {n_text} parts in the read model"
+        )
+    return original, b"".join(r.data for r in rows)

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..codec import CheckpointMsg, PruneMsg, WritesMsg, version_key
 from ..subjects import token
+from .apply import unspill
 from .tables import checkpoint_blobs, checkpoint_writes, checkpoints
 
 _C = checkpoints.c
@@ -61,8 +62,9 @@ async def _writes_for(
             ).where(tuple_(_W.thread_key, _W.ns_key, _W.checkpoint_id).in_(part))
         )
         for r in rows:
+            value = await unspill(conn, r.thread_key, r.type, r.blob)
             raw[(r.thread_key, r.ns_key, r.checkpoint_id)].append(
-                ((r.task_path, r.task_id, r.idx), (r.task_id, r.channel, serde.loads_typed((r.type, r.blob))))
+                ((r.task_path, r.task_id, r.idx), (r.task_id, r.channel, serde.loads_typed(value)))
             )
     for k, items in raw.items():
         items.sort(key=lambda item: item[0])
@@ -84,7 +86,7 @@ async def _blobs_for(
             )
         )
         for r in rows:
-            found[(r.channel, r.version)] = (r.type, r.blob)
+            found[(r.channel, r.version)] = await unspill(conn, thread_key, r.type, r.blob)
     return found
 
 
@@ -323,7 +325,9 @@ async def export_thread(
     write_rows = (await conn.execute(select(checkpoint_writes).where(_W.thread_key == tk))).all()
     blobs_by_ns: dict[str, list[tuple[str, str, str, bytes]]] = {}
     for b in blob_rows:
-        blobs_by_ns.setdefault(b.ns_key, []).append((b.channel, b.version, b.type, b.blob))
+        blobs_by_ns.setdefault(b.ns_key, []).append(
+            (b.channel, b.version, *await unspill(conn, tk, b.type, b.blob))
+        )
     out: list[CheckpointMsg | WritesMsg] = []
     ns_of: dict[str, str] = {}
     for r in rows:
@@ -355,6 +359,6 @@ async def export_thread(
                 task_path=w.task_path,
                 writes=[],
             )
-        msg.writes.append((w.idx, w.channel, w.type, w.blob))
+        msg.writes.append((w.idx, w.channel, *await unspill(conn, tk, w.type, w.blob)))
     out.extend(grouped.values())
     return out

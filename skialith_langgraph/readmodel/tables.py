@@ -97,3 +97,42 @@ schema_version = Table(
     metadata,
     Column("version", Integer, primary_key=True, autoincrement=False),
 )
+
+TIME = Float(53)  # DOUBLE on MySQL (a bare Float is single precision there), REAL on SQLite
+
+agent_traces = Table(
+    "skialith_agent_traces",
+    metadata,
+    Column("source", SHORT, primary_key=True),  # "langgraph" or "agent"
+    Column("trace_key", KEY, primary_key=True),  # subject token of the thread_id or agent_id
+    Column("span_key", KEY, primary_key=True),  # digest of the span's natural key (see traces.py)
+    Column("trace_id", TEXT, nullable=False),  # the thread_id or agent_id
+    Column("checkpoint_ns", TEXT, nullable=False),
+    Column("kind", SHORT, nullable=False),  # "task", "checkpoint" or "event"
+    Column("name", ID, nullable=False),  # node, checkpoint source ("input", "loop", ...) or event name
+    Column("step", BigInteger, nullable=True),
+    Column("checkpoint_id", ID, nullable=True, index=True),  # a task's: the checkpoint it ran from
+    Column("parent_checkpoint_id", ID, nullable=True),
+    Column("task_id", ID, nullable=True),
+    Column("task_path", TEXT, nullable=True),
+    Column("run_id", ID, nullable=True, index=True),
+    Column("channels", TEXT, nullable=False),  # JSON list of channel names written
+    Column("sends", TEXT, nullable=True),  # a checkpoint's pending Sends: JSON {"version", "nodes"}
+    Column("status", SHORT, nullable=False),  # "ok", "error" or "interrupted"
+    Column("started_at", TIME, nullable=True),  # epoch seconds, JetStream server clock
+    Column("finished_at", TIME, nullable=False),
+    Column("duration", TIME, nullable=True),  # seconds
+    Column("seq", BigInteger, nullable=False),  # stream sequence of the last message applied
+)
+
+# Values larger than one part (see apply.PART_SIZE) are stored here in parts, and the owning row's
+# ``type`` becomes "parts:<n>:<digest>:<type>" with an empty blob: MySQL refuses a packet over
+# max_allowed_packet (16 MiB by default), InnoDB a BLOB over 10% of the redo log, TiDB a row over 6 MiB.
+blob_parts = Table(
+    "skialith_blob_parts",
+    metadata,
+    Column("owner_key", KEY, primary_key=True),  # the thread_key or agent_key the value belongs to
+    Column("digest", String(64), primary_key=True),
+    Column("part", Integer, primary_key=True, autoincrement=False),
+    Column("data", BLOB, nullable=False),
+)
