@@ -19,7 +19,7 @@ import aiomysql
 
 from . import peers
 from .contender import FLOOR, FLOOR_ALWAYS, SKIALITH, SKIALITH_ALWAYS, Contender
-from .databases import Databases, MySQLTarget, mysql_settings
+from .databases import DEFAULT_MYSQL_URL, DEFAULT_POSTGRES_URL, Databases, MySQLTarget, mysql_settings
 from .jetstream_side import Floor, SkialithApi, SkialithSide, load_skialith, open_floor, open_skialith
 from .nats_server import NatsServer
 
@@ -34,8 +34,8 @@ class Options:
     iterations: int | None = None
     sync_always: bool = False
     out: Path = Path("benchmarks/results")
-    mysql_url: str = "mysql://root@127.0.0.1:3306/test"
-    postgres_url: str = "postgresql://postgres@127.0.0.1:5432/test"
+    mysql_url: str = DEFAULT_MYSQL_URL
+    postgres_url: str = DEFAULT_POSTGRES_URL
     sections: tuple[str, ...] = ("latency", "graph", "concurrency", "projector")
 
 
@@ -118,9 +118,11 @@ class BenchEnv:
                     db=db,
                     stream=stream,
                     workdir=self.workdir,
-                    db_settings={"innodb_flush_log_at_trx_commit": self.mysql_info["innodb_flush_log_at_trx_commit"]},
+                    db_settings={
+                        "innodb_flush_log_at_trx_commit": self.mysql_info["innodb_flush_log_at_trx_commit"]
+                    },
                 )
-            except Exception as exc:  # noqa: BLE001 - the package is being written; say why and go on
+            except Exception as exc:
                 self.notes.append(f"{name} contender skipped: {type(exc).__name__}: {exc}")
                 continue
             self.skialith.append(side)

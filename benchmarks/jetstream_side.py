@@ -7,9 +7,7 @@ imported lazily, so the rest of the benchmark runs (and says why) while the pack
 
 from __future__ import annotations
 
-import asyncio
 import importlib
-import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,7 @@ from .nats_server import NatsServer
 from .projector_proc import ProjectorProcess, Watermark
 
 FLOOR_STREAM = "SKFLOOR"
-CATCH_UP_TIMEOUT = 60.0  # seconds to wait for a projector to reach the end of the stream
+CATCH_UP_TIMEOUT = 60.0  # seconds to wait for a projection to reach the end of the stream
 
 
 @dataclass(slots=True)
@@ -75,7 +73,7 @@ def load_skialith() -> SkialithApi | str:
     """Import the Skialith API, or return why it cannot be used yet."""
     try:
         mod = importlib.import_module("skialith_langgraph")
-    except Exception as exc:  # noqa: BLE001 - any import failure means: skip the contender
+    except Exception as exc:
         return f"cannot import skialith_langgraph ({type(exc).__name__}: {exc})"
     missing = [n for n in ("SkialithCheckpointer", "Settings", "Projector") if not hasattr(mod, n)]
     if missing:
@@ -90,19 +88,17 @@ def skialith_settings(api: SkialithApi, server: NatsServer, database_url: str, s
     )
 
 
-async def start_projector(stack: AsyncExitStack, api: SkialithApi, settings: Any, **kwargs: Any) -> Any:
-    """Start a projector as a task on this loop; it is stopped when ``stack`` closes."""
-    projector = api.projector(settings, **kwargs)
-    await projector.start()
-    stack.push_async_callback(projector.stop)
-    return projector
-
-
 @dataclass(slots=True)
 class SkialithSide:
-    """A Skialith contender with what the harness needs to wait for its projection."""
+    """A Skialith contender with what the harness needs to wait for its projection.
+
+    ``reader`` is a second checkpointer on the same stream and database, standing for another
+    process: it has no own-writes heads for the contender's threads, so its reads of them are
+    served by the read model.
+    """
 
     contender: Contender
+    reader: Contender
     server: NatsServer
     stream: str
     watermark: Watermark
@@ -131,6 +127,9 @@ async def open_skialith(
     saver = api.checkpointer(settings=settings)
     await saver.asetup()
     stack.push_async_callback(saver.aclose)
+    reader = api.checkpointer(settings=settings)
+    await reader.asetup()
+    stack.push_async_callback(reader.aclose)
     await stack.enter_async_context(
         ProjectorProcess(nats_url=server.url, database_url=database_url, stream=stream, workdir=workdir)
     )
@@ -139,23 +138,9 @@ async def open_skialith(
     replicas = getattr(settings, "replicas", 1)
     info = {**nats_settings(server, replicas), **{f"read_model_{k}": v for k, v in db_settings.items()}}
     info["projector"] = "separate process"
-    return SkialithSide(Contender(name, saver, info, skialith=True), server, stream, watermark)
-
-
-async def wait_caught_up(projector: Any, stream_last_seq: int, timeout: float = CATCH_UP_TIMEOUT) -> float:
-    """Wait until ``projector`` has applied the stream up to ``stream_last_seq``; return the seconds waited.
-
-    Raises:
-        TimeoutError: the projector did not get there within ``timeout`` seconds.
-    """
-    start = time.monotonic()
-    while projector.stats.last_seq < stream_last_seq:
-        if time.monotonic() - start > timeout:
-            raise TimeoutError(
-                f"projector at seq {projector.stats.last_seq} did not reach {stream_last_seq} in {timeout} s"
-            )
-        await asyncio.sleep(0.005)
-    return time.monotonic() - start
+    contender = Contender(name, saver, info, skialith=True)
+    other = Contender(f"{name} (other instance)", reader, info, skialith=True)
+    return SkialithSide(contender, other, server, stream, watermark)
 
 
 async def stream_last_seq(server: NatsServer, stream: str) -> int:
@@ -166,3 +151,21 @@ async def stream_last_seq(server: NatsServer, stream: str) -> int:
         return int(info.state.last_seq)
     finally:
         await nc.close()
+
+
+def read_stats(saver: Any) -> dict[str, int]:
+    """A snapshot of where a Skialith checkpointer served its reads from (empty if it does not say)."""
+    stats = getattr(saver, "read_stats", None)
+    if stats is None:
+        return {}
+    fields = getattr(stats, "__dataclass_fields__", None) or vars(stats)
+    return {name: int(getattr(stats, name)) for name in fields}
+
+
+def describe_reads(name: str, section: str, before: dict[str, int], after: dict[str, int]) -> str | None:
+    """A sentence saying where ``name`` served its reads from during ``section``, or None if unknown."""
+    delta = {k: after[k] - before.get(k, 0) for k in after}
+    if not delta or not any(delta.values()):
+        return None
+    parts = ", ".join(f"{k}={v}" for k, v in delta.items())
+    return f"{name} reads during {section} (from the checkpointer's read_stats): {parts}."

@@ -8,6 +8,7 @@ checkpoint is not.
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import time
@@ -50,7 +51,9 @@ def _timed(fn: Callable[[], Awaitable[Any]]) -> Call:
 
 def aput_call(c: Contender, size: str, *, tag: str) -> Call:
     """Successive ``aput`` calls on one thread, each checkpoint the child of the previous one."""
-    chain = CheckpointChain(c.saver, f"lat-{tag}-aput-{size}-{uuid.uuid4().hex[:8]}", make_messages(SIZES[size]))
+    chain = CheckpointChain(
+        c.saver, f"lat-{tag}-aput-{size}-{uuid.uuid4().hex[:8]}", make_messages(SIZES[size])
+    )
 
     async def call() -> int:
         config, ckpt, metadata, versions = chain.next()
@@ -91,7 +94,9 @@ async def aget_tuple_call(c: Contender, size: str, *, tag: str) -> Call:
     """``aget_tuple`` of the latest checkpoint of a prepared thread (checked, untimed)."""
     config = await _prepared_thread(c, size, tag=f"{tag}-r")
     wanted = config["configurable"]["checkpoint_id"]
-    latest: RunnableConfig = {"configurable": {"thread_id": config["configurable"]["thread_id"], "checkpoint_ns": ""}}
+    latest: RunnableConfig = {
+        "configurable": {"thread_id": config["configurable"]["thread_id"], "checkpoint_ns": ""}
+    }
 
     async def call() -> int:
         t0 = time.perf_counter_ns()
@@ -110,9 +115,9 @@ async def build_rows(env: BenchEnv) -> list[Row]:
     for name, floor in env.floors.items():
         for size, n in SIZES.items():
             payload = os.urandom(n)
-            rows.append(Row("publish", size, name, _timed(lambda f=floor, p=payload: f.publish(p))))
+            rows.append(Row("publish", size, name, _timed(functools.partial(floor.publish, payload))))
     raw = os.urandom(SIZES["1KiB"])
-    rows.append(Row("insert", "1KiB", RAW_INSERT, _timed(lambda: env.raw_insert(raw))))
+    rows.append(Row("insert", "1KiB", RAW_INSERT, _timed(functools.partial(env.raw_insert, raw))))
     tag = uuid.uuid4().hex[:6]
     for op in OPS:
         for size in SIZES:

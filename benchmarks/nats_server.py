@@ -67,8 +67,7 @@ class NatsServer:
         sync = "\n  sync_interval: always" if self.sync_always else ""
         conf = self._dir / "nats-server.conf"
         conf.write_text(
-            "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\n"
-            f'jetstream {{\n  store_dir: "{store}"{sync}\n}}\n'
+            f'listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\njetstream {{\n  store_dir: "{store}"{sync}\n}}\n'
         )
         log = self._dir / "nats-server.log"
         self._proc = subprocess.Popen(

@@ -62,7 +62,10 @@ def make_messages(target_bytes: int, *, seed: int = 0, chars_per_message: int = 
     messages: list[BaseMessage] = []
     while True:
         cls = HumanMessage if len(messages) % 2 == 0 else AIMessage
-        candidate = [*messages, cls(content=_text(chars_per_message, seed + len(messages)), id=str(uuid.uuid4()))]
+        candidate = [
+            *messages,
+            cls(content=_text(chars_per_message, seed + len(messages)), id=str(uuid.uuid4())),
+        ]
         if serialized_size(candidate) > target_bytes and messages:
             break
         messages = candidate
@@ -94,7 +97,7 @@ class CheckpointChain:
     messages: list[BaseMessage]
     checkpoint: Checkpoint = field(default_factory=empty_checkpoint)
     step: int = -1
-    config: RunnableConfig = field(default_factory=dict)
+    config: RunnableConfig = field(default_factory=RunnableConfig)
 
     def __post_init__(self) -> None:
         self.config = {"configurable": {"thread_id": self.thread_id, "checkpoint_ns": ""}}

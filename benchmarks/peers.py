@@ -24,9 +24,9 @@ from .databases import MySQLTarget, mysql_settings, postgres_settings, sqlite_se
 def mysql_note(group_concat_max_len: int) -> str:
     """The caveat printed next to every AIOMySQLSaver figure."""
     return (
-        "AIOMySQLSaver reads every blob version of a thread for the latest checkpoint and returns "
-        f"them through JSON_ARRAYAGG, so values over ~750 KiB are truncated unless "
-        f"group_concat_max_len (here {group_concat_max_len}) is raised"
+        "it reads every blob version of a thread for the latest checkpoint and returns them through "
+        f"JSON_ARRAYAGG, so values over ~750 KiB are truncated unless group_concat_max_len "
+        f"(here {group_concat_max_len} bytes; the benchmark leaves it as the server has it) is raised"
     )
 
 
@@ -47,7 +47,7 @@ async def open_postgres(stack: AsyncExitStack, url: str) -> Contender:
     """Open an ``AsyncPostgresSaver`` on one autocommit connection, as ``from_conn_string`` does."""
     conn = await AsyncConnection.connect(url, autocommit=True, prepare_threshold=0, row_factory=dict_row)
     stack.push_async_callback(conn.close)
-    saver = AsyncPostgresSaver(conn)  # type: ignore[arg-type]  # a dict_row connection, as from_conn_string
+    saver = AsyncPostgresSaver(conn)
     await saver.setup()
     return Contender(POSTGRES, saver, await postgres_settings(url))
 

@@ -4,7 +4,8 @@ Usage (the benchmark starts it; it is not meant to be run by hand)::
 
     python -m benchmarks.projector_proc --nats-url URL --database-url URL --stream NAME --ready FILE
 
-It writes ``ready`` to the ``--ready`` file once consuming, and stops cleanly on SIGTERM.
+It writes ``ready`` to the ``--ready`` file once consuming (with ``--hold``: once connected; it then
+waits for SIGUSR1 before consuming), and stops on SIGTERM.
 The parent watches the projection watermark in the database (:class:`Watermark`).
 """
 
@@ -25,6 +26,7 @@ from .databases import MySQLTarget
 
 START_TIMEOUT = 30.0  # seconds
 STOP_TIMEOUT = 10.0  # seconds
+PROJECTOR_STOP_TIMEOUT = 1.0  # seconds
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -41,10 +43,33 @@ async def _serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    await projector.start()
-    Path(args.ready).write_text("ready\n")
+    if args.hold:
+        go = asyncio.Event()
+        loop.add_signal_handler(signal.SIGUSR1, go.set)
+        await projector.open()  # connect and set up first, so that the parent can time consumption alone
+        Path(args.ready).write_text("ready\n")
+        await go.wait()
+        await projector.start()
+    else:
+        await projector.start()
+        Path(args.ready).write_text("ready\n")
     await stop.wait()
-    await projector.stop()
+    await stop_projector(projector)
+
+
+async def stop_projector(projector: Any, timeout: float = PROJECTOR_STOP_TIMEOUT) -> bool:
+    """Stop ``projector``, giving up after ``timeout`` seconds; return False if it had to give up.
+
+    Giving up is harmless here: every batch is committed and acknowledged before the next fetch,
+    and the benchmark is done with the projector. (Closing a NATS connection that has a pull
+    subscription can sit in ``drain()`` for its full 30 s timeout.)
+    """
+    try:
+        await asyncio.wait_for(projector.stop(), timeout)
+    except TimeoutError:
+        print(f"projector did not stop within {timeout} s; abandoning it", file=sys.stderr, flush=True)
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -54,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--database-url", required=True)
     parser.add_argument("--stream", required=True)
     parser.add_argument("--ready", required=True)
+    parser.add_argument("--hold", action="store_true", help="connect, then wait for SIGUSR1 before consuming")
     asyncio.run(_serve(parser.parse_args(argv)))
 
 
@@ -65,15 +91,28 @@ class ProjectorProcess:
         database_url: SQLAlchemy URL of the read model.
         stream: the Skialith stream (its lower-cased name is the subject prefix).
         workdir: where the ready flag and the log go.
+        hold: connect, then wait for :meth:`go` before consuming (to time consumption alone).
     """
 
-    def __init__(self, *, nats_url: str, database_url: str, stream: str, workdir: Path) -> None:
+    def __init__(
+        self, *, nats_url: str, database_url: str, stream: str, workdir: Path, hold: bool = False
+    ) -> None:
         self._args = ["--nats-url", nats_url, "--database-url", database_url, "--stream", stream]
         self._ready = workdir / f"projector-{stream}.ready"
         self._log = workdir / f"projector-{stream}.log"
+        if hold:
+            self._args.append("--hold")
         self._proc: subprocess.Popen[bytes] | None = None
 
-    async def __aenter__(self) -> ProjectorProcess:
+    def go(self) -> float:
+        """Let a held projector start consuming; return the ``time.monotonic()`` of the signal."""
+        assert self._proc is not None, "spawn() first"
+        started = time.monotonic()
+        self._proc.send_signal(signal.SIGUSR1)
+        return started
+
+    def spawn(self) -> None:
+        """Start the subprocess without waiting for it (see :meth:`wait_ready`)."""
         with self._log.open("wb") as log:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "benchmarks.projector_proc", *self._args, "--ready", str(self._ready)],
@@ -82,6 +121,14 @@ class ProjectorProcess:
                 stderr=subprocess.STDOUT,
                 cwd=str(Path(__file__).resolve().parent.parent),
             )
+
+    async def wait_ready(self) -> None:
+        """Wait until the subprocess is connected (and consuming, unless held).
+
+        Raises:
+            RuntimeError: it exited or did not get ready within ``START_TIMEOUT`` seconds (it is stopped).
+        """
+        assert self._proc is not None, "spawn() first"
         deadline = time.monotonic() + START_TIMEOUT
         while not self._ready.exists():
             if self._proc.poll() is not None or time.monotonic() > deadline:
@@ -89,6 +136,10 @@ class ProjectorProcess:
                 await self.stop()
                 raise RuntimeError(f"projector subprocess did not start; its output:\n{tail}")
             await asyncio.sleep(0.02)
+
+    async def __aenter__(self) -> ProjectorProcess:
+        self.spawn()
+        await self.wait_ready()
         return self
 
     async def stop(self) -> None:
@@ -135,7 +186,7 @@ class Watermark:
         async with self._conn.cursor() as cur:
             try:
                 await cur.execute(self._sql, (self._name,))
-            except Exception:  # noqa: BLE001 - the table may not exist yet
+            except Exception:
                 return 0
             row = await cur.fetchone()
         return int(row[0]) if row else 0

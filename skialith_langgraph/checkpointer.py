@@ -59,6 +59,7 @@ class _Core:
         self.model = ReadModel.from_url(settings.database_url, connect_timeout=settings.connect_timeout)
         self.heads = Heads()
         self.scratch = Scratch()
+        self.keeper: AsyncIterator[None] | None = None
         self._lock = asyncio.Lock()
 
     async def _log(self) -> Log:
@@ -303,6 +304,13 @@ class _Core:
             return await queries.delta_history(conn, self.serde, config, channels)
 
 
+async def _close_at_loop_end(core: _Core) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        await core.close()
+
+
 class SkialithCheckpointer(BaseCheckpointSaver[str]):
     """A LangGraph checkpointer with a write-ahead log on NATS JetStream.
 
@@ -358,19 +366,24 @@ class SkialithCheckpointer(BaseCheckpointSaver[str]):
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    def _core(self) -> _Core:
+    async def _acore(self) -> _Core:
+        """The core of the running loop, created on first use.
+
+        A core is closed when its loop shuts down (``asyncio.run`` and pytest-asyncio call
+        ``shutdown_asyncgens``, which finalizes the keeper generator), so a checkpointer used from
+        many short-lived loops does not leak connections.
+        """
         loop = asyncio.get_running_loop()
         core = self._cores.get(loop)
         if core is None:
             core = self._cores[loop] = _Core(self.settings, self.serde, self.read_stats)
+            core.keeper = _close_at_loop_end(core)
+            await anext(core.keeper)
         return core
-
-    async def _in_loop(self) -> _Core:
-        return self._core()
 
     def _run(self, method: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         async def call() -> Any:
-            return await fn(self._core(), *args, **kwargs)
+            return await fn(await self._acore(), *args, **kwargs)
 
         return self._loop_thread.run(call(), method=method)
 
@@ -381,7 +394,7 @@ class SkialithCheckpointer(BaseCheckpointSaver[str]):
 
     async def asetup(self) -> None:
         """Async :meth:`setup`."""
-        await self._core().setup()
+        await (await self._acore()).setup()
 
     def close(self) -> None:
         """Close the NATS connection and engine of the sync face and stop its loop thread."""
@@ -467,7 +480,7 @@ class SkialithCheckpointer(BaseCheckpointSaver[str]):
     # -- async face -------------------------------------------------------------------------
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
-        return await self._core().get_tuple(config)
+        return await (await self._acore()).get_tuple(config)
 
     async def alist(
         self,
@@ -477,7 +490,7 @@ class SkialithCheckpointer(BaseCheckpointSaver[str]):
         before: RunnableConfig | None = None,
         limit: int | None = None,
     ) -> AsyncIterator[CheckpointTuple]:
-        for item in await self._core().list(config, filter=filter, before=before, limit=limit):
+        for item in await (await self._acore()).list(config, filter=filter, before=before, limit=limit):
             yield item
 
     async def aput(
@@ -487,31 +500,31 @@ class SkialithCheckpointer(BaseCheckpointSaver[str]):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
-        return await self._core().put(config, checkpoint, metadata, new_versions)
+        return await (await self._acore()).put(config, checkpoint, metadata, new_versions)
 
     async def aput_writes(
         self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = ""
     ) -> None:
-        await self._core().put_writes(config, writes, task_id, task_path)
+        await (await self._acore()).put_writes(config, writes, task_id, task_path)
 
     async def adelete_thread(self, thread_id: str) -> None:
-        await self._core().delete_thread(thread_id)
+        await (await self._acore()).delete_thread(thread_id)
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
-        await self._core().delete_for_runs(run_ids)
+        await (await self._acore()).delete_for_runs(run_ids)
 
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
-        await self._core().copy_thread(source_thread_id, target_thread_id)
+        await (await self._acore()).copy_thread(source_thread_id, target_thread_id)
 
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
-        await self._core().prune(thread_ids, strategy)
+        await (await self._acore()).prune(thread_ids, strategy)
 
     async def aget_delta_channel_history(
         self, *, config: RunnableConfig, channels: Sequence[str]
     ) -> dict[str, DeltaChannelHistory]:
         if not channels:
             return {}
-        return await self._core().delta_history(config, channels)
+        return await (await self._acore()).delta_history(config, channels)
 
     def get_next_version(self, current: str | None, channel: None) -> str:
         """Versions like LangGraph's Postgres saver: a zero-padded counter plus a random tail."""

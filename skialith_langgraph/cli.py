@@ -51,6 +51,7 @@ logger = logging.getLogger("skialith_langgraph.cli")
 DEFAULT_PROGRESS_INTERVAL = 10.0  # seconds between progress lines
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 _LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+_CONSUMER_PAGE = 256  # JetStream lists consumers in pages of this size
 
 
 class CliError(Exception):
@@ -151,8 +152,15 @@ class EmbeddedStack:
 
 
 async def _stop_projector(projector: Projector) -> None:
+    """Stop the projector: it finishes and acknowledges the batch in hand, then closes.
+
+    Raises:
+        CliError: the projector's run task had failed (``stop()`` re-raises its error).
+    """
     try:
         await projector.stop()
+    except Exception as exc:
+        raise CliError(f"the projector stopped with an error: {type(exc).__name__}: {exc}") from exc
     finally:
         await projector.close()  # stop() skips it when the run task failed
 
@@ -255,7 +263,8 @@ def _connect_banner(stack: EmbeddedStack) -> list[str]:
         snippet_args = f"{nats_url!r}, {shown_db!r}"
     lines = [
         "Skialith is up.",
-        f"  NATS       {nats_url}  (nats-server pid {stack.server.pid}, JetStream store {stack.server.store_dir})",
+        f"  NATS       {nats_url}  (nats-server pid {stack.server.pid})",
+        f"  JetStream  {stack.server.store_dir}",
         f"  server log {stack.server.log_file}",
         f"  database   {shown_db}" + ("  (password hidden)" if hidden else ""),
         f"  projector  {stack.projector.durable if stack.projector else '-'} on stream {settings.stream}",
@@ -320,16 +329,29 @@ async def _rebuild(settings: Settings, projector: Projector) -> int:
     log = await Log.open(settings)
     try:
         await log.ensure_stream()
-        try:
-            await log.js.delete_consumer(settings.stream, projector.durable)
-            _out(f"rebuild: deleted the durable consumer {projector.durable} on stream {settings.stream}")
-        except nats.js.errors.NotFoundError:
-            _out(f"rebuild: no durable consumer {projector.durable} on stream {settings.stream} to delete")
+        # every replica of this projection has its own durable; all must start again from sequence 1
+        prefix = projector.durable.removesuffix(projector.replica)
+        durables = {projector.durable} | {n for n in await _consumer_names(log) if n.startswith(prefix)}
+        for durable in sorted(durables):
+            try:
+                await log.js.delete_consumer(settings.stream, durable)
+                _out(f"rebuild: deleted the durable consumer {durable} on stream {settings.stream}")
+            except nats.js.errors.NotFoundError:
+                pass
         last = await log.stream_last_seq()
     finally:
         await log.close()
     _out(f"rebuild: projecting stream {settings.stream} from sequence 1 (last sequence now {last})")
     return last
+
+
+async def _consumer_names(log: Log) -> list[str]:
+    names: list[str] = []
+    while True:
+        page = await log.js.consumers_info(log.settings.stream, offset=len(names))
+        names += [str(info.name) for info in page]
+        if len(page) < _CONSUMER_PAGE:
+            return names
 
 
 async def _announce_caught_up(probe: ProgressProbe, target: int, started: float) -> None:
@@ -351,11 +373,15 @@ async def _projector(args: argparse.Namespace) -> int:
         stream=args.stream,
         subject_prefix=args.subject_prefix,
     )
-    projector = Projector(settings, batch_size=args.batch_size)
+    projector = Projector(settings, replica=args.replica, batch_size=args.batch_size)
     async with _stop_signals() as stop:
         started = time.monotonic()
         target = await _rebuild(settings, projector) if args.rebuild else None
-        await projector.start()
+        try:
+            await projector.start()
+        except BaseException:
+            await projector.close()
+            raise
         metrics: MetricsServer | None = None
         announce: asyncio.Task[None] | None = None
         try:
@@ -444,7 +470,10 @@ async def _demo(args: argparse.Namespace) -> int:
             await stack.start()
             try:
                 settings = stack.settings
-                _out(f"  NATS      {settings.nats_url} (embedded, started for this demo, home {home})")
+                _out(
+                    f"  NATS      {settings.nats_url} (embedded: nats-server pid {stack.server.pid}, "
+                    f"home {home}; stopped at the end)"
+                )
                 _out(f"  database  {safe_url(settings.database_url)}")
                 task = asyncio.create_task(demo.run(settings.nats_url, settings.database_url, out=_out))
                 stopper = asyncio.create_task(stop.wait())
@@ -485,6 +514,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where the help text does not already explain it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``skialith`` command."""
     common = argparse.ArgumentParser(add_help=False)
@@ -508,8 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"skialith-langgraph {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    commands = parser.add_subparsers(dest="command", title="commands", required=True)
+    fmt = _HelpFormatter
 
     up = commands.add_parser(
         "up",
@@ -568,7 +607,8 @@ def build_parser() -> argparse.ArgumentParser:
     proj.add_argument(
         "--database-url",
         default=None,
-        help=f"SQLAlchemy async URL of the read model (default: $SKIALITH_DATABASE_URL, else {DEFAULT_DATABASE_URL})",
+        help="SQLAlchemy async URL of the read model "
+        f"(default: $SKIALITH_DATABASE_URL, else {DEFAULT_DATABASE_URL})",
     )
     proj.add_argument(
         "--stream", default=None, help=f"stream name (default: $SKIALITH_STREAM, else {DEFAULT_STREAM})"
@@ -577,6 +617,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--subject-prefix",
         default=None,
         help=f"first subject token (default: $SKIALITH_SUBJECT_PREFIX, else {DEFAULT_SUBJECT_PREFIX})",
+    )
+    proj.add_argument(
+        "--replica",
+        default="0",
+        help="this replica's id; replicas running at once need distinct ids (e.g. the pod name), "
+        "each has its own durable consumer and they take turns on the read model",
     )
     proj.add_argument(
         "--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE, help="messages per fetch"
@@ -597,8 +643,8 @@ def build_parser() -> argparse.ArgumentParser:
     proj.add_argument(
         "--rebuild",
         action="store_true",
-        help="drop the read-model tables and the durable consumer, then project the whole stream "
-        "again from sequence 1 (stop other projector replicas first)",
+        help="drop the read-model tables and the durable consumers of every replica, then project the "
+        "whole stream again from sequence 1 (stop the other replicas first)",
     )
     proj.set_defaults(run=_projector, default_log_level="INFO")
 
@@ -628,9 +674,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def configure_logging(level: str) -> None:
-    """Log to stderr at ``level``; nats-py's own chatter only from WARNING up."""
+    """Log to stderr at ``level``; libraries' own chatter only from WARNING (aiosqlite: INFO) up."""
     logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
-    logging.getLogger("nats").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    numeric = logging.getLevelName(level)
+    logging.getLogger("nats").setLevel(max(logging.WARNING, numeric))
+    logging.getLogger("aiosqlite").setLevel(max(logging.INFO, numeric))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -640,7 +688,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command: Callable[[argparse.Namespace], Coroutine[Any, Any, int]] = args.run
     try:
         code = asyncio.run(command(args))
-    except (CliError, SkialithError) as exc:
+    except (CliError, SkialithError, OSError) as exc:
         print(f"skialith {args.command}: error: {exc}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:

@@ -26,7 +26,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any, Protocol, TypedDict
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
@@ -46,6 +46,10 @@ class PipelineState(TypedDict):
     steps: Annotated[list[str], operator.add]
 
 
+class _Step(Protocol):
+    def __call__(self, state: PipelineState) -> dict[str, Any]: ...
+
+
 def build_graph(
     executions: Path, *, crash_in: str | None = None, at_crash: Callable[[], None] | None = None
 ) -> StateGraph[PipelineState]:
@@ -57,7 +61,7 @@ def build_graph(
         at_crash: called inside ``crash_in``; in the child it blocks until the process is killed.
     """
 
-    def make(name: str) -> Callable[[PipelineState], dict[str, Any]]:
+    def make(name: str) -> _Step:
         def node(state: PipelineState) -> dict[str, Any]:
             with open(executions, "a", encoding="utf-8") as f:
                 f.write(f"{name} {os.getpid()}\n")
@@ -136,12 +140,13 @@ async def run(nats_url: str, database_url: str, *, out: Callable[[str], None] = 
             result = await app.ainvoke(None, config)
             history = [s async for s in app.aget_state_history(config)]
         counts = _counts(executions)
+        here = counts[CRASH_IN] - before[CRASH_IN]
         out(f"   resumed state: steps={result['steps']}")
         out(f"   history: {len(history)} checkpoints")
         out(
             "   node executions: "
             + ", ".join(f"{name} {counts[name]}x" for name in NODES)
-            + f" ({CRASH_IN} was started once in the killed child: {before[CRASH_IN]}x)"
+            + f" ({CRASH_IN}: {before[CRASH_IN]}x in the killed child, {here}x here)"
         )
     out("")
     ok = (
@@ -197,13 +202,14 @@ async def _run_and_kill_child(
             out(f"FAILED: the child did not reach {CRASH_IN!r} within {CHILD_TIMEOUT} s")
             return None
         ran = [line.split()[0] for line in executions.read_text(encoding="utf-8").splitlines()]
-        out(f"   pid {child.pid} ran: {', '.join(ran)}; the checkpoint after {NODES[1]!r} is acknowledged")
-        out(f"   and now the child is inside {CRASH_IN!r}, waiting on a (pretend) LLM call.")
+        out(f"   pid {child.pid} started: {', '.join(ran)}")
+        out(f"   the checkpoint after {NODES[1]!r} is acknowledged, and the child is inside {CRASH_IN!r},")
+        out("   waiting on a (pretend) LLM call.")
         out("")
         out(f"2. kill -9 {child.pid}")
         child.send_signal(signal.SIGKILL)
         code = await child.wait()
-        out(f"   the child died with exit code {code} (SIGKILL is {-signal.SIGKILL})")
+        out(f"   the child is gone (exit code {code}: killed by SIGKILL)")
         return ran[-1] if ran else None
     finally:
         if child.returncode is None:

@@ -63,10 +63,16 @@ async def connect(settings: Settings) -> Client:
     """
     url = settings.nats_url
 
+    warned = False
+
     async def _error_cb(exc: Exception) -> None:
-        logger.warning("NATS %s: %s", url, exc)
+        nonlocal warned  # one warning per outage, the rest at DEBUG
+        logger.log(logging.DEBUG if warned else logging.WARNING, "NATS %s: %s", url, exc)
+        warned = True
 
     async def _reconnected_cb() -> None:
+        nonlocal warned
+        warned = False
         logger.info("reconnected to NATS %s", url)
 
     try:

@@ -106,10 +106,17 @@ async def render_metrics(projector: Projector, probe: ProgressProbe) -> str:
         "skialith_projector_watermark": progress.watermark,
         "skialith_projector_lag_messages": progress.lag,
     }
-    labels = f'{{stream="{_escape(projector.settings.stream)}",projection="{_escape(projector.name)}"}}'
+    labels = ",".join(
+        f'{key}="{_escape(value)}"'
+        for key, value in (
+            ("stream", projector.settings.stream),
+            ("projection", projector.name),
+            ("replica", projector.replica),
+        )
+    )
     lines: list[str] = []
     for name, kind, help_text in _METRICS:
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name}{labels} {values[name]}"]
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name}{{{labels}}} {values[name]}"]
     return "\n".join(lines) + "\n"
 
 

@@ -110,12 +110,22 @@ class Projector:
     async def stop(self) -> None:
         """Finish the batch in hand, then stop and close (for SIGTERM)."""
         self._stopping.set()
-        if self._task is not None:
-            try:
+        try:
+            if self._task is not None:
                 await self._task
-            finally:
-                self._task = None
-        await self.close()
+        finally:
+            self._task = None
+            await self.close()
+
+    @property
+    def running(self) -> bool:
+        """True while the task started by :meth:`start` runs."""
+        return self._task is not None and not self._task.done()
+
+    async def wait(self) -> None:
+        """Wait until the task started by :meth:`start` ends; re-raises what ended it."""
+        if self._task is not None:
+            await asyncio.shield(self._task)
 
     async def run(self) -> None:
         """Consume until stopped. Database outages are retried with backoff; nothing is acked early."""

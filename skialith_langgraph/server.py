@@ -183,7 +183,10 @@ class NatsServer:
         with open(self.log_file, "ab") as log:
             offset = log.tell()
             try:
-                process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+                # its own session: a terminal's Ctrl-C reaches our process, which stops the server in order
+                process = subprocess.Popen(
+                    args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+                )
             except OSError as exc:
                 raise ConfigError(f"cannot run {binary!r}: {exc}") from exc
         self._process = process

@@ -131,3 +131,11 @@ class Subjects:
 
     def agent(self, agent_key: str) -> str:
         return f"{self.prefix}.e.{agent_key}.>"
+
+    def agent_checkpoint(self, agent_key: str, step: int) -> str:
+        """A SkialithAgent checkpoint: one subject per (agent, step)."""
+        return f"{self.prefix}.e.{agent_key}.c.{step}"
+
+    def agent_event(self, agent_key: str, step: int, name_key: str) -> str:
+        """A SkialithAgent event: one subject per (agent, step, name)."""
+        return f"{self.prefix}.e.{agent_key}.v.{step}.{name_key}"

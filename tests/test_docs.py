@@ -41,5 +41,10 @@ def test_readme_configuration_table_lists_every_setting_and_its_default() -> Non
 def test_all_is_sorted_and_complete() -> None:
     names = skialith_langgraph.__all__
     assert names == sorted(names)
-    public = {n for n in dir(skialith_langgraph) if not n.startswith("_") and n[0].isupper()}
-    assert public <= set(names) | {"Settings"}
+    for name in names:
+        assert getattr(skialith_langgraph, name) is not None
+    from skialith_langgraph import errors
+
+    error_classes = {n for n, v in vars(errors).items() if isinstance(v, type) and issubclass(v, Exception)}
+    assert error_classes <= set(names)
+    assert {"Projector", "Settings", "SkialithCheckpointer"} <= set(names)

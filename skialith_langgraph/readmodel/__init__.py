@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
@@ -125,8 +125,17 @@ class ReadModel:
                 return
             try:
                 async with asyncio.timeout(self._connect_timeout * 4):
-                    async with self.engine.begin() as conn:
-                        await migrate(conn)
+                    for attempt in range(5):
+                        try:
+                            async with self.engine.begin() as conn:
+                                await migrate(conn)
+                            break
+                        except (IntegrityError, OperationalError) as exc:
+                            # another process migrated at the same moment: look again
+                            raced = isinstance(exc, IntegrityError) or "already exists" in str(exc)
+                            if attempt == 4 or not (raced or "locked" in str(exc)):
+                                raise
+                            await asyncio.sleep(0.1 * (attempt + 1))
             except (OperationalError, DBAPIError, OSError, TimeoutError) as exc:
                 raise self._error(exc) from exc
             except SQLAlchemyError as exc:

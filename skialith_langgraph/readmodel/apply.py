@@ -27,7 +27,7 @@ PART_SIZE = 1024 * 1024  # bytes per stored part of a large value
 PARTS_PREFIX = "parts:"
 
 
-def _upsert(dialect: str, table: Any, update: Sequence[str]) -> Insert:
+def upsert(dialect: str, table: Any, update: Sequence[str]) -> Insert:
     """An INSERT that overwrites ``update`` columns on a key conflict (none: keep the first row)."""
     if dialect == "mysql":
         my = mysql.insert(table)
@@ -78,22 +78,22 @@ class Batch:
         c = self.conn
         if self.parts:
             for row in self.parts:  # one part per statement keeps each packet under 2 MiB
-                await c.execute(_upsert(self.dialect, blob_parts, []), [row])
+                await c.execute(upsert(self.dialect, blob_parts, []), [row])
         if self.ckpts:
             cols = [k for k in self.ckpts[0] if k not in ("thread_key", "ns_key", "checkpoint_id")]
-            await c.execute(_upsert(self.dialect, checkpoints, cols), self.ckpts)
+            await c.execute(upsert(self.dialect, checkpoints, cols), self.ckpts)
         if self.blobs:
-            await c.execute(_upsert(self.dialect, checkpoint_blobs, ["type", "blob"]), self.blobs)
+            await c.execute(upsert(self.dialect, checkpoint_blobs, ["type", "blob"]), self.blobs)
         if self.writes_first:
-            await c.execute(_upsert(self.dialect, checkpoint_writes, []), self.writes_first)
+            await c.execute(upsert(self.dialect, checkpoint_writes, []), self.writes_first)
         if self.writes_last:
             await c.execute(
-                _upsert(self.dialect, checkpoint_writes, ["channel", "type", "blob", "task_path"]),
+                upsert(self.dialect, checkpoint_writes, ["channel", "type", "blob", "task_path"]),
                 self.writes_last,
             )
         if self.events:
             await c.execute(
-                _upsert(self.dialect, agent_events, ["agent_id", "type", "payload", "ts", "seq"]), self.events
+                upsert(self.dialect, agent_events, ["agent_id", "type", "payload", "ts", "seq"]), self.events
             )
         self.ckpts, self.blobs, self.writes_first, self.writes_last, self.events = [], [], [], [], []
         self.parts = []
@@ -263,7 +263,7 @@ async def lock_watermark(conn: AsyncConnection, name: str) -> int:
     no other replica applied before it, in stream order (a delete is never undone by a late put).
     On SQLite the UPDATE takes the database write lock; on MySQL/TiDB the row lock.
     """
-    await conn.execute(_upsert(conn.dialect.name, projection, []), [{"name": name, "last_seq": 0}])
+    await conn.execute(upsert(conn.dialect.name, projection, []), [{"name": name, "last_seq": 0}])
     lock = update(projection).where(projection.c.name == name).values(last_seq=projection.c.last_seq)
     await conn.execute(lock)
     return await watermark(conn, name)
@@ -275,9 +275,7 @@ async def watermark(conn: AsyncConnection, name: str) -> int:
 
 
 async def set_watermark(conn: AsyncConnection, name: str, seq: int) -> None:
-    await conn.execute(
-        _upsert(conn.dialect.name, projection, ["last_seq"]), [{"name": name, "last_seq": seq}]
-    )
+    await conn.execute(upsert(conn.dialect.name, projection, ["last_seq"]), [{"name": name, "last_seq": seq}])
 
 
 __all__ = ["Batch", "lock_watermark", "apply_messages", "apply_op", "set_watermark", "watermark"]

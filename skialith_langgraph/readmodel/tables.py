@@ -27,6 +27,7 @@ KEY = String(128).with_variant(mysql.VARCHAR(128, charset="ascii", collation="as
 ID = String(255).with_variant(mysql.VARCHAR(255, charset="utf8mb4", collation="utf8mb4_bin"), "mysql")
 SHORT = String(64)
 BLOB = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql")
+TIME = Float(53)  # DOUBLE on MySQL (a bare Float is single precision there), REAL on SQLite
 TEXT = Text().with_variant(mysql.LONGTEXT(charset="utf8mb4", collation="utf8mb4_bin"), "mysql")
 
 checkpoints = Table(
@@ -81,7 +82,7 @@ agent_events = Table(
     Column("agent_id", TEXT, nullable=False),
     Column("type", SHORT, nullable=False),
     Column("payload", BLOB, nullable=False),
-    Column("ts", Float, nullable=False),
+    Column("ts", TIME, nullable=False),
     Column("seq", BigInteger, nullable=False),
 )
 
@@ -98,7 +99,6 @@ schema_version = Table(
     Column("version", Integer, primary_key=True, autoincrement=False),
 )
 
-TIME = Float(53)  # DOUBLE on MySQL (a bare Float is single precision there), REAL on SQLite
 
 agent_traces = Table(
     "skialith_agent_traces",
@@ -119,7 +119,7 @@ agent_traces = Table(
     Column("channels", TEXT, nullable=False),  # JSON list of channel names written
     Column("sends", TEXT, nullable=True),  # a checkpoint's pending Sends: JSON {"version", "nodes"}
     Column("status", SHORT, nullable=False),  # "ok", "error" or "interrupted"
-    Column("started_at", TIME, nullable=True),  # epoch seconds, JetStream server clock
+    Column("started_at", TIME, nullable=True),  # epoch seconds (see traces.py for which clock)
     Column("finished_at", TIME, nullable=False),
     Column("duration", TIME, nullable=True),  # seconds
     Column("seq", BigInteger, nullable=False),  # stream sequence of the last message applied

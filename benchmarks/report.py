@@ -1,0 +1,305 @@
+"""Markdown tables of one run's results (printed and written to ``results.md``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from .contender import FLOOR, FLOOR_ALWAYS, MEMORY, MYSQL, POSTGRES, SKIALITH, SQLITE
+from .latency import OPS, floor_for
+from .results import Results
+from .stats import ratio
+
+MYSQL_MARK = f"{MYSQL} ¹"
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _ms(v: float) -> str:
+    return f"{v:.3f}" if v < 10 else f"{v:.1f}"
+
+
+def _x(v: float | None) -> str:
+    return "—" if v is None else f"{v:.2f}x"
+
+
+def _name(name: str) -> str:
+    return MYSQL_MARK if name == MYSQL else name
+
+
+def settings_line(results: Results) -> str:
+    """One line stating the durability settings in force, read from the servers."""
+    s = results.settings
+    parts: list[str] = []
+    for name in (FLOOR, FLOOR_ALWAYS):
+        if name in s:
+            js = s[name]
+            label = "JetStream" if name == FLOOR else "JetStream [sync always]"
+            parts.append(
+                f"{label}: sync_interval={js['jetstream_sync_interval']}, replicas={js['stream_replicas']}"
+                f" (nats-server {js['nats_server']}, file storage)"
+            )
+    if MYSQL in s:
+        m = s[MYSQL]
+        binlog = f"sync_binlog={m['sync_binlog']}" if m["log_bin"] else "binlog off"
+        parts.append(
+            f"InnoDB: innodb_flush_log_at_trx_commit={m['innodb_flush_log_at_trx_commit']}, {binlog}"
+        )
+    if POSTGRES in s:
+        p = s[POSTGRES]
+        parts.append(f"PostgreSQL: synchronous_commit={p['synchronous_commit']}, fsync={p['fsync']}")
+    if SQLITE in s:
+        q = s[SQLITE]
+        parts.append(f"SQLite: PRAGMA synchronous={q['synchronous']}, journal_mode={q['journal_mode']}")
+    return "*Settings: " + "; ".join(parts) + ".*"
+
+
+def _latency_tables(results: Results) -> list[str]:
+    rows = results.latency
+    out = ["## 1. Per-operation latency (ms)", ""]
+    floors = [r for r in rows if r.op in ("publish", "insert")]
+    out.append("### Floors: bare JetStream publish + PubAck, raw MySQL INSERT (autocommit)")
+    out.append("")
+    out.append(
+        _table(
+            ["contender", "payload", "n", "p50", "p95", "p99", "mean"],
+            (
+                [r.contender, r.size, str(s.n), _ms(s.p50), _ms(s.p95), _ms(s.p99), _ms(s.mean)]
+                for r in floors
+                for s in [r.sample.summary()]
+            ),
+        )
+    )
+    out += ["", settings_line(results), ""]
+    by_key = {(r.op, r.size, r.contender): r.sample.summary() for r in rows}
+    for op in OPS:
+        op_rows = [r for r in rows if r.op == op]
+        if not op_rows:
+            continue
+        table: list[list[str]] = []
+        for r in op_rows:
+            s = by_key[(r.op, r.size, r.contender)]
+            if r.skialith:
+                if op == "aget_tuple":
+                    r50 = r99 = None
+                else:
+                    f = by_key.get(("publish", r.size, floor_for(r)))
+                    r50, r99 = (ratio(s.p50, f.p50), ratio(s.p99, f.p99)) if f else (None, None)
+            else:
+                sk = by_key.get((r.op, r.size, SKIALITH))
+                r50, r99 = (ratio(s.p50, sk.p50), ratio(s.p99, sk.p99)) if sk else (None, None)
+            table.append(
+                [
+                    _name(r.contender),
+                    r.size,
+                    str(s.n),
+                    _ms(s.p50),
+                    _ms(s.p95),
+                    _ms(s.p99),
+                    _ms(s.mean),
+                    _x(r50),
+                    _x(r99),
+                ]
+            )
+        out.append(f"### `{op}`")
+        out.append("")
+        out.append(
+            _table(
+                ["contender", "payload", "n", "p50", "p95", "p99", "mean", "ratio p50", "ratio p99"], table
+            )
+        )
+        out.append("")
+        if op == "aget_tuple":
+            out.append(
+                "Ratios: peer / Skialith at the same percentile (above 1: Skialith is faster). "
+                "Skialith reads are served from the MariaDB read model filled by a projector process, "
+                "after a read-your-writes check against the log."
+            )
+        else:
+            out.append(
+                "Ratios: Skialith rows = Skialith / PubAck floor of the same size on the same server "
+                "(target: p50 within 1.25x); peer rows = peer / Skialith (above 1: Skialith is faster; "
+                "targets: 6x for the MySQL saver, 5x for the Postgres saver, at p50 and p99)."
+            )
+        out += ["", settings_line(results), ""]
+    return out
+
+
+def _graph_tables(results: Results) -> list[str]:
+    g = results.graph
+    if g is None:
+        return []
+    out = [
+        "## 2. Whole graph: 5-node chain, one message appended per node (ms per run)",
+        "",
+        f"Fresh threads: {g.fresh_runs} runs per durability, each on a new thread; long thread: one thread "
+        f"per saver taking {g.long_runs} runs, the two durabilities alternating in blocks (so the state "
+        f"grows to {g.long_runs * 6} messages). Ratios are to `InMemorySaver` under the same durability "
+        "and thread kind.",
+        "",
+    ]
+    summaries = {(s.contender, s.durability, s.thread): s.sample.summary() for s in g.series}
+    table = []
+    for s in g.series:
+        m = summaries[(s.contender, s.durability, s.thread)]
+        base = summaries.get((MEMORY, s.durability, s.thread))
+        table.append(
+            [
+                s.durability,
+                s.thread,
+                _name(s.contender),
+                str(m.n),
+                _ms(m.p50),
+                _ms(m.mean),
+                _ms(m.p99),
+                _x(ratio(m.p50, base.p50) if base else None),
+                _x(ratio(m.mean, base.mean) if base else None),
+            ]
+        )
+    out.append(
+        _table(
+            [
+                "durability",
+                "thread",
+                "contender",
+                "runs",
+                "p50",
+                "mean",
+                "p99",
+                "p50 / InMemory",
+                "mean / InMemory",
+            ],
+            table,
+        )
+    )
+    out += ["", settings_line(results), ""]
+    out.append(f"### `aget_tuple` (latest) on a one-run thread vs the {g.long_runs}-run thread (ms)")
+    out.append("")
+    reads = []
+    mem = g.reads.get(MEMORY)
+    mem_long = mem["long"].summary() if mem else None
+    for name, kinds in g.reads.items():
+        fresh, long = kinds["fresh"].summary(), kinds["long"].summary()
+        reads.append(
+            [
+                _name(name),
+                f"{fresh.n} / {long.n}",
+                _ms(fresh.p50),
+                _ms(long.p50),
+                _ms(fresh.p99),
+                _ms(long.max),
+                _x(ratio(long.p50, fresh.p50)),
+                _x(ratio(long.p50, mem_long.p50) if mem_long else None),
+            ]
+        )
+    header = ["contender", "n fresh / long", "p50 fresh", "p50 long", "p99 fresh", "max long"]
+    out.append(_table([*header, "long / fresh p50", "long p50 / InMemory long p50"], reads))
+    out += [
+        "",
+        "Reading the latest checkpoint of the long thread deserialises its whole `messages` list, so even "
+        "`InMemorySaver` slows down with the thread; the last column shows what each saver adds to that.",
+        "",
+        settings_line(results),
+        "",
+    ]
+    return out
+
+
+def _concurrency_table(results: Results) -> list[str]:
+    if not results.concurrency:
+        return []
+    out = ["## 3. Concurrent agents doing `aput` (1 KiB checkpoints, one process)", ""]
+    table = []
+    for p in results.concurrency:
+        s = p.sample.summary()
+        table.append(
+            [
+                _name(p.contender),
+                p.mode,
+                str(p.agents),
+                str(p.writes),
+                f"{p.writes_per_s:,.0f}",
+                _ms(s.p50),
+                _ms(s.p99),
+            ]
+        )
+    out.append(_table(["contender", "mode", "agents", "writes", "writes/s", "p50 ms", "p99 ms"], table))
+    out += [
+        "",
+        "The MySQL and Postgres savers hold an `asyncio.Lock` per instance around every call, so one shared "
+        "saver serialises all agents; 'saver per agent' gives each agent its own saver over a pool of N "
+        "connections (their best case in one process). Skialith: one shared checkpointer.",
+        "",
+        settings_line(results),
+        "",
+    ]
+    return out
+
+
+def _projector_table(results: Results) -> list[str]:
+    pr = results.projector
+    if pr is None:
+        return []
+    lag = pr.lag.summary() if pr.lag.durations_ns else None
+    rows = [
+        ["backlog projected", f"{pr.checkpoints:,} checkpoints ({pr.rows:,} rows incl. channel blobs)"],
+        ["time to drain", f"{pr.seconds:.2f} s (batch size {pr.batch_size})"],
+        ["throughput", f"{pr.checkpoints_per_s:,.0f} checkpoints/s = {pr.rows_per_s:,.0f} rows/s"],
+        [
+            "offered load for lag",
+            f"{pr.lag_rate:,.0f} checkpoints/s for {pr.lag_seconds:.1f} s ({pr.lag_writes:,} writes)",
+        ],
+    ]
+    if lag is not None:
+        rows.append(
+            ["projection lag p50 / p99 / max", f"{_ms(lag.p50)} / {_ms(lag.p99)} / {_ms(lag.max)} ms"]
+        )
+    s = pr.settings
+    return [
+        "## 4. Projector: log -> MariaDB read model",
+        "",
+        _table(["metric", "value"], rows),
+        "",
+        "Throughput: a backlog is published first, then one projector process (already connected) drains "
+        "it; time from its start signal to the database watermark reaching the end of the stream. "
+        "Lag: projector process running while checkpoints are offered at a fixed rate (open loop); "
+        "lag = PubAck to the first watermark poll (every 1 ms) at or past the checkpoint's stream sequence.",
+        "",
+        f"*Settings: JetStream sync_interval={s.get('jetstream_sync_interval')}, "
+        f"replicas={s.get('stream_replicas')}; "
+        f"InnoDB innodb_flush_log_at_trx_commit={s.get('innodb_flush_log_at_trx_commit')}.*",
+        "",
+    ]
+
+
+def render(results: Results) -> str:
+    """The whole Markdown report."""
+    m = results.meta
+    out = [
+        "# skialith-langgraph benchmarks",
+        "",
+        f"Run {m.get('started')} on {m.get('cpus')} CPU(s), Python {m.get('python')}; "
+        f"command: `{m.get('command')}`; total {m.get('seconds', 0):.0f} s"
+        + (f" ({m['sections']})" if m.get("sections") else "")
+        + ".",
+        "",
+    ]
+    if m.get("loadavg_start"):
+        out.append(
+            f"Load average (1, 5, 15 min) at start: {m['loadavg_start']}; at end: {m.get('loadavg_end')} "
+            "(other work on the machine shows up here, and in the numbers)."
+        )
+        out.append("")
+    if m.get("versions"):
+        out.append("Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".")
+        out.append("")
+    out += _latency_tables(results) if results.latency else []
+    out += _graph_tables(results)
+    out += _concurrency_table(results)
+    out += _projector_table(results)
+    if results.notes:
+        out += ["## Notes", ""] + [f"- {n}" for n in results.notes] + [""]
+    return "\n".join(out)
