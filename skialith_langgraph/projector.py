@@ -9,9 +9,11 @@ idempotent upsert, so nothing is applied twice and nothing is lost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import nats.errors
 import nats.js.errors
@@ -144,8 +146,51 @@ class Projector:
             log.subjects.all, durable=self.durable, stream=self.settings.stream, config=config
         )
         logger.info("projector %s consuming %s from %s", self.durable, self.settings.stream, log.url)
+        # the next batch is fetched and decoded while the current one commits
+        batches: asyncio.Queue[tuple[list[tuple[int, Msg]], Any]] = asyncio.Queue(maxsize=2)
+        fetcher = asyncio.create_task(self._fetch(log, psub, batches), name=f"{self.durable}-fetch")
         last_report = time.monotonic()
-        while not self._stopping.is_set():
+        try:
+            while not self._stopping.is_set():
+                get = asyncio.ensure_future(batches.get())
+                stop = asyncio.ensure_future(self._stopping.wait())
+                done, _ = await asyncio.wait({get, stop, fetcher}, return_when=asyncio.FIRST_COMPLETED)
+                if get not in done:
+                    get.cancel()
+                    stop.cancel()
+                    if fetcher in done:
+                        fetcher.result()  # re-raise what ended the fetcher
+                    continue
+                stop.cancel()
+                decoded, last_msg = get.result()
+                last = last_msg.metadata
+                top = await self._commit(model, decoded, last.sequence.stream)
+                await last_msg.ack()
+                self.stats.batches += 1
+                self.stats.applied += len(decoded)
+                self.stats.last_seq = max(self.stats.last_seq, top, last.sequence.stream)
+                self.stats.stream_last_seq = last.sequence.stream + last.num_pending
+                if time.monotonic() - last_report > 10:
+                    last_report = time.monotonic()
+                    logger.info(
+                        "projector %s: watermark=%d lag=%d applied=%d batches=%d",
+                        self.durable,
+                        self.stats.last_seq,
+                        self.stats.lag,
+                        self.stats.applied,
+                        self.stats.batches,
+                    )
+                logger.debug("applied batch of %d up to seq %d", len(decoded), last.sequence.stream)
+        finally:
+            fetcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await fetcher
+
+    async def _fetch(
+        self, log: Log, psub: Any, batches: asyncio.Queue[tuple[list[tuple[int, Msg]], Any]]
+    ) -> None:
+        """Fetch and decode batches in stream order; unacked ones are redelivered after a crash."""
+        while True:
             try:
                 msgs = await psub.fetch(self.batch_size, timeout=self.fetch_timeout)
             except (TimeoutError, nats.errors.TimeoutError):
@@ -167,24 +212,7 @@ class Projector:
                     decoded.append((seq, loads(body)))
                 except (CodecError, SkialithError) as exc:
                     logger.error("skipping undecodable message seq=%d subject=%s: %s", seq, m.subject, exc)
-            top = await self._commit(model, decoded, msgs[-1].metadata.sequence.stream)
-            await msgs[-1].ack()
-            last = msgs[-1].metadata
-            self.stats.batches += 1
-            self.stats.applied += len(decoded)
-            self.stats.last_seq = max(self.stats.last_seq, top, last.sequence.stream)
-            self.stats.stream_last_seq = last.sequence.stream + last.num_pending
-            if time.monotonic() - last_report > 10:
-                last_report = time.monotonic()
-                logger.info(
-                    "projector %s: watermark=%d lag=%d applied=%d batches=%d",
-                    self.durable,
-                    self.stats.last_seq,
-                    self.stats.lag,
-                    self.stats.applied,
-                    self.stats.batches,
-                )
-            logger.debug("applied batch of %d up to seq %d", len(msgs), last.sequence.stream)
+            await batches.put((decoded, msgs[-1]))
 
     async def _commit(self, model: ReadModel, decoded: list[tuple[int, Msg]], upto: int) -> int:
         """Apply one batch in one transaction, retrying while the database is unavailable."""
