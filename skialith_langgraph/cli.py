@@ -45,6 +45,7 @@ from .projector import DEFAULT_BATCH_SIZE, Projector
 from .readmodel import ReadModel, safe_url
 from .readmodel.tables import metadata
 from .server import RANDOM_PORT, NatsServer
+from .traces import TraceIngest
 
 logger = logging.getLogger("skialith_langgraph.cli")
 
@@ -112,6 +113,7 @@ class EmbeddedStack:
             sync_always=sync_always,
         )
         self.projector: Projector | None = None
+        self.traces: TraceIngest | None = None
 
     @property
     def settings(self) -> Settings:
@@ -119,7 +121,8 @@ class EmbeddedStack:
         return self.projector.settings
 
     async def start(self) -> None:
-        """Start nats-server, then the projector (which ensures the stream and the tables).
+        """Start nats-server, then the projector (which ensures the stream and the tables) and the
+        trace ingest (``skialith_agent_traces``).
 
         Raises:
             CliError: the port is taken.
@@ -137,6 +140,8 @@ class EmbeddedStack:
             settings = Settings.from_env(nats_url=self.server.url, database_url=self.database_url)
             self.projector = Projector(settings)
             await self.projector.start()
+            self.traces = TraceIngest(settings)
+            await self.traces.start()
         except BaseException:
             await self.stop()
             raise
@@ -144,7 +149,10 @@ class EmbeddedStack:
     async def stop(self) -> None:
         """Stop the projector (it finishes its batch), then the server. Idempotent."""
         projector, self.projector = self.projector, None
+        traces, self.traces = self.traces, None
         try:
+            if traces is not None:
+                await traces.stop()
             if projector is not None:
                 await _stop_projector(projector)
         finally:

@@ -235,6 +235,13 @@ def test_up_serves_a_checkpointer_and_stops_on_sigint(
             return [r[0] for r in rows]
 
     assert _eventually(projected, what="the projector of 'skialith up' writing the row") == [checkpoint["id"]]
+
+    def traced() -> list[str]:
+        with contextlib.closing(sqlite3.connect(home / "skialith.db")) as db:
+            rows = db.execute("SELECT checkpoint_id FROM skialith_agent_traces WHERE trace_id = 'cli-up'")
+            return [r[0] for r in rows]
+
+    assert _eventually(traced, what="the trace ingest of 'skialith up' writing a trace") == [checkpoint["id"]]
     _eventually(lambda: "lag=0" in up.err, what="a progress line")
 
     if how == "sigint-to-cli":
