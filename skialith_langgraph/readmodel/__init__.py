@@ -60,7 +60,8 @@ def create_engine(url: str, *, connect_timeout: float = 5.0) -> AsyncEngine:
         return create_async_engine(
             url,
             pool_recycle=3600,
-            pool_pre_ping=True,
+            # no pre-ping: it costs a round trip on every read; a dead pooled connection fails the
+            # read, SQLAlchemy invalidates it, and views.consistent_view answers from the log meanwhile
             connect_args={"connect_timeout": max(1, int(connect_timeout))},
         )
     raise ReadModelError(
