@@ -58,6 +58,7 @@ class _Core:
         self.log: Log | None = None
         self.model = ReadModel.from_url(settings.database_url, connect_timeout=settings.connect_timeout)
         self.heads = Heads()
+        self.inflight: dict[tuple[str, str, str], asyncio.Future[None]] = {}
         self.scratch = Scratch()
         self.keeper: AsyncIterator[None] | None = None
         self._lock = asyncio.Lock()
@@ -113,9 +114,17 @@ class _Core:
         subject = log.subjects.checkpoint(tk, nk, token(checkpoint_id, field="checkpoint_id"))
         body = codec.dumps(msg)
         versions = checkpoint["channel_versions"]
-        await self._publish_own(
-            log, thread_id, tk, subject, body, lambda head: head.apply_checkpoint(msg, versions)
-        )
+        # writes to this checkpoint wait for it (see put_writes); registered before the first await
+        key = (thread_id, ns, checkpoint_id)
+        done = self.inflight[key] = asyncio.get_running_loop().create_future()
+        try:
+            await self._publish_own(
+                log, thread_id, tk, subject, body, lambda head: head.apply_checkpoint(msg, versions)
+            )
+        finally:
+            done.set_result(None)
+            if self.inflight.get(key) is done:
+                del self.inflight[key]
         return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint_id}}
 
     async def _publish_own(
@@ -159,6 +168,12 @@ class _Core:
         for channel, _ in writes:
             check_length(channel, field="channel")
         msg = codec.encode_writes(self.serde, config, writes, task_id, task_path)
+        pending_put = self.inflight.get((thread_id, ns, checkpoint_id))
+        if pending_put is not None:
+            # With durability="async" LangGraph runs a step's tasks while the put of the checkpoint
+            # they hang on is still in flight. Acknowledging their writes first would let a crash in
+            # between lose the checkpoint and re-run tasks whose writes were acknowledged.
+            await asyncio.shield(pending_put)
         msg.thread_id = thread_id
         log = await self._log()
         tk, nk = token(thread_id, field="thread_id"), token(ns, field="checkpoint_ns")

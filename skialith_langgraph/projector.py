@@ -24,7 +24,7 @@ from .config import Settings
 from .errors import CodecError, SkialithError
 from .log import Header, Log
 from .readmodel import PROJECTION, ReadModel
-from .readmodel.apply import apply_messages
+from .readmodel.apply import apply_messages, watermark
 
 logger = logging.getLogger(__name__)
 
@@ -134,10 +134,19 @@ class Projector:
         await self.open()
         assert self._log is not None and self._model is not None
         log, model = self._log, self._model
+        # The database watermark, not the consumer's ack floor, says where to resume: a batch that a
+        # killed projector fetched but never committed would otherwise be acked along with the next
+        # batch (AckPolicy.ALL) and never applied. So the consumer is recreated at watermark + 1.
+        start = await self._resume_point(model)
+        try:
+            await log.js.delete_consumer(self.settings.stream, self.durable)
+        except nats.js.errors.NotFoundError:
+            pass
         config = ConsumerConfig(
             durable_name=self.durable,
             ack_policy=AckPolicy.ALL,
-            deliver_policy=DeliverPolicy.ALL,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=start,
             ack_wait=60.0,
             max_ack_pending=max(10 * self.batch_size, 10_000),
             filter_subject=log.subjects.all,
@@ -213,6 +222,20 @@ class Projector:
                 except (CodecError, SkialithError) as exc:
                     logger.error("skipping undecodable message seq=%d subject=%s: %s", seq, m.subject, exc)
             await batches.put((decoded, msgs[-1]))
+
+    async def _resume_point(self, model: ReadModel) -> int:
+        """The first stream sequence not yet in the read model (waits while the database is down)."""
+        delay = 0.05
+        while True:
+            try:
+                async with model.connect() as conn:
+                    return await watermark(conn, self.name) + 1
+            except Exception as exc:
+                if self._stopping.is_set():
+                    raise
+                logger.warning("projector cannot read its watermark (%s); retrying in %.2f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
 
     async def _commit(self, model: ReadModel, decoded: list[tuple[int, Msg]], upto: int) -> int:
         """Apply one batch in one transaction, retrying while the database is unavailable."""

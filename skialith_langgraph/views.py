@@ -9,6 +9,7 @@ same apply code the projector uses, so a read never returns stale data.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -67,25 +68,31 @@ async def consistent_view(
         target = await log.stream_last_seq() if filters is None else await log.last_seq(*filters)
     async with AsyncExitStack() as stack:
         conn: AsyncConnection | None = None
+        candidate: AsyncConnection | None = None
         try:
-            candidate = await stack.enter_async_context(model.connect())
-            caught_up = target == 0 or await watermark(candidate, name) >= target
-            if not caught_up and stats is not None:
-                stats.waited += 1
-            deadline = time.monotonic() + read_wait
-            delay = 0.0005
-            while not caught_up and time.monotonic() < deadline:
-                await candidate.rollback()  # the next statement takes a fresh snapshot
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.02)
-                caught_up = await watermark(candidate, name) >= target
+            # bounded: a database that stops answering (a partition) must not hang the read
+            async with asyncio.timeout(model.connect_timeout + read_wait):
+                candidate = await stack.enter_async_context(model.connect())
+                caught_up = target == 0 or await watermark(candidate, name) >= target
+                if not caught_up and stats is not None:
+                    stats.waited += 1
+                deadline = time.monotonic() + read_wait
+                delay = 0.0005
+                while not caught_up and time.monotonic() < deadline:
+                    await candidate.rollback()  # the next statement takes a fresh snapshot
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.02)
+                    caught_up = await watermark(candidate, name) >= target
             if caught_up:
                 conn = candidate
             else:
                 logger.debug("projection %s is behind seq %d for %s; reading the log", name, target, filters)
-        except (ReadModelError, SQLAlchemyError) as exc:
+        except (ReadModelError, SQLAlchemyError, TimeoutError) as exc:
             model.mark_down()
-            logger.warning("read model unavailable (%s); serving the read from the log", exc)
+            if candidate is not None:
+                with contextlib.suppress(Exception):
+                    await candidate.invalidate()  # its socket may be stuck: keep it out of the pool
+            logger.warning("read model unavailable (%r); serving the read from the log", exc)
         if conn is not None:
             if stats is not None:
                 stats.database += 1

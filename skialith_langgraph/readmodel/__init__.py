@@ -95,6 +95,10 @@ class ReadModel:
                 f"the read model at {self.url!r} failed moments ago; not retrying yet", url=self.url
             )
 
+    @property
+    def connect_timeout(self) -> float:
+        return self._connect_timeout
+
     @classmethod
     def from_url(cls, url: str, *, connect_timeout: float = 5.0) -> ReadModel:
         return cls(
