@@ -704,10 +704,18 @@ class TraceIngest:
         await self.open()
         assert self._log is not None and self._model is not None
         log, model = self._log, self._model
+        # resume at the database watermark, not the consumer's ack floor (see Projector.run)
+        async with model.connect() as conn:
+            start = await watermark(conn, self.watermark_name) + 1
+        try:
+            await log.js.delete_consumer(self.settings.stream, self.durable)
+        except nats.js.errors.NotFoundError:
+            pass
         config = ConsumerConfig(
             durable_name=self.durable,
             ack_policy=AckPolicy.ALL,
-            deliver_policy=DeliverPolicy.ALL,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=start,
             ack_wait=60.0,
             max_ack_pending=max(10 * self.batch_size, 10_000),
             filter_subject=log.subjects.all,
