@@ -9,7 +9,6 @@ idempotent upsert, so nothing is applied twice and nothing is lost.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -191,15 +190,17 @@ class Projector:
                     )
                 logger.debug("applied batch of %d up to seq %d", len(decoded), last.sequence.stream)
         finally:
+            # nats-py's fetch can swallow a cancellation (it turns it into a timeout), so the fetcher
+            # also stops on the flag, and we never wait for it longer than one fetch
+            self._stopping.set()
             fetcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await fetcher
+            await asyncio.wait({fetcher}, timeout=self.fetch_timeout + 1.0)
 
     async def _fetch(
         self, log: Log, psub: Any, batches: asyncio.Queue[tuple[list[tuple[int, Msg]], Any]]
     ) -> None:
         """Fetch and decode batches in stream order; unacked ones are redelivered after a crash."""
-        while True:
+        while not self._stopping.is_set():
             try:
                 msgs = await psub.fetch(self.batch_size, timeout=self.fetch_timeout)
             except (TimeoutError, nats.errors.TimeoutError):
