@@ -212,10 +212,20 @@ CHAINS: dict[str, tuple[Durability, tuple[int, ...], tuple[Stop, ...]]] = {
             Stop("acked-writes 10 publish", freeze=False),
         ),
     ),
+    # The publish of the step-4 checkpoint is slow; review_x (step 5) hangs its writes on it, and
+    # review_y waits for them, so nothing else runs meanwhile. This runs in a resumed process: the
+    # process that starts a thread orders its publishes anyway (its own-writes head serializes them).
     "async-slow-put": (
         "async",
-        (3,),  # draft's writes (on the step-3 checkpoint) are acknowledged before that checkpoint is
-        (Stop("acked-writes 4 draft"),),
+        (4,),
+        (Stop("acked-put 1"), Stop("acked-writes 5 review_x")),
+    ),
+    # The publish of the step-2 checkpoint is slow, so LangGraph has not even called aput for the
+    # step-3 checkpoint (it waits for the previous put) when draft's writes on it are published.
+    "async-slow-previous-put": (
+        "async",
+        (2,),
+        (Stop("acked-put 1"), Stop("acked-writes 4 draft")),
     ),
 }
 
@@ -237,6 +247,15 @@ async def _reference(tmp_path: Path, durability: Durability) -> tuple[dict[str, 
         "sync",
         "async",
         "async-slow-put",
+        pytest.param(
+            "async-slow-previous-put",
+            marks=pytest.mark.xfail(
+                reason="bug: with durability='async', put_writes on a checkpoint whose aput LangGraph "
+                "has not called yet (it waits for the previous, slow put) is acknowledged before that "
+                "checkpoint; a kill in between re-runs the task (see the report)",
+                strict=True,
+            ),
+        ),
     ],
 )
 async def test_agent_killed_at_any_point_resumes_without_rerunning_acknowledged_tasks(
@@ -547,14 +566,20 @@ async def _write_steadily(
         await asyncio.sleep(0.01)
 
 
-async def _read_your_writes(reader: SkialithCheckpointer, writes: Writes) -> None:
-    """Each thread's latest checkpoint, read by another saver, is at least the last acknowledged one."""
+async def _read_your_writes(reader: SkialithCheckpointer, writes: Writes, proxy: TcpProxy) -> None:
+    """Each thread's latest checkpoint, read by another saver, is at least the last acknowledged one,
+    and each read takes less than READ_BOUND seconds."""
     for thread, n in list(writes.last.items()):
         config: RunnableConfig = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
-        try:
-            tup = await asyncio.wait_for(reader.aget_tuple(config), READ_BOUND)
-        except TimeoutError:
-            pytest.fail(f"a read of {thread!r} hung for more than {READ_BOUND} s")
+        read = asyncio.ensure_future(reader.aget_tuple(config))
+        if not (await asyncio.wait({read}, timeout=READ_BOUND))[0]:
+            # not cancelled: a cancelled query can hang in its clean-up (a rollback on the same
+            # stuck socket); let the database answer again, then fail
+            mode = proxy.mode
+            proxy.restore()
+            await asyncio.wait({read}, timeout=30)
+            pytest.fail(f"a read of {thread!r} during a {mode!r} cut hung for more than {READ_BOUND} s")
+        tup = read.result()
         assert tup is not None, thread
         seen = tup.checkpoint["channel_values"]["n"]
         assert seen >= n, f"stale read of {thread}: step {seen}, but step {n} was acknowledged"
@@ -572,16 +597,6 @@ async def _read_your_writes(reader: SkialithCheckpointer, writes: Writes) -> Non
 async def test_database_outage_leaves_writes_alone_and_the_projector_catches_up(
     nats_url: str, mysql_url: str, unique: str, mode: CutMode
 ) -> None:
-    async def _watchdog() -> None:
-        await asyncio.sleep(30)
-        import io
-
-        for t in asyncio.all_tasks():
-            buf = io.StringIO()
-            t.print_stack(file=buf)
-            print("TASK", t.get_name(), buf.getvalue(), flush=True)
-
-    _wd = asyncio.create_task(_watchdog())
     target = make_url(mysql_url)
     direct = ReadModel.from_url(mysql_url)  # the test's own view of the database, not through the proxy
     async with TcpProxy(target.host or "127.0.0.1", target.port or 3306) as proxy:
@@ -602,7 +617,7 @@ async def test_database_outage_leaves_writes_alone_and_the_projector_catches_up(
         try:
             await asyncio.sleep(1.0)
             await wait_for_watermark(direct, await log.stream_last_seq())
-            await _read_your_writes(reader, writes)
+            await _read_your_writes(reader, writes, proxy)
             assert reader.read_stats.database > 0, reader.read_stats  # healthy: reads hit the database
             from_log, failures = reader.read_stats.log, projector.stats.failures
 
@@ -611,7 +626,7 @@ async def test_database_outage_leaves_writes_alone_and_the_projector_catches_up(
             await asyncio.sleep(0.3)
             frozen = await _watermark(direct)
             while time.monotonic() - cut_at < OUTAGE:
-                await _read_your_writes(reader, writes)  # each read bounded by READ_BOUND
+                await _read_your_writes(reader, writes, proxy)  # each read bounded by READ_BOUND
                 await asyncio.sleep(0.1)
             assert await _watermark(direct) == frozen, "the projector was not cut off"
             proxy.restore()
@@ -631,7 +646,7 @@ async def test_database_outage_leaves_writes_alone_and_the_projector_catches_up(
             async with direct.connect() as conn:
                 projected = await dump(conn)
             assert projected == await dump_of_log(log)
-            await _read_your_writes(reader, writes)
+            await _read_your_writes(reader, writes, proxy)
         finally:
             proxy.restore()
             stop.set()

@@ -160,12 +160,9 @@ async def _slow_publish(self: Log, subject: str, body: bytes, msg_id: str, **kwa
     return await _publish(self, subject, body, msg_id, **kwargs)
 
 
-Log.publish = _slow_publish  # type: ignore[method-assign]
-
-
 class RecordingCheckpointer(SkialithCheckpointer):
-    """Records each acknowledgement; optionally holds back the put of some steps' checkpoints (as a
-    slow network or a big state would) so that later writes are acknowledged before it."""
+    """Records each acknowledgement; optionally slows the publish of some steps' checkpoints by 0.5 s
+    (as a slow network or a big state would), so that later writes may be acknowledged before them."""
 
     def __init__(self, rec: Recorder, slow_put_steps: Sequence[int] = (), **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -215,6 +212,9 @@ def _child(job: dict[str, Any]) -> None:
 
 
 def serve() -> None:
+    # only in the fork server and its children, never in a test process that imports build()
+    Log.publish = _slow_publish  # type: ignore[method-assign]
+
     def reply(text: str) -> None:
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
