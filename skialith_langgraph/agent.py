@@ -182,13 +182,7 @@ class SkialithAgent:
         if self._log is None or self._model is None:
             async with self._lock:
                 if self._log is None:
-                    log = await Log.open(self.settings)
-                    try:
-                        await log.ensure_stream()
-                    except BaseException:
-                        await log.close()
-                        raise
-                    self._log = log
+                    self._log = await Log.open(self.settings, ensure_stream=True)
                 if self._model is None:
                     self._model = ReadModel.from_url(
                         self.settings.database_url, connect_timeout=self.settings.connect_timeout

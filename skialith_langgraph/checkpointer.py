@@ -69,13 +69,7 @@ class _Core:
             return log
         async with self._lock:
             if self.log is None:
-                log = await Log.open(self.settings)
-                try:
-                    await log.ensure_stream()
-                except BaseException:
-                    await log.close()
-                    raise
-                self.log = log
+                self.log = await Log.open(self.settings, ensure_stream=True)
         return self.log
 
     async def setup(self) -> None:

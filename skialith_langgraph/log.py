@@ -113,8 +113,16 @@ class Log:
         self._ready = False
 
     @classmethod
-    async def open(cls, settings: Settings) -> Log:
-        return cls(settings, await connect(settings))
+    async def open(cls, settings: Settings, *, ensure_stream: bool = False) -> Log:
+        """Connect (and, if asked, ensure the stream, closing the connection when that fails)."""
+        log = cls(settings, await connect(settings))
+        if ensure_stream:
+            try:
+                await log.ensure_stream()
+            except BaseException:
+                await log.close()
+                raise
+        return log
 
     async def close(self) -> None:
         # every publish was awaited to its PubAck, so nothing is pending: close, don't drain
