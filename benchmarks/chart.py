@@ -1,4 +1,7 @@
-"""The ``latency.png`` bar chart: ``aput`` p50 and p99 per contender, next to the PubAck floor."""
+"""The ``latency.png`` bar chart: ``aput`` p50 and p99 per contender, next to its floors.
+
+The floors are the bare PubAck and the serializer cost (``serde``) every saver pays before it stores.
+"""
 
 from __future__ import annotations
 
@@ -11,19 +14,22 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # the backend must be chosen first
 
+from .contender import SERDE_PUT
 from .latency import Row
 from .payloads import SIZES
 
 
 def plot_aput(rows: list[Row], path: Path, *, subtitle: str = "") -> None:
-    """Draw one panel per payload size: p50 and p99 bars per contender (log scale), floors included."""
+    """Draw one panel per payload size: p50 and p99 bars per contender (log scale), floors and serde too."""
     sizes = [s for s in SIZES if any(r.op == "aput" and r.size == s for r in rows)]
     if not sizes:
         return
     fig, axes = plt.subplots(1, len(sizes), figsize=(7 * len(sizes), 6), squeeze=False)
     for ax, size in zip(axes[0], sizes, strict=True):
-        picked = [r for r in rows if r.size == size and r.op in ("publish", "aput")]
-        names = [r.contender if r.op == "aput" else f"{r.contender} (publish)" for r in picked]
+        picked = [r for r in rows if r.size == size and r.op == "publish"]
+        picked += [r for r in rows if r.size == size and r.op == "serde" and r.contender == SERDE_PUT]
+        picked += [r for r in rows if r.size == size and r.op == "aput"]
+        names = [f"{r.contender} (publish)" if r.op == "publish" else r.contender for r in picked]
         p50 = [r.sample.summary().p50 for r in picked]
         p99 = [r.sample.summary().p99 for r in picked]
         xs = range(len(picked))

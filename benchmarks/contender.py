@@ -16,6 +16,9 @@ SKIALITH_ALWAYS = "Skialith [sync always]"
 FLOOR = "PubAck floor"
 FLOOR_ALWAYS = "PubAck floor [sync always]"
 RAW_INSERT = "raw MySQL INSERT"
+# what every saver pays to serialize before it can store: the saver serde's dumps_typed calls
+SERDE_PUT = "serde of aput (dumps_typed)"
+SERDE_WRITES = "serde of aput_writes (dumps_typed)"
 
 
 @dataclass(slots=True)

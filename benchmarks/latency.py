@@ -4,12 +4,19 @@ Each *row* is one (operation, payload size, contender). A round runs ``block`` t
 every row in turn, the order of contenders rotating from round to round; rounds repeat until
 each row has ``iterations`` samples. Only the call itself is timed: building the next
 checkpoint is not.
+
+Next to the floors, ``serde`` rows time what every saver must do before it can store anything:
+serialize with its ``serde`` (``dumps_typed`` of the new channel values, the checkpoint and the
+metadata for ``aput``; of each write for ``aput_writes``). They call Skialith's own
+``codec.encode_checkpoint`` / ``codec.encode_writes`` on the same payloads as the ``aput`` and
+``aput_writes`` rows, so floor + serde is the lowest an ``aput`` that serializes can reach.
 """
 
 from __future__ import annotations
 
 import functools
 import gc
+import importlib
 import os
 import time
 import uuid
@@ -18,14 +25,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import BaseCheckpointSaver, empty_checkpoint
 
-from .contender import FLOOR, RAW_INSERT, Contender
+from .contender import FLOOR, RAW_INSERT, SERDE_PUT, SERDE_WRITES, Contender
 from .env import BenchEnv
 from .payloads import SIZES, CheckpointChain, make_messages, make_writes, new_task_id
 from .stats import Sample
 
 Call = Callable[[], Awaitable[int]]  # one timed call; returns nanoseconds
 OPS = ("aput", "aput_writes", "aget_tuple")
+SERDE_OF = {"aput": SERDE_PUT, "aput_writes": SERDE_WRITES}  # op -> its serde row's contender
 
 
 @dataclass(slots=True)
@@ -109,6 +118,72 @@ async def aget_tuple_call(c: Contender, size: str, *, tag: str) -> Call:
     return call
 
 
+def load_codec() -> Any | str:
+    """Import ``skialith_langgraph.codec``, or return why it cannot be used."""
+    try:
+        codec = importlib.import_module("skialith_langgraph.codec")
+    except Exception as exc:
+        return f"cannot import skialith_langgraph.codec ({type(exc).__name__}: {exc})"
+    missing = [n for n in ("encode_checkpoint", "encode_writes") if not hasattr(codec, n)]
+    if missing:
+        return f"skialith_langgraph.codec has no {', '.join(missing)}"
+    return codec
+
+
+def serde_put_call(codec: Any, saver: BaseCheckpointSaver[Any], size: str) -> Call:
+    """``codec.encode_checkpoint`` of the checkpoints the ``aput`` row stores (no I/O)."""
+    chain = CheckpointChain(saver, f"lat-serde-{size}-{uuid.uuid4().hex[:8]}", make_messages(SIZES[size]))
+
+    async def call() -> int:
+        config, ckpt, metadata, versions = chain.next()
+        t0 = time.perf_counter_ns()
+        codec.encode_checkpoint(saver.serde, config, ckpt, metadata, versions)
+        elapsed = time.perf_counter_ns() - t0
+        conf = config["configurable"]
+        returned: RunnableConfig = {
+            "configurable": {"thread_id": conf["thread_id"], "checkpoint_ns": "", "checkpoint_id": ckpt["id"]}
+        }
+        chain.advance(returned, ckpt)
+        return elapsed
+
+    return call
+
+
+def serde_writes_call(codec: Any, saver: BaseCheckpointSaver[Any], size: str) -> Call:
+    """``codec.encode_writes`` of the writes the ``aput_writes`` row stores (no I/O)."""
+    config: RunnableConfig = {
+        "configurable": {
+            "thread_id": f"lat-serde-w-{size}",
+            "checkpoint_ns": "",
+            "checkpoint_id": empty_checkpoint()["id"],
+        }
+    }
+    writes = make_writes(SIZES[size], seed=5)
+
+    async def call() -> int:
+        task_id = new_task_id()
+        t0 = time.perf_counter_ns()
+        codec.encode_writes(saver.serde, config, writes, task_id, "")
+        return time.perf_counter_ns() - t0
+
+    return call
+
+
+def serde_rows(env: BenchEnv) -> list[Row]:
+    """The serde rows, one per (operation, size), with the serde of the first Skialith saver."""
+    codec = load_codec()
+    if isinstance(codec, str):
+        env.notes.append(f"serde rows skipped: {codec}")
+        return []
+    skialith = [c for c in env.contenders if c.skialith]
+    saver = (skialith or env.contenders)[0].saver
+    rows: list[Row] = []
+    for size in SIZES:
+        rows.append(Row("serde", size, SERDE_PUT, serde_put_call(codec, saver, size)))
+        rows.append(Row("serde", size, SERDE_WRITES, serde_writes_call(codec, saver, size)))
+    return rows
+
+
 async def build_rows(env: BenchEnv) -> list[Row]:
     """Every row of the latency table, prepared (threads written, projections caught up)."""
     rows: list[Row] = []
@@ -118,6 +193,8 @@ async def build_rows(env: BenchEnv) -> list[Row]:
             rows.append(Row("publish", size, name, _timed(functools.partial(floor.publish, payload))))
     raw = os.urandom(SIZES["1KiB"])
     rows.append(Row("insert", "1KiB", RAW_INSERT, _timed(functools.partial(env.raw_insert, raw))))
+    if env.contenders:
+        rows += serde_rows(env)
     tag = uuid.uuid4().hex[:6]
     for op in OPS:
         for size in SIZES:
@@ -155,3 +232,8 @@ async def run_interleaved(rows: list[Row], *, iterations: int, block: int, warmu
 def floor_for(row: Row) -> str:
     """The floor a Skialith row is compared with (the same server's PubAck floor)."""
     return FLOOR + row.contender.removeprefix("Skialith")
+
+
+def serde_for(row: Row) -> str | None:
+    """The serde row (contender name, op ``"serde"``) that a row's operation must pay, if any."""
+    return SERDE_OF.get(row.op)
