@@ -7,12 +7,13 @@ One coroutine per operation lives on :class:`_Core`; the async face runs it on t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from types import TracebackType
 from typing import Any
 
@@ -27,19 +28,23 @@ from langgraph.checkpoint.base import (
     get_checkpoint_id,
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import codec
 from ._loop import LoopThread
 from .config import Settings
-from .errors import ConfigError
+from .errors import ConfigError, ReadModelError
 from .heads import Heads, ThreadHead
 from .log import ExpectationFailed, Log
-from .readmodel import ReadModel, queries
+from .readmodel import PROJECTION, ReadModel, queries
 from .subjects import check_length, token
 from .views import ReadStats, Scratch, consistent_view
 
 logger = logging.getLogger(__name__)
+
+
+_MISS = object()  # a read the read model could not answer
 
 
 def _thread_id(value: Any) -> str:
@@ -269,6 +274,10 @@ class _Core:
                 self.stats.head += 1
                 return found  # type: ignore[return-value]
         target = max(thread_seq, global_seq)
+        served = await self._from_model(thread_id, ns, checkpoint_id, target)
+        if served is not _MISS:
+            return served  # type: ignore[return-value]
+        # the projector lags (or the database is down): wait for it a little, else replay the log
         async with consistent_view(
             log,
             self.model,
@@ -279,6 +288,35 @@ class _Core:
             target=target,
         ) as conn:
             return await queries.get_tuple(conn, self.serde, thread_id, ns, checkpoint_id)
+
+    async def _from_model(
+        self, thread_id: str, ns: str, checkpoint_id: str | None, target: int
+    ) -> CheckpointTuple | None | object:
+        """The tuple from the read model in two statements if it has caught up with ``target``,
+        else ``_MISS`` (the database failing marks it down, so the fallback reads the log at once)."""
+        model = self.model
+        if model.down:
+            return _MISS
+        async with AsyncExitStack() as stack:
+            conn: AsyncConnection | None = None
+            try:
+                async with asyncio.timeout(model.connect_timeout):
+                    conn = await stack.enter_async_context(model.connect())
+                    row, mark = await queries.head_row(conn, thread_id, ns, checkpoint_id, PROJECTION)
+                    if mark < target:
+                        return _MISS
+                    found = (
+                        None if row is None else await queries.tuple_of(conn, self.serde, thread_id, ns, row)
+                    )
+            except (ReadModelError, SQLAlchemyError, TimeoutError) as exc:
+                model.mark_down()
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.invalidate()  # its socket may be stuck: keep it out of the pool
+                logger.warning("read model unavailable (%r); serving the read from the log", exc)
+                return _MISS
+        self.stats.database += 1
+        return found
 
     async def list(
         self,

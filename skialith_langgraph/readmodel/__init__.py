@@ -89,8 +89,13 @@ class ReadModel:
         instead of each waiting for a connect timeout."""
         self._down_until = time.monotonic() + seconds
 
+    @property
+    def down(self) -> bool:
+        """Whether the database failed moments ago (see :meth:`mark_down`)."""
+        return time.monotonic() < self._down_until
+
     def _check_down(self) -> None:
-        if time.monotonic() < self._down_until:
+        if self.down:
             raise ReadModelError(
                 f"the read model at {self.url!r} failed moments ago; not retrying yet", url=self.url
             )

@@ -13,14 +13,14 @@ from typing import Any
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import CheckpointTuple, DeltaChannelHistory, PendingWrite
 from langgraph.checkpoint.serde.base import SerializerProtocol
-from sqlalchemy import Select, select, tuple_
+from sqlalchemy import Select, bindparam, literal_column, null, select, tuple_, union_all
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..codec import CheckpointMsg, PruneMsg, WritesMsg, version_key
 from ..subjects import token
 from .apply import unspill
-from .tables import checkpoint_blobs, checkpoint_writes, checkpoints
+from .tables import checkpoint_blobs, checkpoint_writes, checkpoints, projection
 
 _C = checkpoints.c
 _W = checkpoint_writes.c
@@ -152,21 +152,113 @@ def _head_query() -> Select[Any]:
     )
 
 
+# The single-checkpoint read (get_tuple) is the hot read: two prebuilt statements (no per-call
+# statement building, few columns: the client parses every column's description), the first also
+# returning the projection watermark, the second the checkpoint's pending writes and blobs together.
+_WATERMARK = select(projection.c.last_seq).where(projection.c.name == bindparam("projection"))
+_ONE = select(
+    _C.checkpoint_id,
+    _C.parent_checkpoint_id,
+    _C.type,
+    _C.checkpoint,
+    _C.metadata_type,
+    _C.metadata,
+    _WATERMARK.scalar_subquery().label("watermark"),
+).where(_C.thread_key == bindparam("tk"), _C.ns_key == bindparam("nk"))
+_LATEST = _ONE.order_by(_C.checkpoint_id.desc()).limit(1)
+_BY_ID = _ONE.where(_C.checkpoint_id == bindparam("cid"))
+_REST = union_all(
+    select(
+        literal_column("'w'").label("kind"),
+        _W.task_id,
+        _W.idx,
+        _W.channel,
+        null().label("version"),
+        _W.type,
+        _W.blob,
+        _W.task_path,
+    ).where(
+        _W.thread_key == bindparam("tk"), _W.ns_key == bindparam("nk"), _W.checkpoint_id == bindparam("cid")
+    ),
+    select(
+        literal_column("'b'"),
+        null(),
+        null(),
+        _B.channel,
+        _B.version,
+        _B.type,
+        _B.blob,
+        null(),
+    ).where(
+        _B.thread_key == bindparam("tk"),
+        _B.ns_key == bindparam("nk"),
+        tuple_(_B.channel, _B.version).in_(bindparam("pairs", expanding=True)),
+    ),
+)
+
+
+async def head_row(
+    conn: AsyncConnection, thread_id: str, ns: str, checkpoint_id: str | None, projection_name: str
+) -> tuple[Any, int]:
+    """The row of checkpoint ``checkpoint_id`` (the latest when ``None``) and the watermark of
+    ``projection_name``, read by one statement so that both come from the same snapshot."""
+    params = {
+        "tk": token(thread_id, field="thread_id"),
+        "nk": token(ns, field="checkpoint_ns"),
+        "projection": projection_name,
+    }
+    query, params = (_BY_ID, {**params, "cid": checkpoint_id}) if checkpoint_id else (_LATEST, params)
+    row = (await conn.execute(query, params)).first()
+    if row is not None:
+        return row, int(row.watermark or 0)
+    # No row, so no watermark from that statement. Read the watermark, then look again: without
+    # one snapshot for both statements (SQLite outside a transaction), only that order is safe.
+    mark = int((await conn.execute(_WATERMARK, {"projection": projection_name})).scalar() or 0)
+    row = (await conn.execute(query, params)).first()
+    return row, mark
+
+
+async def tuple_of(
+    conn: AsyncConnection, serde: SerializerProtocol, thread_id: str, ns: str, row: Any
+) -> CheckpointTuple:
+    """The whole tuple of a row that :func:`head_row` returned for ``thread_id`` and ``ns``."""
+    checkpoint = serde.loads_typed((row.type, row.checkpoint))
+    versions = checkpoint["channel_versions"]
+    pairs = sorted({(ch, version_key(v)) for ch, v in versions.items()})
+    tk, nk, cid = token(thread_id, field="thread_id"), token(ns, field="checkpoint_ns"), row.checkpoint_id
+    pending: list[PendingWrite]
+    if len(pairs) > PAGE:  # a very wide state: page the blobs
+        blobs = await _blobs_for(conn, tk, nk, set(pairs))
+        pending = (await _writes_for(conn, serde, [(tk, nk, cid)]))[(tk, nk, cid)]
+    else:
+        writes: list[tuple[tuple[str, str, int], PendingWrite]] = []
+        blobs = {}
+        params = {"tk": tk, "nk": nk, "cid": cid, "pairs": pairs or [("", "")]}
+        for r in await conn.execute(_REST, params):
+            value = await unspill(conn, tk, r.type, r.blob)
+            if r.kind == "w":
+                writes.append(
+                    ((r.task_path, r.task_id, r.idx), (r.task_id, r.channel, serde.loads_typed(value)))
+                )
+            else:
+                blobs[(r.channel, r.version)] = value
+        writes.sort(key=lambda item: item[0])
+        pending = [w for _, w in writes]
+    return CheckpointTuple(
+        config=_config(thread_id, ns, cid),
+        checkpoint={**checkpoint, "channel_values": _values(serde, versions, blobs)},  # type: ignore[typeddict-item]
+        metadata=serde.loads_typed((row.metadata_type, row.metadata)),
+        parent_config=_config(thread_id, ns, row.parent_checkpoint_id) if row.parent_checkpoint_id else None,
+        pending_writes=pending,
+    )
+
+
 async def get_tuple(
     conn: AsyncConnection, serde: SerializerProtocol, thread_id: str, ns: str, checkpoint_id: str | None
 ) -> CheckpointTuple | None:
     """The checkpoint ``checkpoint_id`` of a thread/namespace, or its latest when ``None``."""
-    q = _head_query().where(
-        _C.thread_key == token(thread_id, field="thread_id"), _C.ns_key == token(ns, field="checkpoint_ns")
-    )
-    if checkpoint_id:
-        q = q.where(_C.checkpoint_id == checkpoint_id)
-    else:
-        q = q.order_by(_C.checkpoint_id.desc()).limit(1)
-    rows = (await conn.execute(q)).all()
-    if not rows:
-        return None
-    return (await _tuples(conn, serde, rows))[0]
+    row, _ = await head_row(conn, thread_id, ns, checkpoint_id, "")
+    return None if row is None else await tuple_of(conn, serde, thread_id, ns, row)
 
 
 async def list_tuples(
