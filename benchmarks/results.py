@@ -50,6 +50,17 @@ def to_json(results: Results) -> dict[str, Any]:
             ],
             "aget_tuple": {name: {k: _raw(v) for k, v in kinds.items()} for name, kinds in g.reads.items()},
         }
+        if g.bounded is not None:
+            b = g.bounded
+            doc["graph"]["bounded"] = {
+                "runs": b.runs,
+                "keep_messages": b.keep,
+                "durability": "sync",
+                "run_ms": {name: _raw(sample) for name, sample in b.run_samples.items()},
+                "aget_tuple": {
+                    name: {k: _raw(v) for k, v in kinds.items()} for name, kinds in b.reads.items()
+                },
+            }
     doc["concurrency"] = [
         {
             "contender": p.contender,
