@@ -7,11 +7,14 @@ import dataclasses
 import random
 
 from langgraph.checkpoint.base import empty_checkpoint
+from sqlalchemy import select
 from support import dump, dump_of_log, wait_for_watermark
 
 from skialith_langgraph import Projector, Settings, SkialithCheckpointer, codec
 from skialith_langgraph.log import Log
 from skialith_langgraph.readmodel import ReadModel
+from skialith_langgraph.readmodel.apply import apply_messages, unspill
+from skialith_langgraph.readmodel.tables import blob_parts, checkpoint_blobs
 from skialith_langgraph.subjects import token
 
 
@@ -101,3 +104,90 @@ async def test_the_same_checkpoint_published_twice_beyond_the_dedupe_window_leav
         assert len(rows["skialith_checkpoint_blobs"]) == 1
     finally:
         await projector.stop()
+
+
+def _awkward_messages() -> list[tuple[int, codec.Msg]]:
+    """Values that a hand-rendered statement could mangle: every byte, quotes, backslashes, %, NUL,
+    unicode, empty values, NULLs, floats, rows over one statement and a value stored in parts."""
+    every_byte = bytes(range(256)) * 4
+    texts = ["", "'", '"', "\\", "\\'", "%s %% %(x)s", "nul\x00x", "\n\r\x1a\t", "日本語 🧵", "x" * 5000]
+    msgs: list[codec.Msg] = []
+    for i, text in enumerate(texts):
+        msgs.append(
+            codec.CheckpointMsg(
+                thread_id=f"t{i}{text}",
+                checkpoint_ns=text,
+                checkpoint_id=f"c{i}{text[:50]}",
+                parent_checkpoint_id=None if i % 2 else f"p{text[:50]}",
+                run_id=None if i % 3 else f"r{i}",
+                checkpoint=(f"type{i}", every_byte[i:] + text.encode()),
+                metadata=("msgpack", b""),
+                blobs=[("ch" + text[:20], f"{i}.0", "bytes", every_byte), ("empty", "1", "empty", b"")],
+            )
+        )
+        msgs.append(
+            codec.WritesMsg(
+                thread_id=f"t{i}{text}",
+                checkpoint_ns=text,
+                checkpoint_id=f"c{i}{text[:50]}",
+                task_id=f"task{text[:20]}",
+                task_path=text,
+                writes=[(0, "a", "bytes", every_byte[::-1]), (-1, "__error__", "str", text.encode())],
+            )
+        )
+        msgs.append(
+            codec.EventMsg(
+                agent_id=f"a{text}", kind="event", name=f"n{i}", step=i, payload=("t", every_byte), ts=i / 3
+            )
+        )
+    # rows past one multi-row statement, and a value past one part
+    for i in range(5):
+        big = bytes([i]) * (700 * 1024)
+        msgs.append(
+            codec.CheckpointMsg(
+                thread_id="big",
+                checkpoint_ns="",
+                checkpoint_id=f"big{i}",
+                parent_checkpoint_id=None,
+                run_id=None,
+                checkpoint=("bytes", big),
+                metadata=("bytes", b"m"),
+                blobs=[("huge", str(i), "bytes", big * 2)],
+            )
+        )
+    return list(enumerate(msgs, start=1))
+
+
+async def test_awkward_values_are_stored_exactly_as_the_sqlite_replay_stores_them(database_url: str) -> None:
+    model, replica = ReadModel.from_url(database_url), ReadModel.memory()
+    try:
+        for m in (model, replica):
+            await m.setup()
+        messages = _awkward_messages()
+        async with replica.begin() as conn:
+            await apply_messages(conn, messages, name=None)
+        for _ in range(2):  # a redelivered batch changes nothing
+            async with model.begin() as conn:
+                await apply_messages(conn, messages, name=None)
+        async with model.connect() as conn, replica.connect() as expected_conn:
+            got, expected = await dump(conn), await dump(expected_conn)
+            parts = (await conn.execute(select(blob_parts.c.owner_key, blob_parts.c.data))).all()
+        assert len(got["skialith_checkpoints"]) == 15
+        assert len(got["skialith_agent_events"]) == 10
+        assert got == expected
+        assert sorted(tuple(p) for p in parts), "the 1.4 MiB blobs were not stored in parts"
+        async with model.connect() as conn:
+            typ, data = (
+                await conn.execute(
+                    select(checkpoint_blobs.c.type, checkpoint_blobs.c.blob).where(
+                        checkpoint_blobs.c.channel == "huge", checkpoint_blobs.c.version == "3"
+                    )
+                )
+            ).one()
+            assert await unspill(conn, token("big", field="thread_id"), typ, data) == (
+                "bytes",
+                bytes([3]) * 1433600,
+            )
+    finally:
+        await model.close()
+        await replica.close()

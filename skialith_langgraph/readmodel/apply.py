@@ -7,8 +7,9 @@ from the log when the projector lags, so both answer alike. Upserts are
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import delete, select, tuple_, update
@@ -25,6 +26,9 @@ Row = dict[str, Any]
 
 PART_SIZE = 1024 * 1024  # bytes per stored part of a large value
 PARTS_PREFIX = "parts:"
+# characters of one multi-row INSERT on MySQL/TiDB (a longer row goes alone); as aiomysql's
+# executemany, under the 4 MiB max_allowed_packet of MySQL 5.7 (16 MiB on MariaDB, 64 MiB on 8.0)
+MAX_STATEMENT = 1024 * 1024
 
 
 def upsert(dialect: str, table: Any, update: Sequence[str]) -> Insert:
@@ -44,12 +48,53 @@ def upsert(dialect: str, table: Any, update: Sequence[str]) -> Insert:
     raise ProjectionError(f"unsupported database dialect {dialect!r}; use SQLite or MySQL/TiDB")
 
 
+@functools.lru_cache(maxsize=64)
+def _multirow(
+    dialect: Any, table: Any, update: tuple[str, ...], keys: tuple[str, ...]
+) -> tuple[str, str, tuple[str, ...]]:
+    """(``INSERT ... VALUES``, ``ON DUPLICATE KEY ...``, key order) of a MySQL upsert of ``keys``."""
+    compiled = upsert("mysql", table, update).compile(dialect=dialect, column_keys=list(keys))
+    sql = str(compiled)
+    head, sep, rest = sql.partition(" VALUES (")
+    if not sep or compiled.positiontup is None:
+        raise ProjectionError(f"cannot render a multi-row upsert from {sql!r}")
+    tail = rest[rest.index(")") + 1 :]
+    # the statement runs without parameters, so "%%" (format paramstyle) means "%"
+    return head.replace("%%", "%") + " VALUES ", tail.replace("%%", "%"), tuple(compiled.positiontup)
+
+
+def _literal(escape: Callable[[str], str]) -> Callable[[Any], str]:
+    """A function rendering one value as a MySQL literal; bytes as hex, so no escaping is needed."""
+
+    def literal(v: Any) -> str:
+        t = type(v)
+        if t is bytes:
+            return f"X'{v.hex()}'"
+        if t is str:
+            return "'" + escape(v) + "'"
+        if v is None:
+            return "NULL"
+        if t is int or t is bool:
+            return str(int(v))
+        if t is float:
+            text = repr(v)
+            if text in ("inf", "-inf", "nan"):
+                raise ProjectionError(f"cannot store the float {v!r} in MySQL")
+            return text if "e" in text else text + "e0"
+        if isinstance(v, bytearray | memoryview):
+            return "X'" + bytes(v).hex() + "'"
+        raise ProjectionError(f"cannot render a {t.__name__} as a MySQL literal: {v!r}")
+
+    return literal
+
+
 class Batch:
-    """Rows gathered from consecutive messages, flushed as a few executemany statements."""
+    """Rows gathered from consecutive messages, flushed as a few multi-row statements."""
 
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
         self.dialect = conn.dialect.name
+        self._literal: Callable[[Any], str] | None = None
         self.ckpts: list[Row] = []
         self.blobs: list[Row] = []
         self.writes_first: list[Row] = []  # ordinary writes: the first value wins
@@ -74,27 +119,48 @@ class Batch:
         )
         return f"{PARTS_PREFIX}{n}:{digest}:{typ}", b""
 
+    async def upsert_rows(self, table: Any, update: Sequence[str], rows: list[Row]) -> None:
+        """Upsert ``rows`` (all with the same keys) as few statements as the packet size allows.
+
+        On MySQL/TiDB the multi-row INSERTs are rendered here, values as literals: the driver's
+        executemany does the same, but escapes bytes in Python at ~60 us per KiB, which was half
+        of the projector's time. SQLite takes them as one executemany.
+        """
+        if not rows:
+            return
+        if self.dialect != "mysql":
+            await self.conn.execute(upsert(self.dialect, table, update), rows)
+            return
+        if self._literal is None:
+            raw = await self.conn.get_raw_connection()
+            # the driver's string escaping honours the session's NO_BACKSLASH_ESCAPES
+            self._literal = _literal(raw.driver_connection.escape_string)  # type: ignore[union-attr]
+        literal = self._literal
+        head, tail, keys = _multirow(self.conn.dialect, table, tuple(update), tuple(rows[0]))
+        values: list[str] = []
+        size = 0
+        for row in rows:
+            v = "(" + ",".join([literal(row[k]) for k in keys]) + ")"
+            if values and size + len(v) > MAX_STATEMENT:
+                await self._exec(head + ",".join(values) + tail)
+                values, size = [], 0
+            values.append(v)
+            size += len(v) + 1
+        await self._exec(head + ",".join(values) + tail)
+
+    async def _exec(self, sql: str) -> None:
+        await self.conn.exec_driver_sql(sql, execution_options={"no_parameters": True})
+
     async def flush(self) -> None:
-        c = self.conn
-        if self.parts:
-            for row in self.parts:  # one part per statement keeps each packet under 2 MiB
-                await c.execute(upsert(self.dialect, blob_parts, []), [row])
+        for row in self.parts:  # one part per statement keeps each packet small
+            await self.upsert_rows(blob_parts, [], [row])
         if self.ckpts:
             cols = [k for k in self.ckpts[0] if k not in ("thread_key", "ns_key", "checkpoint_id")]
-            await c.execute(upsert(self.dialect, checkpoints, cols), self.ckpts)
-        if self.blobs:
-            await c.execute(upsert(self.dialect, checkpoint_blobs, ["type", "blob"]), self.blobs)
-        if self.writes_first:
-            await c.execute(upsert(self.dialect, checkpoint_writes, []), self.writes_first)
-        if self.writes_last:
-            await c.execute(
-                upsert(self.dialect, checkpoint_writes, ["channel", "type", "blob", "task_path"]),
-                self.writes_last,
-            )
-        if self.events:
-            await c.execute(
-                upsert(self.dialect, agent_events, ["agent_id", "type", "payload", "ts", "seq"]), self.events
-            )
+            await self.upsert_rows(checkpoints, cols, self.ckpts)
+        await self.upsert_rows(checkpoint_blobs, ["type", "blob"], self.blobs)
+        await self.upsert_rows(checkpoint_writes, [], self.writes_first)
+        await self.upsert_rows(checkpoint_writes, ["channel", "type", "blob", "task_path"], self.writes_last)
+        await self.upsert_rows(agent_events, ["agent_id", "type", "payload", "ts", "seq"], self.events)
         self.ckpts, self.blobs, self.writes_first, self.writes_last, self.events = [], [], [], [], []
         self.parts = []
 
