@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from .contender import FLOOR, FLOOR_ALWAYS, MEMORY, MYSQL, POSTGRES, SKIALITH, SQLITE
-from .latency import OPS, SERDE_OF, floor_for, serde_for
+from .latency import OPS, SERDE_OF, Row, floor_for, serde_for
 from .results import Results
-from .stats import ratio
+from .stats import Summary, ratio
 
 MYSQL_MARK = f"{MYSQL} ¹"
+TARGET_OVER_FLOOR = 1.25  # the aput p50 target, as a multiple of the PubAck floor's p50
 
 
 def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
@@ -83,8 +84,10 @@ def _latency_tables(results: Results) -> list[str]:
         "`codec.encode_checkpoint` / `codec.encode_writes` and no I/O: a saver has to pay it before it "
         "can store anything, so floor + serde is the lowest a serializing saver can reach."
     )
-    out += ["", settings_line(results), ""]
+    out.append("")
     by_key = {(r.op, r.size, r.contender): r.sample.summary() for r in rows}
+    out += _reach_table(rows, by_key)
+    out += [settings_line(results), ""]
     for op in OPS:
         op_rows = [r for r in rows if r.op == op]
         if not op_rows:
@@ -141,6 +144,45 @@ def _latency_tables(results: Results) -> list[str]:
             )
         out += ["", settings_line(results), ""]
     return out
+
+
+def _reach_table(rows: Sequence[Row], by_key: dict[tuple[str, str, str], Summary]) -> list[str]:
+    """How much of the 1.25x budget over the PubAck floor the serializer leaves, per op and size."""
+    table: list[list[str]] = []
+    floors = sorted({r.contender for r in rows if r.op == "publish"}, key=lambda n: n != FLOOR)
+    for floor in floors:
+        for op, serde in SERDE_OF.items():
+            for r in rows:
+                if r.op != "serde" or r.contender != serde:
+                    continue
+                f, sd = by_key.get(("publish", r.size, floor)), by_key[("serde", r.size, serde)]
+                if f is None:
+                    continue
+                reach = f.p50 + sd.p50
+                left = TARGET_OVER_FLOOR * f.p50 - reach
+                table.append(
+                    [
+                        f"`{op}`",
+                        r.size,
+                        floor,
+                        _ms(f.p50),
+                        _ms(sd.p50),
+                        _ms(reach),
+                        _x(ratio(reach, f.p50)),
+                        f"{left:.3f}" if left >= 0 else f"none ({left:.3f})",
+                    ]
+                )
+    if not table:
+        return []
+    header = ["op", "payload", "floor", "floor p50", "serde p50", "floor + serde p50", "/ floor"]
+    return [
+        _table([*header, f"left of the {TARGET_OVER_FLOOR}x budget (ms)"], table),
+        "",
+        "A saver that serializes with this serde cannot beat floor + serde: where '/ floor' exceeds "
+        f"{TARGET_OVER_FLOOR}x, no such saver can meet the p50 target over the bare floor; elsewhere the "
+        "last column is all the time the rest of the saver may take.",
+        "",
+    ]
 
 
 def _graph_tables(results: Results) -> list[str]:
