@@ -54,7 +54,7 @@ class Plan:
 
     @classmethod
     def for_options(cls, options: Options) -> Plan:
-        """The default full plan (about 5 min on an idle 2-core machine), or the ``--quick`` smoke plan."""
+        """The default full plan (about 3 min on a 2-core machine), or the ``--quick`` smoke plan."""
         if options.quick:
             plan = cls(20, 10, 2, 2, 6, 3, 5, 0.2, 1_000, 200.0, 1.0, 5)
         else:
