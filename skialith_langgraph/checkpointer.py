@@ -45,6 +45,9 @@ logger = logging.getLogger(__name__)
 
 
 _MISS = object()  # a read the read model could not answer
+# loop turns LangGraph needs between a put returning and its next queued put calling aput
+# (_checkpointer_put_after_previous awaits the previous put's task, then calls aput)
+_PUT_START_TURNS = 5
 
 
 def _thread_id(value: Any) -> str:
@@ -167,12 +170,7 @@ class _Core:
         for channel, _ in writes:
             check_length(channel, field="channel")
         msg = codec.encode_writes(self.serde, config, writes, task_id, task_path)
-        pending_put = self.inflight.get((thread_id, ns, checkpoint_id))
-        if pending_put is not None:
-            # With durability="async" LangGraph runs a step's tasks while the put of the checkpoint
-            # they hang on is still in flight. Acknowledging their writes first would let a crash in
-            # between lose the checkpoint and re-run tasks whose writes were acknowledged.
-            await asyncio.shield(pending_put)
+        await self._after_its_checkpoint(thread_id, ns, checkpoint_id)
         msg.thread_id = thread_id
         log = await self._log()
         tk, nk = token(thread_id, field="thread_id"), token(ns, field="checkpoint_ns")
@@ -181,6 +179,35 @@ class _Core:
         )
         body = codec.dumps(msg)
         await self._publish_own(log, thread_id, tk, subject, body, lambda head: head.apply_writes(msg))
+
+    async def _after_its_checkpoint(self, thread_id: str, ns: str, checkpoint_id: str) -> None:
+        """Wait until the put of the checkpoint that writes hang on, if in flight, is acknowledged.
+
+        With durability="async" LangGraph runs a step's tasks while the put of their checkpoint is
+        still in flight, or not even called: it calls ``aput`` only once the previous put returned.
+        Acknowledging their writes first would let a crash in between lose the checkpoint and re-run
+        tasks whose writes were acknowledged. So writes also wait for earlier puts on the thread,
+        then give LangGraph's queued put a few loop turns to start before looking again.
+        """
+        key = (thread_id, ns, checkpoint_id)
+        while True:
+            pending = self.inflight.get(key)
+            if pending is not None:
+                await asyncio.shield(pending)
+                return
+            earlier = self._earlier_puts(thread_id, ns, checkpoint_id)
+            if not earlier:
+                return
+            await asyncio.shield(asyncio.gather(*earlier))
+            for _ in range(_PUT_START_TURNS):
+                await asyncio.sleep(0)
+                if key in self.inflight or self._earlier_puts(thread_id, ns, checkpoint_id):
+                    break
+
+    def _earlier_puts(self, thread_id: str, ns: str, checkpoint_id: str) -> list[asyncio.Future[None]]:
+        return [
+            f for (t, n, c), f in self.inflight.items() if t == thread_id and n == ns and c < checkpoint_id
+        ]
 
     async def _publish_thread_op(self, thread_id: str, op: str, msg: codec.Msg) -> int:
         self.heads.drop(thread_id)

@@ -247,15 +247,7 @@ async def _reference(tmp_path: Path, durability: Durability) -> tuple[dict[str, 
         "sync",
         "async",
         "async-slow-put",
-        pytest.param(
-            "async-slow-previous-put",
-            marks=pytest.mark.xfail(
-                reason="bug: with durability='async', put_writes on a checkpoint whose aput LangGraph "
-                "has not called yet (it waits for the previous, slow put) is acknowledged before that "
-                "checkpoint; a kill in between re-runs the task (see the report)",
-                strict=True,
-            ),
-        ),
+        "async-slow-previous-put",
     ],
 )
 async def test_agent_killed_at_any_point_resumes_without_rerunning_acknowledged_tasks(
