@@ -7,7 +7,6 @@ One coroutine per operation lives on :class:`_Core`; the async face runs it on t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -28,18 +27,17 @@ from langgraph.checkpoint.base import (
     get_checkpoint_id,
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import codec
 from ._loop import LoopThread
 from .config import Settings
-from .errors import ConfigError, ReadModelError
+from .errors import ConfigError
 from .heads import Heads, ThreadHead
 from .log import ExpectationFailed, Log
 from .readmodel import PROJECTION, ReadModel, queries
 from .subjects import check_length, token
-from .views import ReadStats, Scratch, consistent_view
+from .views import MODEL_ERRORS, ReadStats, Scratch, consistent_view, model_failed
 
 logger = logging.getLogger(__name__)
 
@@ -335,12 +333,8 @@ class _Core:
                     found = (
                         None if row is None else await queries.tuple_of(conn, self.serde, thread_id, ns, row)
                     )
-            except (ReadModelError, SQLAlchemyError, TimeoutError) as exc:
-                model.mark_down()
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        await conn.invalidate()  # its socket may be stuck: keep it out of the pool
-                logger.warning("read model unavailable (%r); serving the read from the log", exc)
+            except MODEL_ERRORS as exc:
+                await model_failed(model, conn, exc)
                 return _MISS
         self.stats.database += 1
         return found

@@ -40,6 +40,18 @@ class ReadStats:
     head: int = 0  # answered from this process's own exact head of the thread (see heads.py)
 
 
+MODEL_ERRORS = (ReadModelError, SQLAlchemyError, TimeoutError)  # the read model failed or hung
+
+
+async def model_failed(model: ReadModel, conn: AsyncConnection | None, exc: BaseException) -> None:
+    """After a read-model failure: skip the database for a while and drop the connection."""
+    model.mark_down()
+    if conn is not None:
+        with contextlib.suppress(Exception):
+            await conn.invalidate()  # its socket may be stuck: keep it out of the pool
+    logger.warning("read model unavailable (%r); serving the read from the log", exc)
+
+
 @asynccontextmanager
 async def consistent_view(
     log: Log,
@@ -87,12 +99,8 @@ async def consistent_view(
                 conn = candidate
             else:
                 logger.debug("projection %s is behind seq %d for %s; reading the log", name, target, filters)
-        except (ReadModelError, SQLAlchemyError, TimeoutError) as exc:
-            model.mark_down()
-            if candidate is not None:
-                with contextlib.suppress(Exception):
-                    await candidate.invalidate()  # its socket may be stuck: keep it out of the pool
-            logger.warning("read model unavailable (%r); serving the read from the log", exc)
+        except MODEL_ERRORS as exc:
+            await model_failed(model, candidate, exc)
         if conn is not None:
             if stats is not None:
                 stats.database += 1
