@@ -111,7 +111,8 @@ class _Core:
             check_length(channel, field="channel")
         log = await self._log()
         tk, nk = token(thread_id, field="thread_id"), token(ns, field="checkpoint_ns")
-        subject = log.subjects.checkpoint(tk, nk, token(checkpoint_id, field="checkpoint_id"))
+        natural = log.subjects.checkpoint_key(tk, nk, token(checkpoint_id, field="checkpoint_id"))
+        subject = log.subjects.checkpoint(tk)
         body = codec.dumps(msg)
         versions = checkpoint["channel_versions"]
         # writes to this checkpoint wait for it (see put_writes); registered before the first await
@@ -119,7 +120,13 @@ class _Core:
         done = self.inflight[key] = asyncio.get_running_loop().create_future()
         try:
             await self._publish_own(
-                log, thread_id, tk, subject, body, lambda head: head.apply_checkpoint(msg, versions)
+                log,
+                thread_id,
+                tk,
+                subject,
+                body,
+                codec.msg_id(natural, body),
+                lambda head: head.apply_checkpoint(msg, versions),
             )
         finally:
             done.set_result(None)
@@ -134,10 +141,10 @@ class _Core:
         tk: str,
         subject: str,
         body: bytes,
+        msg_id: str,
         fold: Callable[[ThreadHead], bool | None],
     ) -> None:
         """Publish a write on a thread; keep its head (if any) exact, or drop it."""
-        msg_id = codec.msg_id(subject, body)
         head = self.heads.get(thread_id)
         if head is None:
             await log.publish(subject, body, msg_id)
@@ -172,11 +179,20 @@ class _Core:
         msg.thread_id = thread_id
         log = await self._log()
         tk, nk = token(thread_id, field="thread_id"), token(ns, field="checkpoint_ns")
-        subject = log.subjects.writes(
+        natural = log.subjects.writes_key(
             tk, nk, token(checkpoint_id, field="checkpoint_id"), token(task_id, field="task_id")
         )
+        subject = log.subjects.writes(tk)
         body = codec.dumps(msg)
-        await self._publish_own(log, thread_id, tk, subject, body, lambda head: head.apply_writes(msg))
+        await self._publish_own(
+            log,
+            thread_id,
+            tk,
+            subject,
+            body,
+            codec.msg_id(natural, body),
+            lambda head: head.apply_writes(msg),
+        )
 
     async def _after_its_checkpoint(self, thread_id: str, ns: str, checkpoint_id: str) -> None:
         """Wait until the put of the checkpoint that writes hang on, if in flight, is acknowledged.
@@ -241,11 +257,12 @@ class _Core:
             nk = token(msg.checkpoint_ns, field="checkpoint_ns")
             ck = token(msg.checkpoint_id, field="checkpoint_id")
             if isinstance(msg, codec.CheckpointMsg):
-                subject = log.subjects.checkpoint(tk, nk, ck)
+                subject, natural = log.subjects.checkpoint(tk), log.subjects.checkpoint_key(tk, nk, ck)
             else:
-                subject = log.subjects.writes(tk, nk, ck, token(msg.task_id, field="task_id"))
+                task = token(msg.task_id, field="task_id")
+                subject, natural = log.subjects.writes(tk), log.subjects.writes_key(tk, nk, ck, task)
             body = codec.dumps(msg)
-            await log.publish(subject, body, codec.msg_id(subject, body))
+            await log.publish(subject, body, codec.msg_id(natural, body))
 
     async def prune(self, thread_ids: Sequence[str], strategy: str) -> None:
         if strategy not in ("keep_latest", "delete"):

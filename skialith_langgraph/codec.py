@@ -251,13 +251,13 @@ def loads(body: bytes) -> Msg:
     raise CodecError(f"unknown Skialith message kind {kind!r}")
 
 
-def msg_id(subject: str, body: bytes) -> str:
-    """``Nats-Msg-Id``: the natural key (the subject) plus a digest of the content.
+def msg_id(key: str, body: bytes) -> str:
+    """``Nats-Msg-Id``: the natural key (or the subject) plus a digest of the content.
 
     A retry of the same call produces the same id, so JetStream drops it inside its duplicate
     window; a different value for the same key gets a new id and overwrites, as LangGraph expects.
     """
     digest = hashlib.blake2b(body, digest_size=12).hexdigest()
-    if len(subject) > 200:
-        subject = hashlib.blake2b(subject.encode(), digest_size=16).hexdigest()
-    return f"{subject}:{digest}"
+    if len(key) > 200:
+        key = hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
+    return f"{key}:{digest}"

@@ -8,15 +8,18 @@ The empty string maps to ``"b"``.
 
 Subject layout under a prefix ``p`` (``skialith`` by default)::
 
-    p.t.<thread>.c.<ns>.<checkpoint_id>            a checkpoint (put)
-    p.t.<thread>.w.<ns>.<checkpoint_id>.<task_id>  the writes of one task (put_writes)
-    p.t.<thread>.x.<op>                            delete / prune / copy of one thread
-    p.t.<thread>.k.<digest>.<n>                    part n of a body too large for one message
-    p.g.<op>                                       operations across threads (delete_for_runs)
-    p.e.<agent>.<step>                             SkialithAgent events and checkpoints
+    p.t.<thread>.c                  the checkpoints of a thread (put)
+    p.t.<thread>.w                  the writes of its tasks (put_writes)
+    p.t.<thread>.x.<op>             delete / prune / copy of one thread
+    p.t.<thread>.k.<digest>.<n>     part n of a body too large for one message
+    p.g.<op>                        operations across threads (delete_for_runs)
+    p.e.<agent>.<step>              SkialithAgent events and checkpoints
 
 Everything about one thread sits under ``p.t.<thread>.>``, so one wildcard finds its last
-message and one filter replays it.
+message and one filter replays it. Checkpoint, namespace and task ids travel in the body and in
+the message id (:meth:`Subjects.checkpoint_key`), not in the subject: JetStream finds the last
+message on a wildcard by walking the subjects under it, so one subject per checkpoint made every
+read of a thread slower as its history grew (0.56 ms with a few subjects, 1.02 ms with 1,800).
 """
 
 from __future__ import annotations
@@ -102,11 +105,23 @@ class Subjects:
         """Everything about one thread (a wildcard)."""
         return f"{self.prefix}.t.{thread_key}.>"
 
-    def checkpoint(self, thread_key: str, ns_key: str, checkpoint_key: str) -> str:
-        return f"{self.prefix}.t.{thread_key}.c.{ns_key}.{checkpoint_key}"
+    def checkpoint(self, thread_key: str) -> str:
+        """Where the checkpoints of a thread are published."""
+        return f"{self.prefix}.t.{thread_key}.c"
 
-    def writes(self, thread_key: str, ns_key: str, checkpoint_key: str, task_key: str) -> str:
-        return f"{self.prefix}.t.{thread_key}.w.{ns_key}.{checkpoint_key}.{task_key}"
+    def writes(self, thread_key: str) -> str:
+        """Where the writes of a thread's tasks are published."""
+        return f"{self.prefix}.t.{thread_key}.w"
+
+    @staticmethod
+    def checkpoint_key(thread_key: str, ns_key: str, checkpoint_key: str) -> str:
+        """The natural key of a checkpoint, the first part of its message id."""
+        return f"{thread_key}.c.{ns_key}.{checkpoint_key}"
+
+    @staticmethod
+    def writes_key(thread_key: str, ns_key: str, checkpoint_key: str, task_key: str) -> str:
+        """The natural key of one task's writes, the first part of their message id."""
+        return f"{thread_key}.w.{ns_key}.{checkpoint_key}.{task_key}"
 
     def thread_op(self, thread_key: str, op: str) -> str:
         return f"{self.prefix}.t.{thread_key}.x.{op}"

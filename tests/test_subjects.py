@@ -58,13 +58,8 @@ def test_subjects_are_valid_nats_subjects() -> None:
     s = Subjects("skialith")
     tk = token("a.b > *", field="thread_id")
     for subject in (
-        s.checkpoint(tk, token("", field="checkpoint_ns"), token("1ef-…", field="checkpoint_id")),
-        s.writes(
-            tk,
-            token("sub:1|x", field="checkpoint_ns"),
-            token("c", field="checkpoint_id"),
-            token("t", field="task_id"),
-        ),
+        s.checkpoint(tk),
+        s.writes(tk),
         s.thread_op(tk, "delete"),
         s.global_op("runs"),
     ):

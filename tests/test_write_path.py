@@ -63,12 +63,37 @@ async def test_each_message_carries_a_msg_id_from_its_natural_key(settings: Sett
     subjects = Subjects(settings.subject_prefix)
     tk, nk = token("t-id", field="thread_id"), token("", field="checkpoint_ns")
     ck = token(stored["configurable"]["checkpoint_id"], field="checkpoint_id")
-    assert [m.subject for m in msgs] == [
-        subjects.checkpoint(tk, nk, ck),
-        subjects.writes(tk, nk, ck, token("task-1", field="task_id")),
+    # one subject per thread and kind (a wildcard lookup walks the subjects under it); the
+    # checkpoint, namespace and task ids make the message id
+    assert [m.subject for m in msgs] == [subjects.checkpoint(tk), subjects.writes(tk)]
+    assert [m.headers["Nats-Msg-Id"] for m in msgs] == [
+        codec.msg_id(subjects.checkpoint_key(tk, nk, ck), msgs[0].data),
+        codec.msg_id(subjects.writes_key(tk, nk, ck, token("task-1", field="task_id")), msgs[1].data),
     ]
-    for m in msgs:
-        assert m.headers["Nats-Msg-Id"] == codec.msg_id(m.subject, m.data)
+
+
+async def test_a_threads_subjects_do_not_multiply_with_its_history(settings: Settings) -> None:
+    # JetStream finds a thread's last message (asked on every read) by walking the subjects under
+    # the thread's wildcard, so their number must not grow with checkpoints, namespaces or tasks
+    async with SkialithCheckpointer(settings=settings) as saver:
+        for ns in ("", "child:1", "child:2"):
+            config = _config("t-long", ns=ns)
+            for step in range(10):
+                config = await saver.aput(config, _checkpoint(a=step), {"step": step}, {"a": "1"})
+                await saver.aput_writes(config, [("a", step)], f"task-{step}")
+        tk = token("t-long", field="thread_id")
+        nc = await nats.connect(settings.nats_url)
+        try:
+            info = await nc.jetstream().stream_info(
+                settings.stream, subjects_filter=Subjects(settings.subject_prefix).thread(tk)
+            )
+        finally:
+            await nc.close()
+        assert info.state.messages == 60
+        assert info.state.subjects is not None and len(info.state.subjects) == 2, info.state.subjects
+        latest = await saver.aget_tuple(_config("t-long", ns="child:1"))
+        assert latest is not None and latest.checkpoint["channel_values"] == {"a": 9}
+        assert latest.pending_writes == [("task-9", "a", 9)]
 
 
 async def test_a_retried_put_is_stored_once(settings: Settings) -> None:
