@@ -237,7 +237,8 @@ class SkialithAgent:
             ts=time.time(),
         )
         log, _ = await self._connect()
-        seq = await self._publish(log, log.subjects.agent_checkpoint(self._key, step), msg)
+        key = log.subjects.agent_checkpoint_key(self._key, step)
+        seq = await self._publish(log, log.subjects.agent_checkpoint(self._key), key, msg)
         self._step = step + 1
         return seq
 
@@ -272,13 +273,13 @@ class SkialithAgent:
             ts=time.time(),
         )
         log, _ = await self._connect()
-        subject = log.subjects.agent_event(self._key, at, token(name, field="name"))
-        return await self._publish(log, subject, msg)
+        key = log.subjects.agent_event_key(self._key, at, token(name, field="name"))
+        return await self._publish(log, log.subjects.agent_event(self._key), key, msg)
 
-    async def _publish(self, log: Log, subject: str, msg: codec.EventMsg) -> int:
+    async def _publish(self, log: Log, subject: str, key: str, msg: codec.EventMsg) -> int:
         body = codec.dumps(msg)
         # the id ignores the timestamp, so an identical retry is dropped by JetStream itself
-        msg_id = codec.msg_id(subject, codec.dumps(dataclasses.replace(msg, ts=0.0)))
+        msg_id = codec.msg_id(key, codec.dumps(dataclasses.replace(msg, ts=0.0)))
         seq = await log.publish(subject, body, msg_id)
         logger.debug("agent %s saved %s step=%d seq=%d", self._key, msg.kind, msg.step, seq)
         return seq

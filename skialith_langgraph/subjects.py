@@ -13,7 +13,7 @@ Subject layout under a prefix ``p`` (``skialith`` by default)::
     p.t.<thread>.x.<op>             delete / prune / copy of one thread
     p.t.<thread>.k.<digest>.<n>     part n of a body too large for one message
     p.g.<op>                        operations across threads (delete_for_runs)
-    p.e.<agent>.<step>              SkialithAgent events and checkpoints
+    p.e.<agent>.c / p.e.<agent>.v   SkialithAgent checkpoints / events
 
 Everything about one thread sits under ``p.t.<thread>.>``, so one wildcard finds its last
 message and one filter replays it. Checkpoint, namespace and task ids travel in the body and in
@@ -147,10 +147,20 @@ class Subjects:
     def agent(self, agent_key: str) -> str:
         return f"{self.prefix}.e.{agent_key}.>"
 
-    def agent_checkpoint(self, agent_key: str, step: int) -> str:
-        """A SkialithAgent checkpoint: one subject per (agent, step)."""
-        return f"{self.prefix}.e.{agent_key}.c.{step}"
+    def agent_checkpoint(self, agent_key: str) -> str:
+        """Where a SkialithAgent's checkpoints are published (the step travels in the body)."""
+        return f"{self.prefix}.e.{agent_key}.c"
 
-    def agent_event(self, agent_key: str, step: int, name_key: str) -> str:
-        """A SkialithAgent event: one subject per (agent, step, name)."""
-        return f"{self.prefix}.e.{agent_key}.v.{step}.{name_key}"
+    def agent_event(self, agent_key: str) -> str:
+        """Where a SkialithAgent's events are published (step and name travel in the body)."""
+        return f"{self.prefix}.e.{agent_key}.v"
+
+    @staticmethod
+    def agent_checkpoint_key(agent_key: str, step: int) -> str:
+        """The natural key of an agent checkpoint, the first part of its message id."""
+        return f"{agent_key}.c.{step}"
+
+    @staticmethod
+    def agent_event_key(agent_key: str, step: int, name_key: str) -> str:
+        """The natural key of an agent event, the first part of its message id."""
+        return f"{agent_key}.v.{step}.{name_key}"

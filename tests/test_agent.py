@@ -90,9 +90,8 @@ async def test_writes_are_acknowledged_before_returning(settings: Settings) -> N
     try:
         subjects = Subjects(settings.subject_prefix)
         msg = await nc.jetstream().get_msg(settings.stream, seq_e)
-        assert msg.subject == subjects.agent_event(
-            token("my-agent", field="agent_id"), 1, token("step-1", field="name")
-        )
+        # one subject per agent and kind: resume's wildcard lookup does not slow down with steps
+        assert msg.subject == subjects.agent_event(token("my-agent", field="agent_id"))
     finally:
         await nc.close()
     fast = dataclasses.replace(settings, read_wait=0.0)
