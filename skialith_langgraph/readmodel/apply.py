@@ -67,10 +67,10 @@ def _literal(v: Any) -> str:
     """``v`` as a MySQL literal. Text and bytes go as hex (a string column takes the bytes as its
     charset's encoding), which needs no escaping, whatever the session's sql_mode."""
     t = type(v)
+    if t is str:
+        return f"X'{v.encode().hex()}'" if v else "''"
     if t is bytes:
         return f"X'{v.hex()}'"
-    if t is str:
-        return f"X'{v.encode('utf-8', 'surrogateescape').hex()}'" if v else "''"
     if v is None:
         return "NULL"
     if t is int or t is bool:
@@ -97,6 +97,14 @@ class Batch:
         self.writes_last: list[Row] = []  # special writes (negative idx): the last value wins
         self.events: list[Row] = []
         self.parts: list[Row] = []
+        self._keys: dict[str, str] = {}  # id -> token; a batch holds many messages of few threads
+
+    def key(self, value: str, field: str) -> str:
+        """``token(value)``, remembered for the batch."""
+        key = self._keys.get(value)
+        if key is None:
+            key = self._keys[value] = token(value, field=field)
+        return key
 
     def spill(self, owner_key: str, typ: str, data: bytes) -> tuple[str, bytes]:
         """Store a value over PART_SIZE in parts; return what the owning row keeps."""
@@ -129,16 +137,18 @@ class Batch:
             return
         literal = _literal
         head, tail, keys = _multirow(self.conn.dialect, table, tuple(update), tuple(rows[0]))
-        values: list[str] = []
-        size = 0
+        sql = [head]
+        size = len(head) + len(tail)
         for row in rows:
             v = "(" + ",".join([literal(row[k]) for k in keys]) + ")"
-            if values and size + len(v) > MAX_STATEMENT:
-                await self._exec(head + ",".join(values) + tail)
-                values, size = [], 0
-            values.append(v)
+            if len(sql) > 1 and size + len(v) > MAX_STATEMENT:
+                sql[-1] = tail  # the comma after the last row
+                await self._exec("".join(sql))
+                sql, size = [head], len(head) + len(tail)
+            sql += (v, ",")
             size += len(v) + 1
-        await self._exec(head + ",".join(values) + tail)
+        sql[-1] = tail
+        await self._exec("".join(sql))
 
     async def _exec(self, sql: str) -> None:
         await self.conn.exec_driver_sql(sql, execution_options={"no_parameters": True})
@@ -158,7 +168,7 @@ class Batch:
 
     async def add(self, seq: int, msg: Msg) -> None:
         if isinstance(msg, CheckpointMsg):
-            tk, nk = token(msg.thread_id, field="thread_id"), token(msg.checkpoint_ns, field="checkpoint_ns")
+            tk, nk = self.key(msg.thread_id, "thread_id"), self.key(msg.checkpoint_ns, "checkpoint_ns")
             self.ckpts.append(
                 {
                     "thread_key": tk,
@@ -181,7 +191,7 @@ class Batch:
                     {"thread_key": tk, "ns_key": nk, "channel": ch, "version": ver, "type": typ, "blob": data}
                 )
         elif isinstance(msg, WritesMsg):
-            tk, nk = token(msg.thread_id, field="thread_id"), token(msg.checkpoint_ns, field="checkpoint_ns")
+            tk, nk = self.key(msg.thread_id, "thread_id"), self.key(msg.checkpoint_ns, "checkpoint_ns")
             # a repeated special write inside one put_writes keeps the last; ordinary ones the first
             seen: dict[int, Row] = {}
             for idx, ch, typ, data in msg.writes:
