@@ -311,6 +311,15 @@ class Projector:
                 if batch is None:
                     return
                 decoded, last_msg = batch
+                # small batches fetched while the last commit ran go in this one transaction, so
+                # under a light load a message waits for one commit, not for one per batch queued
+                resubscribe = False
+                while len(decoded) < self.batch_size and not batches.empty():
+                    more = batches.get_nowait()
+                    if more is None:
+                        resubscribe = True
+                        break
+                    decoded, last_msg = decoded + more[0], more[1]
                 last = last_msg.metadata
                 top = await self._commit(model, decoded, last.sequence.stream)
                 await last_msg.ack()
@@ -329,6 +338,8 @@ class Projector:
                         self.stats.batches,
                     )
                 logger.debug("applied batch of %d up to seq %d", len(decoded), last.sequence.stream)
+                if resubscribe:
+                    return
         finally:
             fetcher.cancel()
             await asyncio.wait({fetcher}, timeout=self.fetch_timeout + FETCH_GRACE + 1.0)
