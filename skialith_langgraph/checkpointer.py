@@ -33,7 +33,7 @@ from . import codec
 from ._loop import LoopThread
 from .config import Settings
 from .errors import ConfigError
-from .heads import Heads, ThreadHead
+from .heads import MAX_GAPS, Heads, ThreadHead
 from .log import ExpectationFailed, Log
 from .readmodel import PROJECTION, ReadModel, queries
 from .subjects import check_length, token
@@ -144,25 +144,45 @@ class _Core:
         msg_id: str,
         fold: Callable[[ThreadHead], bool | None],
     ) -> None:
-        """Publish a write on a thread; keep its head (if any) exact, or drop it."""
+        """Publish a write on a thread; keep its head (if any) exact, or drop it (see heads.py)."""
         head = self.heads.get(thread_id)
         if head is None:
             await log.publish(subject, body, msg_id)
             return
-        async with head.lock:
-            try:
-                head.seq = await log.publish(
-                    subject, body, msg_id, expect=(head.seq, log.subjects.thread(tk))
-                )
-            except ExpectationFailed:
-                self.heads.drop(thread_id)  # another writer on this thread: the head is no longer exact
-                await log.publish(subject, body, msg_id)
-                return
-            except BaseException:
+        prev, mine = head.tail, asyncio.get_running_loop().create_future()
+        head.tail = mine
+        head.sending += 1
+        seq = -1
+        try:
+            if prev is None or prev.done():
+                # nothing of ours in flight: the head's sequence is the thread's last, if no one else wrote
+                try:
+                    seq = await log.publish(subject, body, msg_id, expect=(head.seq, log.subjects.thread(tk)))
+                except ExpectationFailed:
+                    self.heads.drop(thread_id)  # another writer on this thread: no longer exact
+                    await log.publish(subject, body, msg_id)
+                    return
+                if prev is not None and prev.result() < 0:
+                    return
+            else:
+                # ours in flight: send now, fold in after it (the connection keeps the order)
+                seq = await log.publish(subject, body, msg_id)
+                before = await asyncio.shield(prev)
+                if before < 0:
+                    return
+                if seq != before + 1:
+                    head.gaps.append((before, seq))
+            head.seq = seq
+            if self.heads.get(thread_id) is head and (fold(head) is False or len(head.gaps) > MAX_GAPS):
                 self.heads.drop(thread_id)
-                raise
-            if fold(head) is False:
-                self.heads.drop(thread_id)
+        except BaseException:
+            seq = -1
+            self.heads.drop(thread_id)
+            raise
+        finally:
+            head.sending -= 1
+            if not mine.done():
+                mine.set_result(seq)
 
     async def put_writes(
         self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str
@@ -302,15 +322,28 @@ class _Core:
         ns, checkpoint_id = conf.get("checkpoint_ns", ""), get_checkpoint_id(config)
         log = await self._log()
         thread_filter = log.subjects.thread(token(thread_id, field="thread_id"))
-        thread_seq, global_seq = await log.last_seqs(thread_filter, log.subjects.global_ops)
         head = self.heads.get(thread_id)
-        if head is not None and (head.seq != thread_seq or global_seq > head.global_seq):
-            self.heads.drop(thread_id)  # someone else wrote: the head is not exact any more
-            head = None
+        gaps = list(head.gaps) if head is not None else []
+        # the gaps between our pipelined publishes are checked alongside the read's own lookups
+        thread_seq, global_seq, *firsts = await asyncio.gather(
+            log.last_seq(thread_filter),
+            log.last_seq(log.subjects.global_ops),
+            *(log.next_seq(thread_filter, after=a) for a, _ in gaps),
+        )
+        if head is not None:
+            if (
+                head.seq != thread_seq
+                or global_seq > head.global_seq
+                or any(first != b for first, (_, b) in zip(firsts, gaps, strict=True))
+            ):
+                self.heads.drop(thread_id)  # someone else wrote: the head is not exact any more
+                head = None
+            else:
+                del head.gaps[: len(gaps)]  # checked: only ours in between
         if head is None and thread_seq == 0:
             # nothing was ever written on this thread: start a head that will know all of it
             head = self.heads.create(thread_id, global_seq)
-        if head is not None and not head.lock.locked():
+        if head is not None and head.sending == 0:
             found = head.get_tuple(self.serde, thread_id, ns, checkpoint_id)
             if found is not False:
                 self.stats.head += 1

@@ -6,12 +6,18 @@ both the wait and the log replay, without ever being stale:
 
 * A head is created only for a thread with no message at all on the stream (a fresh thread), so it
   starts out knowing the whole thread.
-* Every publish on a thread with a head carries ``Nats-Expected-Last-Subject-Sequence`` for the
-  thread's subjects: JetStream stores it only if nothing else was written on the thread since the
-  head's sequence. If another process wrote in between, the publish is retried without the
-  expectation and the head is dropped.
+* A publish on a thread with a head, when none of ours is in flight on it, carries
+  ``Nats-Expected-Last-Subject-Sequence`` for the thread's subjects: JetStream stores it only if
+  nothing else was written on the thread since the head's sequence. If another process wrote in
+  between, the publish is retried without the expectation and the head is dropped.
+* A publish made while one of ours is in flight (LangGraph saves a task's writes and the next
+  checkpoint at once) is not held back: it goes out at once, without the expectation, and is folded
+  in after the one before it. One connection keeps our publishes in order, so only a foreign
+  message stored between the two could be missed; if the two sequences are not adjacent, the gap
+  is remembered and checked by the next read (one direct get, alongside the read's own).
 * A read uses the head only if the thread's last sequence on the stream (asked of JetStream on every
-  read) is still the head's, and no cross-thread operation arrived since the head was made.
+  read) is still the head's, every remembered gap holds nothing but ours, no publish of ours is in
+  flight, and no cross-thread operation arrived since the head was made.
 
 Anything the head cannot answer exactly (an older checkpoint, a fork whose blobs it no longer
 holds, deletes, prunes, copies) drops it, and reads take the ordinary path.
@@ -30,6 +36,7 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 from .codec import CheckpointMsg, WritesMsg, version_key
 
 MAX_HEADS = 1024
+MAX_GAPS = 8  # gaps a head may wait to have checked; beyond that it is dropped
 
 Typed = tuple[str, bytes]
 
@@ -53,7 +60,13 @@ class ThreadHead:
     writes: dict[tuple[str, str], dict[tuple[str, int], tuple[str, str, Typed, str]]] = field(
         default_factory=dict
     )
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # the last publish of ours on the thread, in send order: its sequence once folded in, -1 if it
+    # failed (the head is dropped then); None before the first
+    tail: asyncio.Future[int] | None = None
+    sending: int = 0  # publishes of ours sent and not yet folded in
+    # (a, b): sequences of two consecutive publishes of ours, sent back to back, that are not
+    # adjacent on the stream; exact only if nothing on the thread lies between (checked by reads)
+    gaps: list[tuple[int, int]] = field(default_factory=list)
 
     def apply_checkpoint(self, msg: CheckpointMsg, channel_versions: dict[str, Any]) -> bool:
         """Fold a checkpoint we published into the head; False if the head cannot stay exact."""

@@ -279,6 +279,11 @@ class Log:
             raise LogError(f"direct get on {self.settings.stream!r} failed: {status} {detail}", url=self.url)
         return msg
 
+    async def next_seq(self, subject_filter: str, *, after: int) -> int:
+        """The stream sequence of the first message on ``subject_filter`` after ``after`` (0 if none)."""
+        msg = await self._direct_get(json.dumps({"seq": after + 1, "next_by_subj": subject_filter}).encode())
+        return int(msg.headers["Nats-Sequence"]) if msg is not None and msg.headers else 0
+
     async def read(
         self, subject_filter: str, *, start_seq: int = 1, until_seq: int | None = None
     ) -> AsyncIterator[LogMsg]:

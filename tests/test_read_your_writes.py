@@ -9,8 +9,11 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
+from langgraph.checkpoint.base import empty_checkpoint
 from scripts.chain_graph import build
 
 from skialith_langgraph import Projector, Settings, SkialithCheckpointer
@@ -108,3 +111,83 @@ async def test_a_write_by_another_writer_is_seen_by_the_first(settings: Settings
         assert first.read_stats.head == served_from_head  # not from the stale head
         await app1.ainvoke({"steps": ["c"]}, config)  # and writing again continues from the truth
         assert (await app2.aget_state(config)).values["steps"][-4:] == ["c", "plan", "act", "check"]
+
+
+def _checkpoint(**values: object) -> dict:
+    cp = empty_checkpoint()
+    cp["channel_values"] = dict(values)
+    cp["channel_versions"] = {k: "1" for k in values}
+    return cp
+
+
+async def _pipelined_writes(
+    saver: SkialithCheckpointer, thread_id: str, between: Callable[[], Awaitable[object]] | None = None
+) -> dict:
+    """Two tasks' writes on a new checkpoint, published back to back (the second while the first is in
+    flight); ``between`` runs after the first is acknowledged and before the second is sent."""
+    config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+    assert await saver.aget_tuple(config) is None  # a fresh thread: this process keeps its head
+    stored = await saver.aput(config, _checkpoint(a=1), {"step": 0}, {"a": "1"})
+    log = (await saver._acore()).log
+    assert log is not None
+    first_acked = asyncio.Event()
+    publish = log.publish
+
+    async def ordered_publish(subject: str, body: bytes, msg_id: str, *, expect: Any = None) -> int:
+        if expect is not None:  # the first: sent with the head's expectation
+            seq = await publish(subject, body, msg_id, expect=expect)
+            first_acked.set()
+            return seq
+        await first_acked.wait()  # the second: sent while the first was in flight, but held here
+        if between is not None:
+            await between()
+        return await publish(subject, body, msg_id)
+
+    log.publish = ordered_publish  # type: ignore[method-assign]
+    try:
+        await asyncio.gather(
+            saver.aput_writes(stored, [("a", 2)], "task-1"), saver.aput_writes(stored, [("a", 3)], "task-2")
+        )
+    finally:
+        del log.publish
+    return config
+
+
+async def test_writes_published_back_to_back_keep_the_head_exact(settings: Settings) -> None:
+    fast = dataclasses.replace(settings, read_wait=0.0)
+    async with SkialithCheckpointer(settings=fast) as saver, SkialithCheckpointer(settings=fast) as other:
+        # another thread's write lands between the two: a gap on the stream, but nothing on this thread
+        config = await _pipelined_writes(
+            saver,
+            "t-pipelined",
+            lambda: other.aput({"configurable": {"thread_id": "t-else"}}, _checkpoint(b=1), {}, {"b": "1"}),
+        )
+        heads_before = saver.read_stats.head
+        mine = await saver.aget_tuple(config)
+        assert saver.read_stats.head == heads_before + 1  # still answered from this process's head
+        truth = await other.aget_tuple(config)  # no head there: read from the log
+        assert mine is not None and truth is not None
+        assert mine.pending_writes == truth.pending_writes == [("task-1", "a", 2), ("task-2", "a", 3)]
+
+
+async def test_a_foreign_write_between_back_to_back_writes_ends_the_head(settings: Settings) -> None:
+    fast = dataclasses.replace(settings, read_wait=0.0)
+    async with SkialithCheckpointer(settings=fast) as saver, SkialithCheckpointer(settings=fast) as other:
+
+        async def foreign() -> None:
+            latest = await other.aget_tuple(
+                {"configurable": {"thread_id": "t-squeezed", "checkpoint_ns": ""}}
+            )
+            assert latest is not None
+            await other.aput_writes(latest.config, [("a", 9)], "task-foreign")
+
+        config = await _pipelined_writes(saver, "t-squeezed", foreign)
+        heads_before = saver.read_stats.head
+        seen = await saver.aget_tuple(config)
+        assert saver.read_stats.head == heads_before  # the head missed a write: not used
+        assert seen is not None
+        assert sorted(seen.pending_writes) == [
+            ("task-1", "a", 2),
+            ("task-2", "a", 3),
+            ("task-foreign", "a", 9),
+        ]
