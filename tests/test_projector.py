@@ -15,8 +15,8 @@ from support import dump, dump_of_log, wait_for_watermark
 from skialith_langgraph import Projector, Settings, SkialithCheckpointer, codec
 from skialith_langgraph.log import Log
 from skialith_langgraph.projector import Puller
-from skialith_langgraph.readmodel import ReadModel
-from skialith_langgraph.readmodel.apply import apply_messages, unspill
+from skialith_langgraph.readmodel import PROJECTION, ReadModel
+from skialith_langgraph.readmodel.apply import apply_messages, unspill, watermark
 from skialith_langgraph.readmodel.tables import blob_parts, checkpoint_blobs
 from skialith_langgraph.subjects import token
 
@@ -232,3 +232,30 @@ async def test_a_delivery_lost_on_the_way_is_applied_after_a_resubscribe(
     assert lost, "no delivery was lost"
     assert len(projected["skialith_checkpoints"]) == 12
     assert projected == expected
+
+
+async def test_a_batch_failing_while_a_statement_runs_rolls_back_whole(database_url: str) -> None:
+    # on MySQL a statement runs on the server while the next one is rendered; a value that cannot
+    # be rendered then must not leave that statement behind, nor the connection out of step
+    model = ReadModel.from_url(database_url)
+    try:
+        await model.setup()
+        good = [m for _, m in _awkward_messages() if isinstance(m, codec.CheckpointMsg)]
+        bad = dataclasses.replace(good[0], checkpoint_id="bad", run_id=object())  # type: ignore[arg-type]
+        batch = list(enumerate([*good[-5:], bad], start=1))  # the first rows fill a statement or more
+        for _ in range(2):
+            try:
+                async with model.begin() as conn:
+                    await apply_messages(conn, batch, name=PROJECTION)
+            except Exception as exc:
+                assert "object" in str(exc)
+            else:
+                raise AssertionError("an unrenderable value was stored")
+        async with model.begin() as conn:
+            await apply_messages(conn, list(enumerate(good, start=1)), name=PROJECTION)
+        async with model.connect() as conn:
+            rows = await dump(conn)
+            assert await watermark(conn, PROJECTION) == len(good)
+        assert len(rows["skialith_checkpoints"]) == len(good)
+    finally:
+        await model.close()

@@ -7,6 +7,7 @@ from the log when the projector lags, so both answer alike. Upserts are
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 from collections.abc import Iterable, Sequence
@@ -29,6 +30,7 @@ PARTS_PREFIX = "parts:"
 # characters of one multi-row INSERT on MySQL/TiDB (a longer row goes alone); as aiomysql's
 # executemany, under the 4 MiB max_allowed_packet of MySQL 5.7 (16 MiB on MariaDB, 64 MiB on 8.0)
 MAX_STATEMENT = 1024 * 1024
+YIELD_ROWS = 64  # rows rendered between yields to the loop while a statement is being sent
 
 
 def upsert(dialect: str, table: Any, update: Sequence[str]) -> Insert:
@@ -98,6 +100,7 @@ class Batch:
         self.events: list[Row] = []
         self.parts: list[Row] = []
         self._keys: dict[str, str] = {}  # id -> token; a batch holds many messages of few threads
+        self._running: asyncio.Future[Any] | None = None  # the statement the server is executing
 
     def key(self, value: str, field: str) -> str:
         """``token(value)``, remembered for the batch."""
@@ -139,30 +142,51 @@ class Batch:
         head, tail, keys = _multirow(self.conn.dialect, table, tuple(update), tuple(rows[0]))
         sql = [head]
         size = len(head) + len(tail)
-        for row in rows:
+        for i, row in enumerate(rows, 1):
             v = "(" + ",".join([literal(row[k]) for k in keys]) + ")"
             if len(sql) > 1 and size + len(v) > MAX_STATEMENT:
                 sql[-1] = tail  # the comma after the last row
-                await self._exec("".join(sql))
+                await self._send("".join(sql))
                 sql, size = [head], len(head) + len(tail)
             sql += (v, ",")
             size += len(v) + 1
+            if i % YIELD_ROWS == 0 and self._running is not None:
+                await asyncio.sleep(0)  # let the loop write out the statement in flight
         sql[-1] = tail
-        await self._exec("".join(sql))
+        await self._send("".join(sql))
 
-    async def _exec(self, sql: str) -> None:
-        await self.conn.exec_driver_sql(sql, execution_options={"no_parameters": True})
+    async def _send(self, sql: str) -> None:
+        """Start ``sql`` once the statement before it is done, and return while it runs: the
+        server executes one statement while the next is rendered here."""
+        await self._wait()
+        self._running = asyncio.ensure_future(
+            self.conn.exec_driver_sql(sql, execution_options={"no_parameters": True})
+        )
+        await asyncio.sleep(0)  # it writes the statement, then waits for the server
+
+    async def _wait(self) -> None:
+        running, self._running = self._running, None
+        if running is not None:
+            await running
 
     async def flush(self) -> None:
-        for row in self.parts:  # one part per statement keeps each packet small
-            await self.upsert_rows(blob_parts, [], [row])
-        if self.ckpts:
-            cols = [k for k in self.ckpts[0] if k not in ("thread_key", "ns_key", "checkpoint_id")]
-            await self.upsert_rows(checkpoints, cols, self.ckpts)
-        await self.upsert_rows(checkpoint_blobs, ["type", "blob"], self.blobs)
-        await self.upsert_rows(checkpoint_writes, [], self.writes_first)
-        await self.upsert_rows(checkpoint_writes, ["channel", "type", "blob", "task_path"], self.writes_last)
-        await self.upsert_rows(agent_events, ["agent_id", "type", "payload", "ts", "seq"], self.events)
+        try:
+            for row in self.parts:  # one part per statement keeps each packet small
+                await self.upsert_rows(blob_parts, [], [row])
+            if self.ckpts:
+                cols = [k for k in self.ckpts[0] if k not in ("thread_key", "ns_key", "checkpoint_id")]
+                await self.upsert_rows(checkpoints, cols, self.ckpts)
+            await self.upsert_rows(checkpoint_blobs, ["type", "blob"], self.blobs)
+            await self.upsert_rows(checkpoint_writes, [], self.writes_first)
+            await self.upsert_rows(
+                checkpoint_writes, ["channel", "type", "blob", "task_path"], self.writes_last
+            )
+            await self.upsert_rows(agent_events, ["agent_id", "type", "payload", "ts", "seq"], self.events)
+            await self._wait()
+        finally:
+            if self._running is not None:  # failed while a statement ran: let it end before rollback
+                await asyncio.wait([self._running])
+                self._running = None
         self.ckpts, self.blobs, self.writes_first, self.writes_last, self.events = [], [], [], [], []
         self.parts = []
 
