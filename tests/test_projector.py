@@ -259,3 +259,30 @@ async def test_a_batch_failing_while_a_statement_runs_rolls_back_whole(database_
         assert len(rows["skialith_checkpoints"]) == len(good)
     finally:
         await model.close()
+
+
+async def test_a_consumer_deleted_under_the_projector_is_recreated_at_the_watermark(
+    settings: Settings,
+) -> None:
+    projector = Projector(settings, batch_size=5, fetch_timeout=0.1)
+    await projector.start()
+    log = await Log.open(settings)
+    model = ReadModel.from_url(settings.database_url)
+    try:
+        async with SkialithCheckpointer(settings=settings) as saver:
+            config = {"configurable": {"thread_id": "deleted", "checkpoint_ns": ""}}
+            for i in range(6):
+                config = await saver.aput(config, _cp(i), {"step": i}, {"n": str(i)})
+            await wait_for_watermark(model, await log.stream_last_seq())
+            await log.js.delete_consumer(settings.stream, projector.durable)
+            for i in range(6, 12):
+                config = await saver.aput(config, _cp(i), {"step": i}, {"n": str(i)})
+        await wait_for_watermark(model, await log.stream_last_seq(), timeout=15)
+        async with model.connect() as conn:
+            projected = await dump(conn)
+        assert len(projected["skialith_checkpoints"]) == 12
+        assert projected == await dump_of_log(log)
+    finally:
+        await projector.stop()
+        await model.close()
+        await log.close()
