@@ -353,8 +353,18 @@ async def lock_watermark(conn: AsyncConnection, name: str) -> int:
 
     Projector replicas may run at once; this serializes their batches, so each applies only what
     no other replica applied before it, in stream order (a delete is never undone by a late put).
-    On SQLite the UPDATE takes the database write lock; on MySQL/TiDB the row lock.
+    On SQLite the UPDATE takes the database write lock; on MySQL/TiDB the upsert takes the row's
+    exclusive lock whether it creates the row or not, and ``FOR UPDATE`` reads the latest value.
+    MySQL gets plain SQL: built with SQLAlchemy Core, these statements cost ~0.5 ms of CPU each,
+    which was most of a small batch's commit.
     """
+    if conn.dialect.name == "mysql":
+        t = projection.name
+        await conn.exec_driver_sql(
+            f"INSERT INTO {t} (name, last_seq) VALUES (%s, 0) ON DUPLICATE KEY UPDATE name = name", (name,)
+        )
+        found = await conn.exec_driver_sql(f"SELECT last_seq FROM {t} WHERE name = %s FOR UPDATE", (name,))
+        return int(found.scalar() or 0)
     await conn.execute(upsert(conn.dialect.name, projection, []), [{"name": name, "last_seq": 0}])
     lock = update(projection).where(projection.c.name == name).values(last_seq=projection.c.last_seq)
     await conn.execute(lock)
@@ -367,6 +377,10 @@ async def watermark(conn: AsyncConnection, name: str) -> int:
 
 
 async def set_watermark(conn: AsyncConnection, name: str, seq: int) -> None:
+    """Set the watermark; the row exists and is locked (see :func:`lock_watermark`)."""
+    if conn.dialect.name == "mysql":
+        await conn.exec_driver_sql(f"UPDATE {projection.name} SET last_seq = %s WHERE name = %s", (seq, name))
+        return
     await conn.execute(upsert(conn.dialect.name, projection, ["last_seq"]), [{"name": name, "last_seq": seq}])
 
 
