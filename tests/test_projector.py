@@ -16,7 +16,13 @@ from skialith_langgraph import Projector, Settings, SkialithCheckpointer, codec
 from skialith_langgraph.log import Log
 from skialith_langgraph.projector import Puller
 from skialith_langgraph.readmodel import PROJECTION, ReadModel
-from skialith_langgraph.readmodel.apply import apply_messages, unspill, watermark
+from skialith_langgraph.readmodel.apply import (
+    apply_messages,
+    lock_watermark,
+    set_watermark,
+    unspill,
+    watermark,
+)
 from skialith_langgraph.readmodel.tables import blob_parts, checkpoint_blobs
 from skialith_langgraph.subjects import token
 
@@ -286,3 +292,29 @@ async def test_a_consumer_deleted_under_the_projector_is_recreated_at_the_waterm
         await projector.stop()
         await model.close()
         await log.close()
+
+
+async def test_a_second_replica_waits_for_the_watermark_lock_and_reads_the_first_ones_value(
+    database_url: str,
+) -> None:
+    model = ReadModel.from_url(database_url)
+    events: list[tuple[str, int]] = []
+
+    async def replica(name: str, delay: float, hold: float, step: int) -> None:
+        await asyncio.sleep(delay)
+        async with model.begin() as conn:
+            floor = await lock_watermark(conn, "lock-test")
+            events.append((f"{name} read", floor))
+            await asyncio.sleep(hold)
+            await set_watermark(conn, "lock-test", floor + step)
+            events.append((f"{name} set", floor + step))
+
+    try:
+        await model.setup()
+        await asyncio.gather(replica("first", 0.0, 0.3, 5), replica("second", 0.1, 0.0, 1))
+        async with model.connect() as conn:
+            final = await watermark(conn, "lock-test")
+    finally:
+        await model.close()
+    assert events == [("first read", 0), ("first set", 5), ("second read", 5), ("second set", 6)]
+    assert final == 6
