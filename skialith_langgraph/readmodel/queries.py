@@ -20,6 +20,7 @@ from sqlalchemy.engine import Dialect, Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..codec import CheckpointMsg, PruneMsg, WritesMsg, version_key
+from ..errors import ReadModelError
 from ..subjects import token
 from .apply import unspill
 from .tables import checkpoint_blobs, checkpoint_writes, checkpoints, projection
@@ -221,12 +222,18 @@ async def _driver_rows(
     if not conn.in_transaction():
         await conn.begin()  # so that closing ``conn`` ends what the driver's statements began
     driver: Any = (await conn.get_raw_connection()).driver_connection
-    if conn.dialect.name == "mysql":
-        async with driver.cursor() as cur:
-            await cur.execute(sql, args)
+    try:
+        if conn.dialect.name == "mysql":
+            async with driver.cursor() as cur:
+                await cur.execute(sql, args)
+                return list(await cur.fetchall())
+        async with driver.execute(sql, args) as cur:
             return list(await cur.fetchall())
-    async with driver.execute(sql, args) as cur:
-        return list(await cur.fetchall())
+    except Exception as exc:
+        # the driver's own errors (a lost connection surfaces as IncompleteReadError) are not
+        # SQLAlchemy's: say that the read model failed, so the caller reads the log instead
+        url = conn.engine.url.render_as_string(hide_password=True)
+        raise ReadModelError(f"a read from {url!r} failed ({type(exc).__name__}: {exc})", url=url) from exc
 
 
 async def head_row(
