@@ -183,7 +183,7 @@ async def measure_lag(
         current = -1
         while not done.is_set():
             wm = await watermark.get()
-            if wm != current:
+            if wm > current:  # a failed poll reads 0; the timeline must only grow (bisect below)
                 timeline.append((time.perf_counter(), wm))
                 current = wm
             await asyncio.sleep(POLL_INTERVAL)
@@ -209,7 +209,7 @@ async def measure_lag(
         await watermark.wait_for(await stream_last_seq(env.nats, stream))
         done.set()
         await poller
-        timeline.append((time.perf_counter(), await watermark.get()))
+        timeline.append((time.perf_counter(), max(await watermark.get(), timeline[-1][1] if timeline else 0)))
     finally:
         done.set()
         watermark.close()

@@ -173,6 +173,9 @@ class Watermark:
     def __init__(self, target: MySQLTarget, db: str) -> None:
         self._target, self._db = target, db
         self._conn: Any = None
+        # the lag measurement polls while it also waits for the end: one query at a time on the
+        # connection (two at once broke it: "readexactly() called while another coroutine...")
+        self._lock = asyncio.Lock()
         from skialith_langgraph.readmodel import PROJECTION
         from skialith_langgraph.readmodel.tables import projection
 
@@ -181,14 +184,16 @@ class Watermark:
 
     async def get(self) -> int:
         """Return the committed watermark (0 before the first batch)."""
-        if self._conn is None:
-            self._conn = await self._target.connect(self._db)
-        async with self._conn.cursor() as cur:
-            try:
-                await cur.execute(self._sql, (self._name,))
-            except Exception:
-                return 0
-            row = await cur.fetchone()
+        async with self._lock:
+            if self._conn is None:
+                self._conn = await self._target.connect(self._db)
+            async with self._conn.cursor() as cur:
+                try:
+                    await cur.execute(self._sql, (self._name,))
+                except Exception:  # no table before the projector's set-up; a broken connection
+                    self.close()  # is opened anew on the next call
+                    return 0
+                row = await cur.fetchone()
         return int(row[0]) if row else 0
 
     async def wait_for(self, seq: int, timeout: float = 60.0, poll: float = 0.002) -> float:
