@@ -52,6 +52,10 @@ class ExpectationFailed(LogError):
     """Something else was written on the expected subjects in between (nothing was stored)."""
 
 
+class MissingPartError(LogError):
+    """A part of a large message is not on the stream (purged with its thread): it never will be."""
+
+
 _HINT = "start it with 'skialith up' or point SKIALITH_NATS_URL at a running nats-server with JetStream"
 
 
@@ -314,7 +318,7 @@ class Log:
             req = json.dumps({"last_by_subj": f"{base}.{i}"}).encode()
             msg = await self._direct_get(req)
             if msg is None:
-                raise LogError(f"part {i} of {base!r} is missing from the stream", url=self.url)
+                raise MissingPartError(f"part {i} of {base!r} is missing from the stream", url=self.url)
             chunks.append(msg.data)
         return b"".join(chunks)
 

@@ -28,7 +28,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from .codec import Msg, loads
 from .config import Settings
 from .errors import CodecError, LogError, SkialithError
-from .log import Header, Log
+from .log import Header, Log, MissingPartError
 from .readmodel import PROJECTION, ReadModel
 from .readmodel.apply import apply_messages, watermark
 
@@ -396,15 +396,38 @@ class Projector:
                         continue
                     if headers.get(parts):
                         try:
-                            body = await log.join_parts(headers, body)
-                        except SkialithError as exc:
+                            joined = await self._join_parts(log, headers, body, seq)
+                        except MissingPartError as exc:
                             logger.error("skipping message seq=%d: %s", seq, exc)
                             continue
+                        if joined is None:
+                            return  # stopping: the batch stays unacked, for the next start
+                        body = joined
                 try:
                     decoded.append((seq, loads(body)))
                 except CodecError as exc:
                     logger.error("skipping undecodable message seq=%d subject=%s: %s", seq, m.subject, exc)
             await batches.put((decoded, msgs[-1]))
+
+    async def _join_parts(self, log: Log, headers: dict[str, str], body: bytes, seq: int) -> bytes | None:
+        """The whole body of a message sent in parts. Retried while NATS does not answer (skipping
+        the message would lose it for good); ``None`` if stopped meanwhile.
+
+        Raises:
+            MissingPartError: a part is gone from the stream (its thread was deleted since).
+        """
+        delay = 0.05
+        while True:
+            try:
+                return await log.join_parts(headers, body)
+            except MissingPartError:
+                raise
+            except SkialithError as exc:
+                if self._stopping.is_set():
+                    return None
+                logger.warning("projector cannot read the parts of seq=%d (%s); retrying", seq, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
 
     async def _resume_point(self, model: ReadModel) -> int:
         """The first stream sequence not yet in the read model (waits while the database is down)."""

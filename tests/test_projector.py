@@ -8,11 +8,13 @@ import random
 
 import pytest
 from langgraph.checkpoint.base import empty_checkpoint
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from nats.aio.msg import Msg as NatsMsg
 from sqlalchemy import select
 from support import dump, dump_of_log, wait_for_watermark
 
 from skialith_langgraph import Projector, Settings, SkialithCheckpointer, codec
+from skialith_langgraph.errors import LogError
 from skialith_langgraph.log import Log
 from skialith_langgraph.projector import Puller
 from skialith_langgraph.readmodel import PROJECTION, ReadModel
@@ -318,3 +320,43 @@ async def test_a_second_replica_waits_for_the_watermark_lock_and_reads_the_first
         await model.close()
     assert events == [("first read", 0), ("first set", 5), ("second read", 5), ("second set", 6)]
     assert final == 6
+
+
+async def test_a_large_message_whose_parts_cannot_be_read_for_a_while_is_applied_not_skipped(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # NATS not answering the direct gets of a large message's parts for a moment (a restart, a
+    # slow server) is a timing a real server does not produce on cue, so the first reads fail.
+    small = dataclasses.replace(settings, chunk_size=1024)
+    failures: list[int] = []
+    join = Log.join_parts
+
+    async def flaky(self: Log, headers: dict[str, str] | None, data: bytes) -> bytes:
+        if len(failures) < 3:
+            failures.append(1)
+            raise LogError("NATS did not answer a read within 5 s", url=self.url)
+        return await join(self, headers, data)
+
+    monkeypatch.setattr(Log, "join_parts", flaky)
+    big = "x" * 10_000
+    async with SkialithCheckpointer(settings=small) as saver:
+        config = {"configurable": {"thread_id": "large", "checkpoint_ns": ""}}
+        cp = empty_checkpoint()
+        cp["channel_values"] = {"text": big}
+        cp["channel_versions"] = {"text": "1"}
+        stored = await saver.aput(config, cp, {"step": 0}, {"text": "1"})
+    projector = Projector(small, batch_size=100, fetch_timeout=0.1)
+    await projector.start()
+    log = await Log.open(small)
+    model = ReadModel.from_url(small.database_url)
+    try:
+        await wait_for_watermark(model, await log.stream_last_seq())
+        async with model.connect() as conn:
+            rows = (await conn.execute(select(checkpoint_blobs.c.type, checkpoint_blobs.c.blob))).all()
+    finally:
+        await projector.stop()
+        await model.close()
+        await log.close()
+    assert len(failures) == 3
+    assert [JsonPlusSerializer().loads_typed((r.type, r.blob)) for r in rows] == [big]
+    assert stored["configurable"]["checkpoint_id"] == cp["id"]
