@@ -60,23 +60,19 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-import nats.errors
-import nats.js.errors
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from sqlalchemy import delete, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .codec import CheckpointMsg, DeleteRunsMsg, DeleteThreadMsg, EventMsg, Msg, WritesMsg, loads, version_key
+from .codec import CheckpointMsg, DeleteRunsMsg, DeleteThreadMsg, EventMsg, Msg, WritesMsg, version_key
 from .config import Settings
-from .errors import ProjectionError, SkialithError
-from .log import Header, Log
-from .readmodel import ReadModel
+from .consumer import DEFAULT_BATCH_SIZE, DEFAULT_FETCH_TIMEOUT, Consumer, ConsumerStats, _timestamp_ns
+from .errors import ProjectionError
 from .readmodel.apply import lock_watermark, set_watermark, upsert, watermark
 from .readmodel.tables import agent_traces
 from .subjects import token
@@ -99,9 +95,6 @@ LANGGRAPH = "langgraph"  # source of rows derived from checkpointer messages
 AGENT = "agent"  # source of rows derived from SkialithAgent messages
 TASK, CHECKPOINT, EVENT = "task", "checkpoint", "event"
 DEFAULT_NAME = "main"
-DEFAULT_BATCH_SIZE = 1000
-DEFAULT_FETCH_TIMEOUT = 1.0  # seconds a fetch waits when the stream is idle
-RETRY_MAX = 5.0  # seconds between attempts while the database is down
 _CHUNK = 200
 _PULL, _PUSH, _INTERRUPT = "__pregel_pull", "__pregel_push", "__interrupt__"
 _TASKS = "__pregel_tasks"
@@ -538,13 +531,6 @@ async def apply_traces(
     return top
 
 
-async def _unsubscribe(psub: Any) -> None:
-    try:
-        await psub.unsubscribe()
-    except nats.errors.Error as exc:  # closed or draining already
-        logger.debug("trace ingest unsubscribe: %s", exc)
-
-
 def _trace(r: Any) -> Trace:
     return Trace(
         source=r.source,
@@ -604,23 +590,12 @@ async def read_traces(
 
 
 @dataclass(slots=True)
-class TraceIngestStats:
+class TraceIngestStats(ConsumerStats):
     """Progress, for logs and metrics."""
 
-    applied: int = 0
-    batches: int = 0
-    last_seq: int = 0
-    stream_last_seq: int = 0
-    failures: int = 0
-    started: float = field(default_factory=time.monotonic)
 
-    @property
-    def lag(self) -> int:
-        return max(0, self.stream_last_seq - self.last_seq)
-
-
-class TraceIngest:
-    """Log -> ``skialith_agent_traces``, beside the :class:`Projector` (same life cycle).
+class TraceIngest(Consumer[Stamped]):
+    """Log -> ``skialith_agent_traces``, beside the :class:`Projector` (same life cycle and loop).
 
     Args:
         settings: where to connect; default :meth:`Settings.from_env`.
@@ -633,6 +608,9 @@ class TraceIngest:
         fetch_timeout: seconds a fetch waits when the stream is idle.
     """
 
+    role = "trace ingest"
+    stats: TraceIngestStats
+
     def __init__(
         self,
         settings: Settings | None = None,
@@ -643,17 +621,11 @@ class TraceIngest:
         batch_size: int = DEFAULT_BATCH_SIZE,
         fetch_timeout: float = DEFAULT_FETCH_TIMEOUT,
     ) -> None:
-        self.settings = settings or Settings.from_env()
-        self.name = name
-        self.replica = replica
+        super().__init__(
+            settings, name=name, replica=replica, batch_size=batch_size, fetch_timeout=fetch_timeout
+        )
         self.serde: SerializerProtocol = serde or JsonPlusSerializer()
-        self.batch_size = batch_size
-        self.fetch_timeout = fetch_timeout
         self.stats = TraceIngestStats()
-        self._log: Log | None = None
-        self._model: ReadModel | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
 
     @property
     def durable(self) -> str:
@@ -664,131 +636,13 @@ class TraceIngest:
         """The row of ``skialith_projection`` that holds this ingest's watermark."""
         return f"traces-{self.name}"
 
-    async def open(self) -> None:
-        """Connect to NATS and the database, ensure the stream and the tables. Idempotent."""
-        if self._log is None:
-            self._log = await Log.open(self.settings)
-        await self._log.ensure_stream()
-        if self._model is None:
-            self._model = ReadModel.from_url(
-                self.settings.database_url, connect_timeout=self.settings.connect_timeout
-            )
-        await self._model.setup()
+    def _item(self, seq: int, reply: str, msg: Msg) -> Stamped:
+        # the server's time, rounded to microseconds as nats-py's Msg.metadata.timestamp rounds it
+        ts = datetime.fromtimestamp(_timestamp_ns(reply) / 1e9, UTC).timestamp()
+        return Stamped(seq, ts, msg)
 
-    async def close(self) -> None:
-        if self._log is not None:
-            await self._log.close()
-            self._log = None
-        if self._model is not None:
-            await self._model.close()
-            self._model = None
-
-    async def start(self) -> None:
-        """Open, then run in a task on the current loop until :meth:`stop`."""
-        await self.open()
-        self._stopping.clear()
-        self._task = asyncio.create_task(self.run(), name=self.durable)
-
-    async def stop(self) -> None:
-        """Finish the batch in hand, then stop and close (for SIGTERM)."""
-        self._stopping.set()
-        if self._task is not None:
-            try:
-                await self._task
-            finally:
-                self._task = None
-        await self.close()
-
-    async def run(self) -> None:
-        """Consume until stopped. Database outages are retried with backoff; nothing is acked early."""
-        await self.open()
-        assert self._log is not None and self._model is not None
-        log, model = self._log, self._model
-        # resume at the database watermark, not the consumer's ack floor (see Projector.run)
-        async with model.connect() as conn:
-            start = await watermark(conn, self.watermark_name) + 1
-        try:
-            await log.js.delete_consumer(self.settings.stream, self.durable)
-        except nats.js.errors.NotFoundError:
-            pass
-        config = ConsumerConfig(
-            durable_name=self.durable,
-            ack_policy=AckPolicy.ALL,
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=start,
-            ack_wait=60.0,
-            max_ack_pending=max(10 * self.batch_size, 10_000),
-            filter_subject=log.subjects.all,
-        )
-        psub = await log.js.pull_subscribe(
-            log.subjects.all, durable=self.durable, stream=self.settings.stream, config=config
-        )
-        logger.info("trace ingest %s consuming %s from %s", self.durable, self.settings.stream, log.url)
-        try:
-            last_report = time.monotonic()
-            while not self._stopping.is_set():
-                try:
-                    msgs = await psub.fetch(self.batch_size, timeout=self.fetch_timeout)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    continue
-                except (nats.errors.ConnectionClosedError, nats.js.errors.Error, nats.errors.Error) as exc:
-                    logger.warning("trace ingest fetch failed (%s); retrying", exc)
-                    await asyncio.sleep(0.5)
-                    continue
-                if not msgs:
-                    continue
-                items: list[Stamped] = []
-                for m in msgs:
-                    headers = m.headers or {}
-                    if headers.get(Header.PART.value):
-                        continue
-                    meta = m.metadata
-                    try:
-                        body = await log.join_parts(headers, m.data)
-                        items.append(Stamped(meta.sequence.stream, meta.timestamp.timestamp(), loads(body)))
-                    except SkialithError as exc:
-                        logger.error(
-                            "trace ingest skips undecodable message seq=%d subject=%s: %s",
-                            meta.sequence.stream,
-                            m.subject,
-                            exc,
-                        )
-                last = msgs[-1].metadata
-                top = await self._commit(model, items, last.sequence.stream)
-                await msgs[-1].ack()
-                self.stats.batches += 1
-                self.stats.applied += len(items)
-                self.stats.last_seq = max(self.stats.last_seq, top, last.sequence.stream)
-                self.stats.stream_last_seq = last.sequence.stream + last.num_pending
-                if time.monotonic() - last_report > 10:
-                    last_report = time.monotonic()
-                    logger.info(
-                        "trace ingest %s: watermark=%d lag=%d applied=%d batches=%d",
-                        self.durable,
-                        self.stats.last_seq,
-                        self.stats.lag,
-                        self.stats.applied,
-                        self.stats.batches,
-                    )
-        finally:
-            # drain() would wait for the fetch queue, which nothing marks done (nats-py)
-            await _unsubscribe(psub)
-
-    async def _commit(self, model: ReadModel, items: list[Stamped], upto: int) -> int:
-        delay = 0.05
-        while True:
-            try:
-                async with model.begin() as conn:
-                    return await apply_traces(
-                        conn, items, serde=self.serde, name=self.watermark_name, upto=upto
-                    )
-            except Exception as exc:
-                self.stats.failures += 1
-                if self._stopping.is_set():
-                    raise
-                logger.warning("trace ingest could not commit a batch (%s); retrying in %.2f s", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX)
+    async def _apply(self, conn: AsyncConnection, items: list[Stamped], upto: int) -> int:
+        return await apply_traces(conn, items, serde=self.serde, name=self.watermark_name, upto=upto)
 
     async def catch_up(self, timeout: float = 10.0) -> int:
         """Wait until every message stored before this call is ingested; returns the watermark.

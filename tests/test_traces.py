@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import operator
 import random
 import time
@@ -11,13 +12,16 @@ from typing import Annotated, Any, TypedDict
 
 import pytest
 from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, Send, interrupt
+from nats.aio.client import Client
 from sqlalchemy import func, select
 
 from skialith import SkialithAgent
 from skialith_langgraph import Settings, SkialithCheckpointer
 from skialith_langgraph.codec import loads
+from skialith_langgraph.errors import LogError
 from skialith_langgraph.log import Header, Log
 from skialith_langgraph.readmodel import ReadModel
 from skialith_langgraph.readmodel.tables import agent_traces
@@ -397,3 +401,72 @@ async def test_replicas_take_turns_and_agree_with_a_rebuild(lite: Settings, tmp_
     rebuilt = await apply_all(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}", [await stream_messages(lite)])
     assert rows == rebuilt
     assert sorted({t.trace_id for t in rows}) == ["t-1", "t-2", "t-3"]
+
+
+async def test_a_delivery_lost_on_the_way_is_applied_after_a_resubscribe(
+    lite: Settings, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A delivery the client never got (cut off by a reconnect, or dropped by a full client buffer)
+    # is a fault NATS cannot be made to produce on cue, so the client loses the 5th delivery of the
+    # ingest's consumer as it comes off the socket. Acking the batch after it (AckPolicy.ALL) would
+    # drop it for good and leave its row out.
+    lost: list[bytes] = []
+    receive = Client._process_msg
+
+    async def lossy(
+        self: Client, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes
+    ) -> None:
+        t = reply.split(b".")
+        if not lost and len(t) == 9 and t[3].startswith(b"skialith-traces-") and t[6] == b"5":
+            lost.append(reply)
+            return
+        await receive(self, sid, subject, reply, data, headers)
+
+    monkeypatch.setattr(Client, "_process_msg", lossy)
+    async with SkialithAgent(agent_id="lossy", settings=lite) as agent:
+        for i in range(12):
+            await agent.save_event(f"e{i}", {"i": i})
+    ingest = TraceIngest(lite, batch_size=100, fetch_timeout=0.1)
+    await ingest.start()
+    try:
+        await ingest.catch_up()
+        rows = await ingest.traces()
+    finally:
+        await ingest.stop()
+    rebuilt = await apply_all(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}", [await stream_messages(lite)])
+    assert lost, "no delivery was lost"
+    assert len([t for t in rows if t.kind == "event"]) == 12
+    assert rows == rebuilt
+
+
+async def test_a_large_message_whose_parts_cannot_be_read_for_a_while_is_applied_not_skipped(
+    lite: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # NATS not answering the direct gets of a large message's parts for a moment (a restart, a
+    # slow server) is a timing a real server does not produce on cue, so the first reads fail.
+    small = dataclasses.replace(lite, chunk_size=1024)
+    failures: list[int] = []
+    join = Log.join_parts
+
+    async def flaky(self: Log, headers: dict[str, str] | None, data: bytes) -> bytes:
+        if (headers or {}).get(Header.PARTS.value) and len(failures) < 3:
+            failures.append(1)
+            raise LogError("NATS did not answer a read within 5 s", url=self.url)
+        return await join(self, headers, data)
+
+    monkeypatch.setattr(Log, "join_parts", flaky)
+    async with SkialithCheckpointer(settings=small) as saver:
+        cp = empty_checkpoint()
+        cp["channel_values"] = {"text": "x" * 10_000}
+        cp["channel_versions"] = {"text": "1"}
+        config = {"configurable": {"thread_id": "large", "checkpoint_ns": ""}}
+        await saver.aput(config, cp, {"step": 0, "source": "input"}, {"text": "1"})
+    ingest = TraceIngest(small, batch_size=100, fetch_timeout=0.1)
+    await ingest.start()
+    try:
+        await ingest.catch_up()
+        rows = await ingest.traces(thread_id="large")
+    finally:
+        await ingest.stop()
+    assert len(failures) == 3
+    assert [(t.kind, t.name, t.step, t.channels) for t in rows] == [("checkpoint", "input", 0, ["text"])]
