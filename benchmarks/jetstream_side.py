@@ -102,6 +102,7 @@ class SkialithSide:
     server: NatsServer
     stream: str
     watermark: Watermark
+    projector: ProjectorProcess
 
     async def caught_up(self, timeout: float = CATCH_UP_TIMEOUT) -> float:
         """Wait until the projection has applied everything on the stream; return the seconds waited."""
@@ -130,7 +131,7 @@ async def open_skialith(
     reader = api.checkpointer(settings=settings)
     await reader.asetup()
     stack.push_async_callback(reader.aclose)
-    await stack.enter_async_context(
+    projector = await stack.enter_async_context(
         ProjectorProcess(nats_url=server.url, database_url=database_url, stream=stream, workdir=workdir)
     )
     watermark = Watermark(mysql, db)
@@ -140,7 +141,7 @@ async def open_skialith(
     info["projector"] = "separate process"
     contender = Contender(name, saver, info, skialith=True)
     other = Contender(f"{name} (other instance)", reader, info, skialith=True)
-    return SkialithSide(contender, other, server, stream, watermark)
+    return SkialithSide(contender, other, server, stream, watermark, projector)
 
 
 async def stream_last_seq(server: NatsServer, stream: str) -> int:

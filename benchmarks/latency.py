@@ -215,9 +215,11 @@ async def run_interleaved(rows: list[Row], *, iterations: int, block: int, warmu
     for row in rows:
         for _ in range(warmup):
             await row.call()
-    groups: dict[tuple[str, str], list[Row]] = {}
+    # every row of a payload size takes its turn in the same rotation, floors included: a block
+    # right after a database's (its background flushing still running) befalls any row alike
+    groups: dict[str, list[Row]] = {}
     for row in rows:
-        groups.setdefault((row.op, row.size), []).append(row)
+        groups.setdefault(row.size, []).append(row)
     gc.collect()
     rounds = max(1, -(-iterations // block))
     for r in range(rounds):
@@ -227,6 +229,32 @@ async def run_interleaved(rows: list[Row], *, iterations: int, block: int, warmu
             for row in group[k:] + group[:k]:
                 for _ in range(n):
                     row.sample.add(await row.call())
+
+
+PAUSED = " (projector paused)"
+
+
+async def run_paused(env: BenchEnv, *, iterations: int, block: int, warmup: int) -> list[Row]:
+    """The 1 KiB floor and Skialith ``aput``, interleaved, with the projector process frozen.
+
+    The main latency table runs with the projector consuming every write on the same cores; this
+    splits what the write path costs from what co-located projection costs it.
+    """
+    if not env.skialith or FLOOR not in env.floors:
+        return []
+    side, floor = env.skialith[0], env.floors[FLOOR]
+    payload = os.urandom(SIZES["1KiB"])
+    rows = [
+        Row("publish", "1KiB", FLOOR + PAUSED, _timed(functools.partial(floor.publish, payload))),
+        Row("aput", "1KiB", side.contender.name + PAUSED, aput_call(side.contender, "1KiB", tag="paused")),
+    ]
+    side.projector.pause()
+    try:
+        await run_interleaved(rows, iterations=iterations, block=block, warmup=warmup)
+    finally:
+        side.projector.resume()
+    await side.caught_up()
+    return rows
 
 
 def floor_for(row: Row) -> str:

@@ -111,6 +111,16 @@ class ProjectorProcess:
         self._proc.send_signal(signal.SIGUSR1)
         return started
 
+    def pause(self) -> None:
+        """Freeze the subprocess (SIGSTOP): it takes no CPU until :meth:`resume`."""
+        assert self._proc is not None, "spawn() first"
+        self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a paused subprocess carry on (SIGCONT)."""
+        assert self._proc is not None, "spawn() first"
+        self._proc.send_signal(signal.SIGCONT)
+
     def spawn(self) -> None:
         """Start the subprocess without waiting for it (see :meth:`wait_ready`)."""
         with self._log.open("wb") as log:

@@ -88,6 +88,7 @@ def _latency_tables(results: Results) -> list[str]:
     by_key = {(r.op, r.size, r.contender): r.sample.summary() for r in rows}
     out += _reach_table(rows, by_key)
     out += _ceiling_table(rows, by_key)
+    out += _paused_table(results)
     out += [settings_line(results), ""]
     for op in OPS:
         op_rows = [r for r in rows if r.op == op]
@@ -182,6 +183,32 @@ def _reach_table(rows: Sequence[Row], by_key: dict[tuple[str, str, str], Summary
         "A saver that serializes with this serde cannot beat floor + serde: where '/ floor' exceeds "
         f"{TARGET_OVER_FLOOR}x, no such saver can meet the p50 target over the bare floor; elsewhere the "
         "last column is all the time the rest of the saver may take.",
+        "",
+    ]
+
+
+def _paused_table(results: Results) -> list[str]:
+    """Floor and aput (1 KiB) with the projector process frozen, next to the same pair with it running."""
+    if not results.paused:
+        return []
+    by_key = {(r.op, r.contender): r.sample.summary() for r in results.latency if r.size == "1KiB"}
+    paused = {r.op: r.sample.summary() for r in results.paused}
+    table: list[list[str]] = []
+    for label, floor, aput in (
+        ("running (the tables above)", by_key.get(("publish", FLOOR)), by_key.get(("aput", SKIALITH))),
+        ("frozen (SIGSTOP)", paused.get("publish"), paused.get("aput")),
+    ):
+        if floor is None or aput is None:
+            continue
+        p50 = _x(ratio(aput.p50, floor.p50))
+        table.append([label, _ms(floor.p50), _ms(aput.p50), p50, _ms(floor.p99), _ms(aput.p99)])
+    header = ["projector process", "floor p50", "Skialith aput p50", "ratio p50", "floor p99", "aput p99"]
+    return [
+        _table(header, table),
+        "",
+        "1 KiB. The projector applies every write as it arrives, on the same 2 cores as the writer and "
+        "the servers; frozen, it shows what the write path costs by itself (the calls interleave in "
+        "blocks as above; the projector catches up afterwards).",
         "",
     ]
 

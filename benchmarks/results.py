@@ -20,6 +20,7 @@ class Results:
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # contender -> durability settings
     notes: list[str] = field(default_factory=list)
     latency: list[Row] = field(default_factory=list)
+    paused: list[Row] = field(default_factory=list)  # floor and aput with the projector frozen
     graph: GraphResult | None = None
     concurrency: list[ConcurrencyPoint] = field(default_factory=list)
     projector: ProjectorResult | None = None
@@ -38,6 +39,9 @@ def to_json(results: Results) -> dict[str, Any]:
     doc: dict[str, Any] = {"meta": results.meta, "settings": results.settings, "notes": results.notes}
     doc["latency"] = [
         {"op": r.op, "size": r.size, "contender": r.contender, **_raw(r.sample)} for r in results.latency
+    ]
+    doc["latency_projector_paused"] = [
+        {"op": r.op, "size": r.size, "contender": r.contender, **_raw(r.sample)} for r in results.paused
     ]
     if results.graph is not None:
         g = results.graph

@@ -16,7 +16,7 @@ from .contender import MYSQL, RAW_INSERT
 from .env import BenchEnv, Options
 from .graph import run_graphs
 from .jetstream_side import describe_reads, read_stats
-from .latency import build_rows, run_interleaved
+from .latency import build_rows, run_interleaved, run_paused
 from .projector_bench import run_projector
 from .results import Results
 
@@ -156,6 +156,10 @@ async def run(options: Options, command: str) -> Results:
             await run_interleaved(rows, iterations=plan.iterations, block=plan.block, warmup=plan.warmup)
             results.notes.extend(_read_notes(env, "the latency section", before))
             results.latency = rows
+            progress("latency: the 1 KiB floor and aput again, with the projector process frozen")
+            results.paused = await run_paused(
+                env, iterations=plan.iterations, block=plan.block, warmup=plan.warmup
+            )
             laps.lap("latency")
         if "graph" in options.sections:
             progress(
