@@ -44,6 +44,9 @@ Item = TypeVar("Item")
 
 DEFAULT_BATCH_SIZE = 1000
 DEFAULT_FETCH_TIMEOUT = 1.0  # seconds a fetch waits when the stream is idle
+# seconds a batch smaller than batch_size waits for more before it commits: under a trickle of
+# writes one transaction (with its fsync) per message costs the writers' cores more than the lag
+DEFAULT_LINGER = 0.005
 RETRY_MAX = 5.0  # seconds between attempts while the database is down
 MAX_BATCH_BYTES = 64 * 1024 * 1024  # bytes one fetch may bring (at least two of the largest messages)
 FETCH_GRACE = 1.0  # seconds a fetch waits past its expiry for the server's end-of-request status
@@ -201,13 +204,21 @@ class Consumer(Generic[Item]):
     role = "consumer"
 
     def __init__(
-        self, settings: Settings | None, *, name: str, replica: str, batch_size: int, fetch_timeout: float
+        self,
+        settings: Settings | None,
+        *,
+        name: str,
+        replica: str,
+        batch_size: int,
+        fetch_timeout: float,
+        linger: float = DEFAULT_LINGER,
     ) -> None:
         self.settings = settings or Settings.from_env()
         self.name = name
         self.replica = replica
         self.batch_size = batch_size
         self.fetch_timeout = fetch_timeout
+        self.linger = linger
         self.stats = ConsumerStats()
         self._log: Log | None = None
         self._model: ReadModel | None = None
@@ -349,11 +360,22 @@ class Consumer(Generic[Item]):
                 if batch is None:
                     return
                 items, last_msg = batch
-                # small batches fetched while the last commit ran go in this one transaction, so
-                # under a light load a message waits for one commit, not for one per batch queued
+                # small batches fetched while the last commit ran, or within ``linger``, go in this
+                # one transaction: under a light load a message waits for one commit, not for one
+                # per batch queued, and a trickle does not cost a transaction per message
                 resubscribe = False
-                while len(items) < self.batch_size and not batches.empty():
-                    more = batches.get_nowait()
+                deadline = time.monotonic() + self.linger
+                while len(items) < self.batch_size:
+                    if not batches.empty():
+                        more = batches.get_nowait()
+                    else:
+                        left = deadline - time.monotonic()
+                        if left <= 0 or self._stopping.is_set():
+                            break
+                        try:
+                            more = await asyncio.wait_for(batches.get(), left)
+                        except TimeoutError:
+                            break
                     if more is None:
                         resubscribe = True
                         break
