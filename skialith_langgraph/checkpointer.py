@@ -120,13 +120,7 @@ class _Core:
         done = self.inflight[key] = asyncio.get_running_loop().create_future()
         try:
             await self._publish_own(
-                log,
-                thread_id,
-                tk,
-                subject,
-                body,
-                codec.msg_id(natural, body),
-                lambda head: head.apply_checkpoint(msg, versions),
+                log, thread_id, tk, subject, natural, body, lambda h: h.apply_checkpoint(msg, versions)
             )
         finally:
             done.set_result(None)
@@ -140,11 +134,13 @@ class _Core:
         thread_id: str,
         tk: str,
         subject: str,
+        natural: str,
         body: bytes,
-        msg_id: str,
         fold: Callable[[ThreadHead], bool | None],
     ) -> None:
-        """Publish a write on a thread; keep its head (if any) exact, or drop it (see heads.py)."""
+        """Publish a write on a thread under the message id of its ``natural`` key; keep the thread's
+        head (if any) exact, or drop it (see heads.py)."""
+        msg_id = codec.msg_id(natural, body)
         head = self.heads.get(thread_id)
         if head is None:
             await log.publish(subject, body, msg_id)
@@ -204,15 +200,7 @@ class _Core:
         )
         subject = log.subjects.writes(tk)
         body = codec.dumps(msg)
-        await self._publish_own(
-            log,
-            thread_id,
-            tk,
-            subject,
-            body,
-            codec.msg_id(natural, body),
-            lambda head: head.apply_writes(msg),
-        )
+        await self._publish_own(log, thread_id, tk, subject, natural, body, lambda h: h.apply_writes(msg))
 
     async def _after_its_checkpoint(self, thread_id: str, ns: str, checkpoint_id: str) -> None:
         """Wait until the put of the checkpoint that writes hang on, if in flight, is acknowledged.
