@@ -237,10 +237,11 @@ async def _driver_rows(
 
 
 async def head_row(
-    conn: AsyncConnection, thread_id: str, ns: str, checkpoint_id: str | None, projection_name: str
+    conn: AsyncConnection, thread_id: str, ns: str, checkpoint_id: str | None, projection_name: str | None
 ) -> tuple[Any, int]:
     """The row of checkpoint ``checkpoint_id`` (the latest when ``None``) and the watermark of
-    ``projection_name``, read by one statement so that both come from the same snapshot."""
+    ``projection_name``, read by one statement so that both come from the same snapshot
+    (``None``: the caller checked the watermark already; 0 is returned for it)."""
     params = {
         "tk": token(thread_id, field="thread_id"),
         "nk": token(ns, field="checkpoint_ns"),
@@ -252,6 +253,8 @@ async def head_row(
     if rows:
         row = _OneRow(*rows[0])
         return row, int(row.watermark or 0)
+    if projection_name is None:
+        return None, 0
     # No row, so no watermark from that statement. Read the watermark, then look again: without
     # one snapshot for both statements (SQLite outside a transaction), only that order is safe.
     found = await _driver_rows(conn, "watermark", params)
@@ -302,7 +305,7 @@ async def get_tuple(
     conn: AsyncConnection, serde: SerializerProtocol, thread_id: str, ns: str, checkpoint_id: str | None
 ) -> CheckpointTuple | None:
     """The checkpoint ``checkpoint_id`` of a thread/namespace, or its latest when ``None``."""
-    row, _ = await head_row(conn, thread_id, ns, checkpoint_id, "")
+    row, _ = await head_row(conn, thread_id, ns, checkpoint_id, None)
     return None if row is None else await tuple_of(conn, serde, thread_id, ns, row)
 
 
