@@ -46,6 +46,7 @@ _MISS = object()  # a read the read model could not answer
 # loop turns LangGraph needs between a put returning and its next queued put calling aput
 # (_checkpointer_put_after_previous awaits the previous put's task, then calls aput)
 _PUT_START_TURNS = 5
+PRUNE_ATTEMPTS = 20  # plans of one prune before it gives up on a thread written without pause
 
 
 def _thread_id(value: Any) -> str:
@@ -280,9 +281,47 @@ class _Core:
             if strategy == "delete":
                 await self.delete_thread(thread_id)
                 continue
-            async with self.view(thread_id) as conn:
-                plan = await queries.prune_plan(conn, self.serde, thread_id, strategy)
-            await self._publish_thread_op(thread_id, "prune", plan)
+            await self._prune_keep_latest(thread_id)
+
+    async def _prune_keep_latest(self, thread_id: str) -> None:
+        """Publish a prune whose keep-set is exactly what the thread held when it is stored.
+
+        The plan is read at the thread's last sequence and published with that sequence as an
+        expectation, so JetStream stores it only if nothing was written on the thread in between:
+        a put acknowledged after the plan was read fails the prune (which is planned again), and
+        a prune never deletes a checkpoint it did not see.
+        """
+        log = await self._log()
+        tk = token(thread_id, field="thread_id")
+        thread_filter = log.subjects.thread(tk)
+        subject = log.subjects.thread_op(tk, "prune")
+        for attempt in range(PRUNE_ATTEMPTS):
+            thread_seq, global_seq = await log.last_seqs(thread_filter, log.subjects.global_ops)
+            async with consistent_view(
+                log,
+                self.model,
+                [thread_filter, log.subjects.global_ops],
+                read_wait=self.settings.read_wait,
+                stats=self.stats,
+                scratch=self.scratch,
+                target=max(thread_seq, global_seq),
+            ) as conn:
+                plan = await queries.prune_plan(conn, self.serde, thread_id, "keep_latest")
+            self.heads.drop(thread_id)
+            body = codec.dumps(plan)
+            msg_id = codec.msg_id(subject, body) + f":{time.time_ns()}"
+            try:
+                await log.publish(subject, body, msg_id, expect=(thread_seq, thread_filter))
+                return
+            except ExpectationFailed:
+                # written in between: plan again, after a short random pause
+                await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+        raise ExpectationFailed(
+            f"prune of thread {thread_id!r} gave up after {PRUNE_ATTEMPTS} attempts: the thread was "
+            "written between each plan and its publish; nothing was pruned, retry when it is quieter",
+            url=log.url,
+            subject=subject,
+        )
 
     # -- reads ------------------------------------------------------------------------------
 
