@@ -42,7 +42,7 @@ from .config import Settings
 from .errors import ConfigError
 from .log import Log
 from .readmodel import ReadModel
-from .readmodel.apply import unspill
+from .readmodel.apply import agent_owner, unspill
 from .readmodel.tables import agent_events
 from .subjects import check_length, token
 from .views import consistent_view
@@ -308,7 +308,9 @@ class SkialithAgent:
             log, model, [log.subjects.agent(self._key)], read_wait=self.settings.read_wait
         ) as conn:
             row = (await conn.execute(query)).first()
-            payload = None if row is None else await unspill(conn, self._key, row.type, row.payload)
+            payload = (
+                None if row is None else await unspill(conn, agent_owner(self._key), row.type, row.payload)
+            )
         if row is None or payload is None:
             state = AgentState(agent_id=self.agent_id, step_index=0, data={})
         else:
@@ -346,7 +348,7 @@ class SkialithAgent:
             log, model, [log.subjects.agent(self._key)], read_wait=self.settings.read_wait
         ) as conn:
             rows = (await conn.execute(query)).all()
-            payloads = [await unspill(conn, self._key, r.type, r.payload) for r in rows]
+            payloads = [await unspill(conn, agent_owner(self._key), r.type, r.payload) for r in rows]
         return [
             AgentRecord(
                 agent_id=self.agent_id,

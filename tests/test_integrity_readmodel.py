@@ -94,3 +94,69 @@ async def test_prune_racing_puts_never_deletes_the_newest_acknowledged_checkpoin
     finally:
         await projector.stop()
     assert not lost, "\n".join(lost)
+
+
+# -- item 11 (part): deletes reclaim the stored parts of large values ------------------------------
+
+
+async def _parts_of(settings: Settings, owner: str) -> int:
+    log = await Log.open(settings)
+    model = ReadModel.from_url(settings.database_url)
+    try:
+        await wait_for_watermark(model, await log.stream_last_seq())
+        async with model.connect() as conn:
+            count = (
+                await conn.execute(
+                    select(func.count()).select_from(blob_parts).where(blob_parts.c.owner_key == owner)
+                )
+            ).scalar()
+    finally:
+        await model.close()
+        await log.close()
+    return int(count or 0)
+
+
+async def test_prune_and_delete_for_runs_leave_no_parts_behind(settings: Settings) -> None:
+    """Five checkpoints with a 1.5 MiB value each (two parts), and a 1.5 MiB pending write of a run."""
+    projector = Projector(settings, fetch_timeout=0.1)
+    await projector.start()
+    tk = token("big", field="thread_id")
+    try:
+        async with SkialithCheckpointer(settings=settings) as saver:
+            config = _thread("big")
+            for i in range(5):
+                cp = _cp(i, big=random.randbytes(1_500_000))
+                config = await saver.aput(config, cp, {"run_id": f"run-{i}"}, cp["channel_versions"])
+            await saver.aput_writes(config, [("big", random.randbytes(1_500_000))], "task-1")
+            assert await _parts_of(settings, tk) == 12  # 5 blobs and 1 write of two parts each
+            await saver.aprune(["big"], strategy="keep_latest")
+            assert await _parts_of(settings, tk) == 4  # the kept head's blob and its pending write
+            await saver.adelete_for_runs(["run-4"])  # the head and its write go
+            assert await _parts_of(settings, tk) == 2  # the head's blob remains (prune's keep-set)
+            kept = await saver.aget_tuple(_thread("big"))
+            assert kept is None  # its only checkpoint was in run-4
+    finally:
+        await projector.stop()
+
+
+# -- item 14: an agent's large values are not a thread's --------------------------------------------
+
+
+async def test_delete_thread_of_the_same_id_keeps_an_agents_large_checkpoint(settings: Settings) -> None:
+    from skialith_langgraph import SkialithAgent
+
+    projector = Projector(settings, fetch_timeout=0.1)
+    await projector.start()
+    big = random.randbytes(1_500_000)
+    try:
+        async with SkialithAgent(agent_id="X", settings=settings) as agent:
+            await agent.checkpoint(step=0, data={"blob": big})
+            async with SkialithCheckpointer(settings=settings) as saver:
+                await saver.aput(_thread("X"), _cp(1, big=random.randbytes(1_500_000)), {}, {"big": "1"})
+                await saver.adelete_thread("X")
+            await _parts_of(settings, "")  # waits for the projector
+            state = await agent.resume()
+            assert state.data == {"blob": big}
+            assert [r.payload for r in await agent.history()] == [{"blob": big}]
+    finally:
+        await projector.stop()

@@ -27,6 +27,10 @@ Row = dict[str, Any]
 
 PART_SIZE = 1024 * 1024  # bytes per stored part of a large value
 PARTS_PREFIX = "parts:"
+# The parts of a thread's values are owned by its thread_key, those of an agent's by this prefix and
+# its agent_key: tokens are [A-Za-z0-9_-] only, so the two never meet (a thread and an agent may
+# share an id, and deleting the thread must not take the agent's values).
+AGENT_OWNER = "a:"
 # characters of one multi-row INSERT on MySQL/TiDB (a longer row goes alone); as aiomysql's
 # executemany, under the 4 MiB max_allowed_packet of MySQL 5.7 (16 MiB on MariaDB, 64 MiB on 8.0)
 MAX_STATEMENT = 1024 * 1024
@@ -237,7 +241,7 @@ class Batch:
                 (self.writes_last if idx < 0 else self.writes_first).append(row)
         elif isinstance(msg, EventMsg):
             ak = token(msg.agent_id, field="agent_id")
-            typ, data = self.spill(ak, *msg.payload)
+            typ, data = self.spill(agent_owner(ak), *msg.payload)
             self.events.append(
                 {
                     "agent_key": ak,
@@ -295,6 +299,7 @@ async def apply_op(conn: AsyncConnection, msg: Msg) -> None:
             await conn.execute(
                 delete(checkpoint_blobs).where(checkpoint_blobs.c.thread_key == tk, tuple_(*cols).in_(part))
             )
+        await reclaim_parts(conn, [tk])
     elif isinstance(msg, DeleteRunsMsg):
         for part in _chunks(msg.run_ids, 200):
             victims = (
@@ -312,8 +317,46 @@ async def apply_op(conn: AsyncConnection, msg: Msg) -> None:
                     )
                 )
             await conn.execute(delete(checkpoints).where(checkpoints.c.run_id.in_(part)))
+            await reclaim_parts(conn, {v[0] for v in victims})
     else:  # pragma: no cover - Batch.add handles the rest
         raise ProjectionError(f"cannot apply {type(msg).__name__}")
+
+
+def agent_owner(agent_key: str) -> str:
+    """The ``owner_key`` of an agent's stored parts (see :data:`AGENT_OWNER`)."""
+    return AGENT_OWNER + agent_key
+
+
+def parts_digest(typ: str) -> str | None:
+    """The digest a row's ``type`` names when its value is stored in parts, else ``None``."""
+    if not typ.startswith(PARTS_PREFIX):
+        return None
+    fields = typ.split(":", 3)
+    return fields[2] if len(fields) == 4 else None
+
+
+async def reclaim_parts(conn: AsyncConnection, thread_keys: Iterable[str]) -> None:
+    """Delete the stored parts of ``thread_keys`` that no remaining blob or write refers to."""
+    for tk in sorted(set(thread_keys)):
+        stored = set(
+            (
+                await conn.execute(select(blob_parts.c.digest).where(blob_parts.c.owner_key == tk).distinct())
+            ).scalars()
+        )
+        if not stored:
+            continue
+        used: set[str | None] = set()
+        for table in (checkpoint_blobs, checkpoint_writes):
+            found = await conn.execute(
+                select(table.c.type)
+                .where(table.c.thread_key == tk, table.c.type.like(PARTS_PREFIX + "%"))
+                .distinct()
+            )
+            used.update(parts_digest(t) for t in found.scalars())
+        for part in _chunks(sorted(stored - used), 200):
+            await conn.execute(
+                delete(blob_parts).where(blob_parts.c.owner_key == tk, blob_parts.c.digest.in_(part))
+            )
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
@@ -384,7 +427,16 @@ async def set_watermark(conn: AsyncConnection, name: str, seq: int) -> None:
     await conn.execute(upsert(conn.dialect.name, projection, ["last_seq"]), [{"name": name, "last_seq": seq}])
 
 
-__all__ = ["Batch", "lock_watermark", "apply_messages", "apply_op", "set_watermark", "watermark"]
+__all__ = [
+    "Batch",
+    "agent_owner",
+    "reclaim_parts",
+    "lock_watermark",
+    "apply_messages",
+    "apply_op",
+    "set_watermark",
+    "watermark",
+]
 
 
 async def unspill(conn: AsyncConnection, owner_key: str, typ: str, data: bytes) -> tuple[str, bytes]:

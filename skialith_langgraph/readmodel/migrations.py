@@ -2,20 +2,115 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 
-from sqlalchemy import insert, select, text
+from sqlalchemy import delete, exists, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..errors import MigrationError
-from .tables import metadata, schema_version
+from .apply import PARTS_PREFIX, agent_owner, parts_digest, upsert
+from .tables import (
+    agent_events,
+    blob_parts,
+    checkpoint_blobs,
+    checkpoint_writes,
+    metadata,
+    nopad_collation,
+    schema_version,
+)
+
+logger = logging.getLogger(__name__)
 
 
 async def _v1(conn: AsyncConnection) -> None:
     await conn.run_sync(metadata.create_all, checkfirst=True)
 
 
-MIGRATIONS: list[Callable[[AsyncConnection], Awaitable[None]]] = [_v1]
+async def _nopad_keys(conn: AsyncConnection) -> None:
+    """MySQL family: convert the ``utf8mb4_bin`` VARCHAR columns of the skialith_* tables (PAD SPACE:
+    "x" and "x " were one key) to the server's binary NO PAD collation, in place.
+
+    The collation is the one the server has (``SHOW COLLATION``): ``utf8mb4_nopad_bin`` on MariaDB,
+    ``utf8mb4_0900_bin`` on MySQL 8.0.17+ and TiDB v7.4+ (with its new collation framework, the
+    default for new clusters; TiDB changes an indexed column's collation only from v7.x on). A
+    server with neither (MySQL 5.7) keeps ``utf8mb4_bin``, with a warning. Turning PAD into NO PAD
+    cannot make two stored keys equal, so the ALTERs cannot fail on duplicates. SQLite compares
+    bytes already.
+    """
+    if conn.dialect.name not in ("mysql", "mariadb"):
+        return
+    found = {
+        r[0]
+        for r in await conn.exec_driver_sql(
+            "SHOW COLLATION WHERE Collation IN ('utf8mb4_nopad_bin', 'utf8mb4_0900_bin')"
+        )
+    }
+    preferred = nopad_collation(conn.dialect)
+    target = preferred if preferred in found else next(iter(sorted(found, reverse=True)), None)
+    if target is None:
+        logger.warning(
+            "this MySQL server has no NO PAD binary utf8mb4 collation: ids that differ only by "
+            "trailing spaces collide in the read model (MySQL 8.0.17+, MariaDB or TiDB v7.4+ have one)"
+        )
+        return
+    rows = await conn.execute(
+        text(
+            "SELECT TABLE_NAME, COLUMN_NAME, CHARACTER_MAXIMUM_LENGTH, IS_NULLABLE "
+            "FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME LIKE :tables "
+            "AND DATA_TYPE = 'varchar' AND COLLATION_NAME = 'utf8mb4_bin' ORDER BY TABLE_NAME, ORDINAL_POSITION"
+        ),
+        {"tables": "skialith\\_%"},
+    )
+    by_table: dict[str, list[str]] = {}
+    for table, column, length, nullable in rows:
+        null = "NULL" if nullable == "YES" else "NOT NULL"
+        by_table.setdefault(table, []).append(
+            f"MODIFY `{column}` VARCHAR({int(length)}) CHARACTER SET utf8mb4 COLLATE {target} {null}"
+        )
+    for table, changes in by_table.items():
+        await conn.exec_driver_sql(f"ALTER TABLE `{table}` " + ", ".join(changes))
+
+
+async def _agent_parts_owner(conn: AsyncConnection) -> None:
+    """Give the stored parts of agents' large values their own owner key (``apply.agent_owner``):
+    they were owned by the agent's token, which is also the key of a thread with the same id, so
+    deleting that thread deleted them. Copies what agents refer to; drops the old copy unless a
+    thread row refers to the same value too."""
+    e, p = agent_events.c, blob_parts.c
+    refs = await conn.execute(select(e.agent_key, e.type).where(e.type.like(PARTS_PREFIX + "%")).distinct())
+    for agent_key, typ in refs.all():
+        digest = parts_digest(typ)
+        if digest is None:
+            continue
+        parts = (
+            await conn.execute(select(p.part, p.data).where(p.owner_key == agent_key, p.digest == digest))
+        ).all()
+        if parts:
+            owner = agent_owner(agent_key)
+            await conn.execute(
+                upsert(conn.dialect.name, blob_parts, []),
+                [{"owner_key": owner, "digest": digest, "part": r.part, "data": r.data} for r in parts],
+            )
+        pattern = f"{PARTS_PREFIX}%:{digest}:%"
+        shared = (
+            await conn.execute(
+                select(
+                    exists().where(
+                        checkpoint_blobs.c.thread_key == agent_key, checkpoint_blobs.c.type.like(pattern)
+                    )
+                    | exists().where(
+                        checkpoint_writes.c.thread_key == agent_key,
+                        checkpoint_writes.c.type.like(pattern),
+                    )
+                )
+            )
+        ).scalar()
+        if not shared:
+            await conn.execute(delete(blob_parts).where(p.owner_key == agent_key, p.digest == digest))
+
+
+MIGRATIONS: list[Callable[[AsyncConnection], Awaitable[None]]] = [_v1, _nopad_keys, _agent_parts_owner]
 
 
 async def migrate(conn: AsyncConnection) -> int:

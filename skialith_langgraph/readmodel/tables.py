@@ -3,10 +3,13 @@
 Ids that can be arbitrarily long (thread ids, namespaces, agent ids) are keyed by their subject
 token (``*_key``, at most 121 ASCII characters) and kept verbatim in a TEXT column beside it.
 Ids LangGraph generates (checkpoint ids, task ids) and channel names are keyed verbatim, in a
-binary collation so that ordering matches Python's string ordering.
+binary NO PAD collation, so that keys compare byte for byte ("x" and "x " are two keys) and
+ordering matches Python's string ordering (see :func:`nopad_collation`).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -20,11 +23,41 @@ from sqlalchemy import (
     Text,
 )
 from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.compiler import compiles
 
 metadata = MetaData()
 
 KEY = String(128).with_variant(mysql.VARCHAR(128, charset="ascii", collation="ascii_bin"), "mysql")
-ID = String(255).with_variant(mysql.VARCHAR(255, charset="utf8mb4", collation="utf8mb4_bin"), "mysql")
+
+
+def nopad_collation(dialect: Dialect) -> str:
+    """The utf8mb4 collation that compares bytes and does not pad, on this MySQL-family server.
+
+    ``utf8mb4_bin`` is PAD SPACE on MariaDB, MySQL and TiDB: "x" and "x " are one key there.
+    MariaDB (10.2+) has ``utf8mb4_nopad_bin``, MySQL 8.0.17+ ``utf8mb4_0900_bin``. TiDB reports
+    itself as MySQL 8.0.11 and needs ``utf8mb4_0900_bin`` (v7.4+, new collation framework on):
+    tables are first created with ``utf8mb4_bin`` there and the ``nopad_keys`` migration, which asks
+    the server which collations it has, converts them. MySQL 5.7 has none: keys that differ only
+    by trailing spaces collide there (unsupported).
+    """
+    if getattr(dialect, "is_mariadb", False):
+        return "utf8mb4_nopad_bin"
+    version = tuple(v for v in (dialect.server_version_info or ())[:3] if isinstance(v, int))
+    return "utf8mb4_0900_bin" if version >= (8, 0, 17) else "utf8mb4_bin"
+
+
+class VerbatimId(String):
+    """A verbatim id column: VARCHAR in a binary NO PAD collation on MySQL-family servers."""
+
+
+@compiles(VerbatimId, "mysql")
+@compiles(VerbatimId, "mariadb")
+def _verbatim_id_mysql(type_: VerbatimId, compiler: Any, **kw: Any) -> str:
+    return f"VARCHAR({type_.length}) CHARACTER SET utf8mb4 COLLATE {nopad_collation(compiler.dialect)}"
+
+
+ID = VerbatimId(255)
 SHORT = String(64)
 BLOB = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql")
 TIME = Float(53)  # DOUBLE on MySQL (a bare Float is single precision there), REAL on SQLite
