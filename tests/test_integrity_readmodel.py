@@ -4,7 +4,6 @@ stored parts, keys compare byte for byte, agent parts are not a thread's, list p
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import random
 from typing import Any
 
@@ -160,3 +159,141 @@ async def test_delete_thread_of_the_same_id_keeps_an_agents_large_checkpoint(set
             assert [r.payload for r in await agent.history()] == [{"blob": big}]
     finally:
         await projector.stop()
+
+
+# -- item 4: ids that differ only by trailing spaces are distinct keys ------------------------------
+
+
+async def test_ids_differing_by_trailing_spaces_stay_distinct_in_the_read_model(settings: Settings) -> None:
+    from support import dump, dump_of_log
+
+    from skialith_langgraph import SkialithAgent
+
+    projector = Projector(settings, fetch_timeout=0.1)
+    await projector.start()
+    try:
+        async with SkialithCheckpointer(settings=settings) as saver:
+            for cid, value in (("0001", "plain"), ("0001 ", "spaced")):
+                cp = empty_checkpoint()
+                cp["id"] = cid
+                cp["channel_values"] = {"x": f"{value}-x", "x ": f"{value}-x-space"}
+                cp["channel_versions"] = {"x": f"v{value}", "x ": f"v{value}"}
+                config = await saver.aput(_thread("pad"), cp, {"v": value}, cp["channel_versions"])
+                await saver.aput_writes(config, [("x", f"{value}-t")], "t")
+                await saver.aput_writes(config, [("x", f"{value}-t-space")], "t ")
+            async with SkialithAgent(agent_id="pad-agent", settings=settings) as agent:
+                await agent.save_event("e", 1, step=0)
+                await agent.save_event("e ", 2, step=0)
+            log = await Log.open(settings)
+            model = ReadModel.from_url(settings.database_url)
+            try:
+                await wait_for_watermark(model, await log.stream_last_seq())
+                async with model.connect() as conn:
+                    projected = await dump(conn)
+                    from_model = {
+                        cid: await queries.get_tuple(conn, SERDE, "pad", "", cid) for cid in ("0001", "0001 ")
+                    }
+                expected = await dump_of_log(log)
+            finally:
+                await model.close()
+                await log.close()
+            async with SkialithAgent(agent_id="pad-agent", settings=settings) as agent:
+                events = sorted((r.name, r.payload) for r in await agent.history(kind="event"))
+    finally:
+        await projector.stop()
+    assert projected == expected
+    assert len(projected["skialith_checkpoints"]) == 2
+    assert len(projected["skialith_checkpoint_blobs"]) == 4
+    assert len(projected["skialith_checkpoint_writes"]) == 4
+    for cid, value in (("0001", "plain"), ("0001 ", "spaced")):
+        tup = from_model[cid]
+        assert tup is not None and tup.config["configurable"]["checkpoint_id"] == cid
+        assert tup.checkpoint["channel_values"] == {"x": f"{value}-x", "x ": f"{value}-x-space"}
+        assert sorted(w[:2] for w in tup.pending_writes) == [("t", "x"), ("t ", "x")]
+        assert sorted(w[2] for w in tup.pending_writes) == sorted([f"{value}-t", f"{value}-t-space"])
+    assert events == [("e", 1), ("e ", 2)]
+
+
+async def test_migration_makes_existing_mysql_keys_byte_exact_and_moves_agent_parts(mysql_url: str) -> None:
+    """A read model created at schema version 1 (4b9c872: utf8mb4_bin keys, agent parts owned by
+    the agent's token) holds rows; setup() migrates it in place."""
+    from sqlalchemy import insert, text, update
+
+    from skialith_langgraph.codec import CheckpointMsg, EventMsg
+    from skialith_langgraph.readmodel.apply import agent_owner, apply_messages, unspill
+    from skialith_langgraph.readmodel.migrations import MIGRATIONS
+    from skialith_langgraph.readmodel.tables import agent_events, checkpoint_blobs, schema_version
+
+    def ckpt(cid: str, channel: str, value: bytes) -> CheckpointMsg:
+        return CheckpointMsg(
+            thread_id="m",
+            checkpoint_ns="",
+            checkpoint_id=cid,
+            parent_checkpoint_id=None,
+            run_id=None,
+            checkpoint=("bytes", b"c"),
+            metadata=("bytes", b"m"),
+            blobs=[(channel, "1", "bytes", value)],
+        )
+
+    big = random.randbytes(1_500_000)
+    ak = token("agent-m", field="agent_id")
+    model = ReadModel.from_url(mysql_url)
+    try:
+        async with model.engine.begin() as conn:
+            await conn.run_sync(lambda sync: schema_version.create(sync, checkfirst=True))
+            await MIGRATIONS[0](conn)
+            await conn.execute(insert(schema_version).values(version=1))
+            # version 1 as 4b9c872 created it: every verbatim id in utf8mb4_bin (PAD SPACE)
+            columns = await conn.execute(
+                text(
+                    "SELECT TABLE_NAME, COLUMN_NAME, IS_NULLABLE FROM information_schema.COLUMNS "
+                    "WHERE TABLE_SCHEMA = DATABASE() AND COLLATION_NAME LIKE '%nopad%' "
+                    "OR TABLE_SCHEMA = DATABASE() AND COLLATION_NAME = 'utf8mb4_0900_bin'"
+                )
+            )
+            for table, column, nullable in columns.all():
+                null = "NULL" if nullable == "YES" else "NOT NULL"
+                await conn.exec_driver_sql(
+                    f"ALTER TABLE `{table}` MODIFY `{column}` VARCHAR(255) "
+                    f"CHARACTER SET utf8mb4 COLLATE utf8mb4_bin {null}"
+                )
+            event = EventMsg(
+                agent_id="agent-m", kind="checkpoint", name="", step=0, payload=("bytes", big), ts=1.0
+            )
+            await apply_messages(conn, [(1, ckpt("c", "x", b"old")), (2, event)], name=None)
+            await conn.execute(
+                update(blob_parts).where(blob_parts.c.owner_key == agent_owner(ak)).values(owner_key=ak)
+            )
+            # PAD SPACE: "x " is the key "x"
+            await apply_messages(conn, [(3, ckpt("c", "x ", b"collides"))], name=None)
+            assert (await conn.execute(select(func.count()).select_from(checkpoint_blobs))).scalar() == 1
+        await model.setup()
+        async with model.begin() as conn:
+            await apply_messages(
+                conn, [(4, ckpt("c", "x", b"plain")), (5, ckpt("c ", "x ", b"spaced"))], name=None
+            )
+            blobs = sorted(
+                tuple(r)
+                for r in await conn.execute(select(checkpoint_blobs.c.channel, checkpoint_blobs.c.blob))
+            )
+            ids = sorted(
+                r[0] for r in await conn.execute(text("SELECT checkpoint_id FROM skialith_checkpoints"))
+            )
+            row = (await conn.execute(select(agent_events.c.type, agent_events.c.payload))).one()
+            assert await unspill(conn, agent_owner(ak), row.type, row.payload) == ("bytes", big)
+            owners = {r[0] for r in await conn.execute(select(blob_parts.c.owner_key))}
+            left = (
+                await conn.execute(
+                    text(
+                        "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
+                        "AND COLLATION_NAME = 'utf8mb4_bin' AND DATA_TYPE = 'varchar'"
+                    )
+                )
+            ).scalar()
+    finally:
+        await model.close()
+    assert blobs == [("x", b"plain"), ("x ", b"spaced")]
+    assert ids == ["c", "c "]
+    assert owners == {agent_owner(ak)}
+    assert left == 0
