@@ -28,6 +28,7 @@ from langgraph.checkpoint.base import (
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.pool import StaticPool
 
 from . import codec
 from ._loop import LoopThread
@@ -423,23 +424,31 @@ class _Core:
         filter: dict[str, Any] | None = None,
         before: RunnableConfig | None = None,
         limit: int | None = None,
-    ) -> list[CheckpointTuple]:
+    ) -> AsyncIterator[CheckpointTuple]:
+        """The tuples of ``list``, streamed: page by page from the read model (its connection open
+        until the iteration ends or is closed). A read served from the log is materialized first:
+        the replay model stays locked while its connection is open, so a caller that paused the
+        iteration and read again would wait for itself (the replay is bounded by one thread)."""
         conf = (config or {}).get("configurable", {})
         thread_id = _thread_id(conf["thread_id"]) if conf.get("thread_id") is not None else None
+        args: dict[str, Any] = {
+            "thread_id": thread_id,
+            "ns": conf.get("checkpoint_ns"),
+            "checkpoint_id": conf.get("checkpoint_id"),
+            "before_id": get_checkpoint_id(before) if before else None,
+            "filter": filter,
+            "limit": limit,
+        }
+        materialized: list[CheckpointTuple] | None = None
         async with self.view(thread_id) as conn:
-            return [
-                t
-                async for t in queries.list_tuples(
-                    conn,
-                    self.serde,
-                    thread_id=thread_id,
-                    ns=conf.get("checkpoint_ns"),
-                    checkpoint_id=conf.get("checkpoint_id"),
-                    before_id=get_checkpoint_id(before) if before else None,
-                    filter=filter,
-                    limit=limit,
-                )
-            ]
+            if conn.engine is self.model.engine and not isinstance(conn.engine.pool, StaticPool):
+                async for item in queries.list_tuples(conn, self.serde, **args):
+                    yield item
+                return
+            # the log replay's model, or a private in-memory database with its one shared connection
+            materialized = [t async for t in queries.list_tuples(conn, self.serde, **args)]
+        for item in materialized:
+            yield item
 
     async def delta_history(
         self, config: RunnableConfig, channels: Sequence[str]
@@ -447,6 +456,12 @@ class _Core:
         thread_id = _thread_id(config["configurable"].get("thread_id"))
         async with self.view(thread_id) as conn:
             return await queries.delta_history(conn, self.serde, config, channels)
+
+
+async def _aclose(items: AsyncIterator[Any]) -> None:
+    aclose = getattr(items, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 async def _close_at_loop_end(core: _Core) -> AsyncIterator[None]:
@@ -587,7 +602,26 @@ class SkialithCheckpointer(BaseCheckpointSaver[str]):
         before: RunnableConfig | None = None,
         limit: int | None = None,
     ) -> Iterator[CheckpointTuple]:
-        yield from self._run("alist", _Core.list, config, filter=filter, before=before, limit=limit)
+        """Streams: each item is fetched from the loop thread as the caller asks for it; an
+        iteration that ends early (``break``, or the generator closed) closes its read there."""
+        loop_thread = self._loop_thread
+
+        async def start() -> AsyncIterator[CheckpointTuple]:
+            return (await self._acore()).list(config, filter=filter, before=before, limit=limit)
+
+        async def step(items: AsyncIterator[CheckpointTuple]) -> CheckpointTuple | None:
+            try:
+                return await anext(items)
+            except StopAsyncIteration:
+                return None
+
+        items = loop_thread.run(start(), method="alist")
+        try:
+            while (item := loop_thread.run(step(items), method="alist")) is not None:
+                yield item
+        finally:
+            if loop_thread.started:
+                loop_thread.run(_aclose(items), method="alist")
 
     def put(
         self,
@@ -635,8 +669,12 @@ class SkialithCheckpointer(BaseCheckpointSaver[str]):
         before: RunnableConfig | None = None,
         limit: int | None = None,
     ) -> AsyncIterator[CheckpointTuple]:
-        for item in await (await self._acore()).list(config, filter=filter, before=before, limit=limit):
-            yield item
+        items = (await self._acore()).list(config, filter=filter, before=before, limit=limit)
+        try:
+            async for item in items:
+                yield item
+        finally:
+            await _aclose(items)
 
     async def aput(
         self,

@@ -4,18 +4,24 @@ stored parts, keys compare byte for byte, agent parts are not a thread's, list p
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
+from contextlib import aclosing
 from typing import Any
 
 from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
-from sqlalchemy import func, select
-from support import wait_for_watermark
+from sqlalchemy import event, func, insert, select, text, update
+from sqlalchemy.engine import Engine
+from support import dump, dump_of_log, wait_for_watermark
 
-from skialith_langgraph import Projector, Settings, SkialithCheckpointer
+from skialith_langgraph import Projector, Settings, SkialithAgent, SkialithCheckpointer
+from skialith_langgraph.codec import CheckpointMsg, EventMsg
 from skialith_langgraph.log import Log
 from skialith_langgraph.readmodel import ReadModel, queries
-from skialith_langgraph.readmodel.tables import blob_parts
+from skialith_langgraph.readmodel.apply import apply_messages, unspill
+from skialith_langgraph.readmodel.migrations import MIGRATIONS
+from skialith_langgraph.readmodel.tables import agent_events, blob_parts, checkpoint_blobs, schema_version
 from skialith_langgraph.subjects import token
 from skialith_langgraph.views import replay
 
@@ -142,8 +148,6 @@ async def test_prune_and_delete_for_runs_leave_no_parts_behind(settings: Setting
 
 
 async def test_delete_thread_of_the_same_id_keeps_an_agents_large_checkpoint(settings: Settings) -> None:
-    from skialith_langgraph import SkialithAgent
-
     projector = Projector(settings, fetch_timeout=0.1)
     await projector.start()
     big = random.randbytes(1_500_000)
@@ -165,10 +169,6 @@ async def test_delete_thread_of_the_same_id_keeps_an_agents_large_checkpoint(set
 
 
 async def test_ids_differing_by_trailing_spaces_stay_distinct_in_the_read_model(settings: Settings) -> None:
-    from support import dump, dump_of_log
-
-    from skialith_langgraph import SkialithAgent
-
     projector = Projector(settings, fetch_timeout=0.1)
     await projector.start()
     try:
@@ -217,12 +217,7 @@ async def test_ids_differing_by_trailing_spaces_stay_distinct_in_the_read_model(
 async def test_migration_makes_existing_mysql_keys_byte_exact_and_moves_agent_parts(mysql_url: str) -> None:
     """A read model created at schema version 1 (4b9c872: utf8mb4_bin keys, agent parts owned by
     the agent's token) holds rows; setup() migrates it in place."""
-    from sqlalchemy import insert, text, update
-
-    from skialith_langgraph.codec import CheckpointMsg, EventMsg
-    from skialith_langgraph.readmodel.apply import agent_owner, apply_messages, unspill
-    from skialith_langgraph.readmodel.migrations import MIGRATIONS
-    from skialith_langgraph.readmodel.tables import agent_events, checkpoint_blobs, schema_version
+    from skialith_langgraph.readmodel.apply import agent_owner  # new with the migration
 
     def ckpt(cid: str, channel: str, value: bytes) -> CheckpointMsg:
         return CheckpointMsg(
@@ -297,3 +292,140 @@ async def test_migration_makes_existing_mysql_keys_byte_exact_and_moves_agent_pa
     assert ids == ["c", "c "]
     assert owners == {agent_owner(ak)}
     assert left == 0
+
+
+# -- items 5 and 16: list pages by key and streams ----------------------------------------------------
+
+
+async def _fill(saver: SkialithCheckpointer, thread: str, n: int, start: int = 0) -> None:
+    latest = await saver.aget_tuple(_thread(thread))
+    config = latest.config if latest is not None else _thread(thread)
+    for i in range(start, start + n):
+        config = await saver.aput(config, _cp(i), {"step": i}, {"n": f"{i:08d}"})
+
+
+async def test_list_during_concurrent_writes_has_no_duplicates_and_is_ordered(settings: Settings) -> None:
+    settings = dataclasses.replace(settings, read_wait=10.0)  # served by the read model, not the log
+    projector = Projector(settings, fetch_timeout=0.1)
+    await projector.start()
+    problems: list[str] = []
+    try:
+        async with (
+            SkialithCheckpointer(settings=settings) as writer,
+            SkialithCheckpointer(settings=settings) as reader,
+        ):
+            await _fill(writer, "busy", 250)
+            done = asyncio.Event()
+
+            async def write() -> None:
+                try:
+                    for i in range(250, 330):
+                        await _fill(writer, "busy", 1, start=i)
+                        await asyncio.sleep(0.002)
+                finally:
+                    done.set()
+
+            async def read() -> int:
+                lists = 0
+                while not done.is_set() or lists < 2:
+                    ids = [
+                        t.config["configurable"]["checkpoint_id"] async for t in reader.alist(_thread("busy"))
+                    ]
+                    lists += 1
+                    if len(ids) != len(set(ids)):
+                        problems.append(f"list {lists}: {len(ids) - len(set(ids))} duplicates")
+                    if ids != sorted(ids, reverse=True):
+                        problems.append(f"list {lists}: not newest first")
+                return lists
+
+            _, lists = await asyncio.gather(write(), read())
+            assert lists >= 2
+            assert reader.read_stats.log == 0
+            final = [
+                t.config["configurable"]["checkpoint_id"]
+                for t in await asyncio.to_thread(lambda: list(reader.list(_thread("busy"))))
+            ]
+            assert len(final) == len(set(final)) == 330
+    finally:
+        await projector.stop()
+    assert not problems, problems
+
+
+class _HeadQueries:
+    """Counts the statements that read a page of checkpoint rows, on any engine."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if (
+            "FROM skialith_checkpoints" in statement
+            and "ORDER BY skialith_checkpoints.checkpoint_id DESC" in statement
+        ):
+            self.count += 1
+
+
+async def test_list_yields_its_first_item_after_the_first_page(settings: Settings) -> None:
+    settings = dataclasses.replace(settings, read_wait=10.0)
+    projector = Projector(settings, fetch_timeout=0.1)
+    await projector.start()
+    heads = _HeadQueries()
+    try:
+        async with SkialithCheckpointer(settings=settings) as writer:
+            await _fill(writer, "long", 350)
+        await _parts_of(settings, "")  # the projector caught up
+        event.listen(Engine, "before_cursor_execute", heads)
+        try:
+            async with SkialithCheckpointer(settings=settings) as saver:
+                async with aclosing(saver.alist(_thread("long"))) as items:
+                    first = await anext(items)
+                    assert heads.count == 1  # one page of 100 rows read, not all 350
+                    # paused half-way: other reads still work, on their own connection
+                    assert (await saver.aget_tuple(_thread("long"))) is not None
+                    rest = [t async for t in items]
+                assert len(rest) == 349 and first.metadata["step"] == 349
+                loop_core = saver._cores[asyncio.get_running_loop()]
+                assert loop_core.model.engine.pool.checkedout() == 0
+
+                def sync_face() -> tuple[int, int, int]:
+                    before = heads.count
+                    items = saver.list(_thread("long"))
+                    next(items)
+                    at_first = heads.count - before
+                    saver.get_tuple(_thread("long"))  # paused half-way: no deadlock
+                    next(items)
+                    items.close()  # abandoned: its read is closed on the loop thread
+                    core = saver._cores[saver._loop_thread.loop]
+                    return at_first, core.model.engine.pool.checkedout(), heads.count - before
+
+                at_first, checked_out, total = await asyncio.to_thread(sync_face)
+                assert at_first == 1
+                assert checked_out == 0
+                assert total == 1
+        finally:
+            event.remove(Engine, "before_cursor_execute", heads)
+    finally:
+        await projector.stop()
+
+
+async def test_list_served_from_the_log_can_pause_and_read_again(settings: Settings) -> None:
+    """No projector: the list is replayed from the log; a caller pausing it and reading again
+    must not wait for itself (the replay model is locked while in use)."""
+    settings = dataclasses.replace(settings, read_wait=0.0)
+    async with SkialithCheckpointer(settings=settings) as writer:
+        await _fill(writer, "logged", 5)
+    async with SkialithCheckpointer(settings=settings) as saver:
+        items = saver.alist(_thread("logged"))
+        first = await anext(items)
+        again = await asyncio.wait_for(saver.aget_tuple(_thread("logged")), 10)
+        assert again is not None and again.config == first.config
+        assert len([t async for t in items]) == 4
+
+        def sync_face() -> int:
+            items = saver.list(_thread("logged"))
+            next(items)
+            saver.get_tuple(_thread("logged"))
+            return 1 + len(list(items))
+
+        assert await asyncio.wait_for(asyncio.to_thread(sync_face), 20) == 5
+        assert saver.read_stats.database == 0

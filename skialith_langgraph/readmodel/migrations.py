@@ -58,7 +58,8 @@ async def _nopad_keys(conn: AsyncConnection) -> None:
         text(
             "SELECT TABLE_NAME, COLUMN_NAME, CHARACTER_MAXIMUM_LENGTH, IS_NULLABLE "
             "FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME LIKE :tables "
-            "AND DATA_TYPE = 'varchar' AND COLLATION_NAME = 'utf8mb4_bin' ORDER BY TABLE_NAME, ORDINAL_POSITION"
+            "AND DATA_TYPE = 'varchar' AND COLLATION_NAME = 'utf8mb4_bin' "
+            "ORDER BY TABLE_NAME, ORDINAL_POSITION"
         ),
         {"tables": "skialith\\_%"},
     )

@@ -15,7 +15,7 @@ from typing import Any
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import CheckpointTuple, DeltaChannelHistory, PendingWrite
 from langgraph.checkpoint.serde.base import SerializerProtocol
-from sqlalchemy import Select, bindparam, literal_column, null, select, tuple_, union_all
+from sqlalchemy import Select, and_, bindparam, literal_column, null, or_, select, tuple_, union_all
 from sqlalchemy.engine import Dialect, Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -320,7 +320,13 @@ async def list_tuples(
     filter: dict[str, Any] | None,
     limit: int | None,
 ) -> AsyncIterator[CheckpointTuple]:
-    """Checkpoints newest first (per thread and namespace), as LangGraph's ``list``."""
+    """Checkpoints newest first (per thread and namespace), as LangGraph's ``list``.
+
+    Pages by key, never by offset: each page starts strictly after the last row of the one before
+    in ``(checkpoint_id DESC, thread_key, ns_key)`` order, so rows written or deleted meanwhile
+    cannot repeat or skip a row, whatever snapshot each statement sees (SQLite starts a fresh one
+    per statement). Tuples are yielded page by page, the first after the first page.
+    """
     if limit is not None and limit <= 0:
         return
     q = _head_query()
@@ -333,13 +339,15 @@ async def list_tuples(
     if before_id:
         q = q.where(_C.checkpoint_id < before_id)
     q = q.order_by(_C.checkpoint_id.desc(), _C.thread_key, _C.ns_key)
-    offset, emitted = 0, 0
+    emitted = 0
+    after: Row[Any] | None = None
     while True:
         page_size = PAGE if (filter or limit is None) else min(PAGE, limit - emitted)
-        rows = (await conn.execute(q.limit(page_size).offset(offset))).all()
+        page = q if after is None else q.where(_after(after))
+        rows = (await conn.execute(page.limit(page_size))).all()
         if not rows:
             return
-        offset += len(rows)
+        after = rows[-1]
         if filter:
             rows = [
                 r
@@ -353,6 +361,21 @@ async def list_tuples(
             emitted += 1
             if limit is not None and emitted >= limit:
                 return
+        if len(rows) < page_size and not filter:
+            return
+
+
+def _after(row: Row[Any]) -> Any:
+    """Rows after ``row`` in ``(checkpoint_id DESC, thread_key, ns_key)`` order."""
+    return or_(
+        _C.checkpoint_id < row.checkpoint_id,
+        and_(
+            _C.checkpoint_id == row.checkpoint_id,
+            or_(
+                _C.thread_key > row.thread_key, and_(_C.thread_key == row.thread_key, _C.ns_key > row.ns_key)
+            ),
+        ),
+    )
 
 
 async def delta_history(
