@@ -8,7 +8,7 @@ from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..errors import MigrationError
-from .tables import metadata, schema_version
+from .tables import metadata, schema_version, stream_identity
 
 
 async def _v1(conn: AsyncConnection) -> None:
@@ -46,3 +46,11 @@ async def _migrate(conn: AsyncConnection) -> int:
             await step(conn)
             await conn.execute(insert(schema_version).values(version=version))
     return len(MIGRATIONS)
+
+
+async def _stream_identity(conn: AsyncConnection) -> None:
+    """The ``skialith_stream`` table: which stream the read model was filled from (issue 9, item 6)."""
+    await conn.run_sync(lambda sync: stream_identity.create(sync, checkfirst=True))
+
+
+MIGRATIONS.append(_stream_identity)
