@@ -68,6 +68,7 @@ class _Core:
         self.inflight: dict[tuple[str, str, str], asyncio.Future[None]] = {}
         self.scratch = Scratch()
         self.keeper: AsyncIterator[None] | None = None
+        self.stream: StreamIdentity | None = None  # the stream the heads were built on
         self._lock = asyncio.Lock()
 
     async def _log(self) -> Log:
@@ -319,6 +320,14 @@ class _Core:
             log.last_seq(log.subjects.global_ops),
             *(log.next_seq(thread_filter, after=a) for a, _ in gaps),
         )
+        # after the lookups above: an advisory of the stream's re-creation arrived before their replies
+        stream = await log.identity()
+        if stream != self.stream:
+            if self.stream is not None:
+                # heads count another stream's sequences (one deleted and created again): drop them
+                self.heads.clear()
+                head = None
+            self.stream = stream
         if head is not None:
             if (
                 head.seq != thread_seq
@@ -338,8 +347,6 @@ class _Core:
                 self.stats.head += 1
                 return found  # type: ignore[return-value]
         target = max(thread_seq, global_seq)
-        # after the lookups above: an advisory of the stream's re-creation arrived before their replies
-        stream = await log.identity()
         served = await self._from_model(thread_id, ns, checkpoint_id, target, stream)
         if served is not _MISS:
             return served  # type: ignore[return-value]

@@ -23,7 +23,7 @@ from langgraph.checkpoint.base import empty_checkpoint
 from sqlalchemy import select
 from support import wait_for_watermark
 
-from skialith_langgraph import Projector, Settings, SkialithCheckpointer
+from skialith_langgraph import Projector, Settings, SkialithAgent, SkialithCheckpointer
 from skialith_langgraph.identity import StreamMismatchError
 from skialith_langgraph.readmodel import PROJECTION, ReadModel
 from skialith_langgraph.readmodel.apply import watermark
@@ -269,3 +269,33 @@ async def test_cli_projector_refuses_then_rebuilds(
         got = await reader.aget_tuple(_config("new"))
         assert got is not None and got.checkpoint["id"] == new_id
         assert reader.read_stats.database == 1 and reader.read_stats.log == 0  # the read model again
+
+
+async def test_agent_resumes_from_a_recreated_stream(settings: Settings) -> None:
+    async with SkialithAgent("agent-1", settings=settings) as agent:
+        for step in range(5):
+            await agent.checkpoint(step, {"step": step, "stream": "old"})
+    await _fill(settings)  # projects the agent's checkpoints too
+    await _delete_stream(settings)
+    async with SkialithCheckpointer(settings=settings) as writer:
+        await writer.asetup()
+    async with SkialithAgent("agent-1", settings=settings) as agent:
+        await agent.checkpoint(0, {"step": 0, "stream": "new"})
+    async with SkialithAgent("agent-1", settings=settings.replace(read_wait=0.2)) as agent:
+        state = await agent.resume()
+        assert (state.step_index, state.data) == (1, {"step": 0, "stream": "new"})
+        assert [r.payload["stream"] for r in await agent.history()] == ["new"]
+
+
+async def test_heads_of_a_recreated_stream_are_not_trusted(settings: Settings) -> None:
+    """A process's own head of a thread counts sequences; the same number on a new stream is
+    another write (no projector needed: the head answers before the read model)."""
+    async with SkialithCheckpointer(settings=settings) as mine:
+        assert await mine.aget_tuple(_config("t")) is None  # nothing written: a head starts
+        await _write(mine, "t", 1)  # sequences 1 and 2, folded into the head
+        await _delete_stream(settings)
+        async with SkialithCheckpointer(settings=settings) as other:
+            await other.asetup()
+            theirs = await _write(other, "t", 1)  # sequences 1 and 2 again, on the new stream
+        got = await mine.aget_tuple(_config("t"))
+        assert got is not None and got.checkpoint["id"] == theirs
