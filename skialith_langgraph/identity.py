@@ -112,7 +112,9 @@ class StreamWatch:
         try:
             self._sub = await self._log.nc.subscribe(subject, pending_msgs_limit=1000)
         except nats.errors.Error as exc:
-            logger.warning("cannot subscribe to %s (%s); checking the stream every %.0f s", subject, exc, 1)
+            logger.warning(
+                "cannot subscribe to %s (%s); checking the stream every %.0f s", subject, exc, UNWATCHED_TTL
+            )
 
     def _fresh(self) -> bool:
         if self._current is None or self._log.nc.stats["reconnects"] != self._reconnects:

@@ -20,14 +20,14 @@ from typing import Any
 import nats
 import pytest
 from langgraph.checkpoint.base import empty_checkpoint
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from support import wait_for_watermark
 
 from skialith_langgraph import Projector, Settings, SkialithAgent, SkialithCheckpointer
 from skialith_langgraph.identity import StreamMismatchError
 from skialith_langgraph.readmodel import PROJECTION, ReadModel
 from skialith_langgraph.readmodel.apply import watermark
-from skialith_langgraph.readmodel.tables import checkpoints
+from skialith_langgraph.readmodel.tables import checkpoints, stream_identity
 
 pytestmark = pytest.mark.nats
 
@@ -299,3 +299,33 @@ async def test_heads_of_a_recreated_stream_are_not_trusted(settings: Settings) -
             theirs = await _write(other, "t", 1)  # sequences 1 and 2 again, on the new stream
         got = await mine.aget_tuple(_config("t"))
         assert got is not None and got.checkpoint["id"] == theirs
+
+
+async def test_a_read_model_of_an_older_version_is_adopted_or_refused(settings: Settings) -> None:
+    """Made before the stream was recorded: adopted when its watermark fits the stream, else refused."""
+    mark = await _fill(settings)
+    model = ReadModel.from_url(settings.database_url)
+    try:
+        async with model.begin() as conn:
+            await conn.execute(delete(stream_identity))  # as an older version left it
+        projector = Projector(settings, fetch_timeout=0.2)
+        try:
+            await projector.start()  # the same stream: adopted
+        finally:
+            await projector.stop()
+        async with model.connect() as conn:
+            assert [r.stream for r in await conn.execute(select(stream_identity))] == [settings.stream]
+            await conn.execute(delete(stream_identity))
+            await conn.commit()
+        await _delete_stream(settings)
+        async with SkialithCheckpointer(settings=settings) as writer:
+            await _write(writer, "new", 1)  # the stream is created again, below the watermark
+        projector = Projector(settings, fetch_timeout=0.2)
+        try:
+            with pytest.raises(StreamMismatchError, match="records no stream"):
+                await projector.start()
+        finally:
+            await projector.close()
+        assert await _watermark(settings) == mark
+    finally:
+        await model.close()
