@@ -30,11 +30,12 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.pool import StaticPool
 
-from . import codec
+from . import codec, identity
 from ._loop import LoopThread
 from .config import Settings
 from .errors import ConfigError
 from .heads import MAX_GAPS, Heads, ThreadHead
+from .identity import StreamIdentity
 from .log import ExpectationFailed, Log
 from .readmodel import PROJECTION, ReadModel, queries
 from .subjects import check_length, token
@@ -69,6 +70,7 @@ class _Core:
         self.inflight: dict[tuple[str, str, str], asyncio.Future[None]] = {}
         self.scratch = Scratch()
         self.keeper: AsyncIterator[None] | None = None
+        self.stream: StreamIdentity | None = None  # the stream the heads were built on
         self._lock = asyncio.Lock()
 
     async def _log(self) -> Log:
@@ -358,6 +360,14 @@ class _Core:
             log.last_seq(log.subjects.global_ops),
             *(log.next_seq(thread_filter, after=a) for a, _ in gaps),
         )
+        # after the lookups above: an advisory of the stream's re-creation arrived before their replies
+        stream = await log.identity()
+        if stream != self.stream:
+            if self.stream is not None:
+                # heads count another stream's sequences (one deleted and created again): drop them
+                self.heads.clear()
+                head = None
+            self.stream = stream
         if head is not None:
             if (
                 head.seq != thread_seq
@@ -377,7 +387,7 @@ class _Core:
                 self.stats.head += 1
                 return found  # type: ignore[return-value]
         target = max(thread_seq, global_seq)
-        served = await self._from_model(thread_id, ns, checkpoint_id, target)
+        served = await self._from_model(thread_id, ns, checkpoint_id, target, stream)
         if served is not _MISS:
             return served  # type: ignore[return-value]
         # the projector lags (or the database is down): wait for it a little, else replay the log
@@ -393,10 +403,11 @@ class _Core:
             return await queries.get_tuple(conn, self.serde, thread_id, ns, checkpoint_id)
 
     async def _from_model(
-        self, thread_id: str, ns: str, checkpoint_id: str | None, target: int
+        self, thread_id: str, ns: str, checkpoint_id: str | None, target: int, stream: StreamIdentity
     ) -> CheckpointTuple | None | object:
-        """The tuple from the read model in two statements if it has caught up with ``target``,
-        else ``_MISS`` (the database failing marks it down, so the fallback reads the log at once)."""
+        """The tuple from the read model in two statements if it was filled from ``stream`` and has
+        caught up with ``target``, else ``_MISS`` (the database failing marks it down, so the
+        fallback reads the log at once)."""
         model = self.model
         if model.down:
             return _MISS
@@ -405,8 +416,12 @@ class _Core:
             try:
                 async with asyncio.timeout(model.connect_timeout):
                     conn = await stack.enter_async_context(model.connect())
-                    row, mark = await queries.head_row(conn, thread_id, ns, checkpoint_id, PROJECTION)
-                    if mark < target:
+                    row, mark = await queries.head_row(
+                        conn, thread_id, ns, checkpoint_id, PROJECTION, (stream.stream, stream.created)
+                    )
+                    if mark is None:  # not filled from this stream, or not yet: see identity.judge
+                        mark = await identity.judge(conn, model, PROJECTION, stream)
+                    if mark is None or mark < target:
                         return _MISS
                     found = (
                         None if row is None else await queries.tuple_of(conn, self.serde, thread_id, ns, row)

@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from .codec import Msg, loads
 from .config import Settings
 from .errors import CodecError, LogError, SkialithError
+from .identity import StreamIdentity, StreamMismatchError, claim
 from .log import Header, Log, MissingPartError
 from .readmodel import ReadModel
 from .readmodel.apply import watermark
@@ -224,6 +225,7 @@ class Consumer(Generic[Item]):
         self._model: ReadModel | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._stream: StreamIdentity | None = None  # the stream the read model was checked against
 
     @property
     def durable(self) -> str:
@@ -256,6 +258,8 @@ class Consumer(Generic[Item]):
                 self.settings.database_url, connect_timeout=self.settings.connect_timeout
             )
         await self._model.setup()
+        # refuse a read model filled from another stream before anything resumes at its watermark
+        self._stream = await claim(self._model, self._log)
 
     async def close(self) -> None:
         if self._log is not None:
@@ -304,11 +308,17 @@ class Consumer(Generic[Item]):
             # with the next batch (AckPolicy.ALL) and never applied. So the consumer is recreated at
             # watermark + 1, at start and whenever a delivery went missing (see _fetch).
             try:
-                puller = await self._subscribe(log, await self._resume_point(model))
+                puller = await self._subscribe(log, await self._resume_point(log, model))
             except nats.errors.Error as exc:
                 if first or self._stopping.is_set():
                     raise
                 logger.warning("%s cannot resubscribe (%s); retrying in %.2f s", self.role, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+                continue
+            if not await self._same_stream(log):
+                # created again between the check and the subscribe: check again before consuming
+                await puller.close()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
                 continue
@@ -493,17 +503,39 @@ class Consumer(Generic[Item]):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
 
-    async def _resume_point(self, model: ReadModel) -> int:
-        """The first stream sequence not yet in the read model (waits while the database is down)."""
+    async def _same_stream(self, log: Log) -> bool:
+        """Whether the stream is still the one :meth:`_resume_point` checked the read model against."""
+        try:
+            return await log.identity(fresh=True) == self._stream
+        except SkialithError as exc:
+            logger.warning("%s cannot check its stream (%s)", self.role, exc)
+            return False
+
+    async def _resume_point(self, log: Log, model: ReadModel) -> int:
+        """The first stream sequence not yet in the read model (waits while the database or the
+        stream is missing), once the read model is known to be filled from this stream.
+
+        Raises:
+            StreamMismatchError: the read model was filled from another stream; its watermark
+                means nothing here.
+        """
         delay = 0.05
         while True:
             try:
+                self._stream = await claim(model, log)
                 async with model.connect() as conn:
                     return await watermark(conn, self.watermark_name) + 1
+            except StreamMismatchError:
+                raise
             except Exception as exc:
                 if self._stopping.is_set():
                     raise
-                logger.warning("%s cannot read its watermark (%s); retrying in %.2f s", self.role, exc, delay)
+                logger.warning(
+                    "%s cannot check its stream and read its watermark (%s); retrying in %.2f s",
+                    self.role,
+                    exc,
+                    delay,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
 

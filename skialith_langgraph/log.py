@@ -23,6 +23,7 @@ from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfi
 
 from .config import Settings
 from .errors import ConnectError, LogError, PublishError, StreamNotFoundError
+from .identity import StreamIdentity, StreamWatch
 from .subjects import Subjects
 
 logger = logging.getLogger(__name__)
@@ -115,6 +116,7 @@ class Log:
         self.js: JetStreamContext = nc.jetstream(timeout=settings.publish_timeout)
         self._owned = owned
         self._ready = False
+        self._identity = StreamWatch(self)
 
     @classmethod
     async def open(cls, settings: Settings, *, ensure_stream: bool = False) -> Log:
@@ -131,6 +133,7 @@ class Log:
     async def close(self) -> None:
         # every publish was awaited to its PubAck, so nothing is pending: close, don't drain
         # (a drain waits for pull subscriptions and can take its full 30 s timeout)
+        await self._identity.close()
         if self._owned and not self.nc.is_closed:
             await self.nc.close()
 
@@ -325,6 +328,11 @@ class Log:
     async def purge(self, subject_filter: str, *, before_seq: int) -> None:
         """Remove the messages on ``subject_filter`` with a sequence below ``before_seq``."""
         await self.js.purge_stream(self.settings.stream, seq=before_seq, subject=subject_filter)
+
+    async def identity(self, *, fresh: bool = False) -> StreamIdentity:
+        """The stream's name and creation time, asked once and again only when it may have changed
+        (a stream advisory or a reconnect; see :class:`identity.StreamWatch`), or when ``fresh``."""
+        return await self._identity.get(fresh=fresh)
 
     async def stream_last_seq(self) -> int:
         info = await self.js.stream_info(self.settings.stream)

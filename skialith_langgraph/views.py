@@ -20,11 +20,12 @@ from sqlalchemy import delete
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from . import codec
+from . import codec, identity
 from .errors import ReadModelError
+from .identity import StreamIdentity
 from .log import Log
 from .readmodel import PROJECTION, ReadModel
-from .readmodel.apply import apply_messages, watermark
+from .readmodel.apply import apply_messages
 from .readmodel.tables import metadata
 
 logger = logging.getLogger(__name__)
@@ -78,6 +79,8 @@ async def consistent_view(
     """
     if target is None:
         target = await log.stream_last_seq() if filters is None else await log.last_seq(*filters)
+    # after the target: an advisory of the stream's re-creation arrived before that reply
+    stream = await log.identity()
     async with AsyncExitStack() as stack:
         conn: AsyncConnection | None = None
         candidate: AsyncConnection | None = None
@@ -85,16 +88,19 @@ async def consistent_view(
             # bounded: a database that stops answering (a partition) must not hang the read
             async with asyncio.timeout(model.connect_timeout + read_wait):
                 candidate = await stack.enter_async_context(model.connect())
-                caught_up = target == 0 or await watermark(candidate, name) >= target
-                if not caught_up and stats is not None:
+                mark = await _watermark(candidate, model, name, stream)
+                # a read model filled from another stream (None) never catches up: read the log now
+                caught_up = mark is not None and mark >= target
+                if mark is not None and not caught_up and stats is not None:
                     stats.waited += 1
                 deadline = time.monotonic() + read_wait
                 delay = 0.0005
-                while not caught_up and time.monotonic() < deadline:
+                while mark is not None and not caught_up and time.monotonic() < deadline:
                     await candidate.rollback()  # the next statement takes a fresh snapshot
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 0.02)
-                    caught_up = await watermark(candidate, name) >= target
+                    mark = await _watermark(candidate, model, name, stream)
+                    caught_up = mark is not None and mark >= target
             if caught_up:
                 conn = candidate
             else:
@@ -110,6 +116,14 @@ async def consistent_view(
         stats.log += 1
     async with replay(log, filters, target, scratch) as mem:
         yield mem
+
+
+async def _watermark(
+    conn: AsyncConnection, model: ReadModel, name: str, stream: StreamIdentity
+) -> int | None:
+    """The watermark of ``name``, or ``None`` if the read model answers for another stream."""
+    mark = await identity.watermark(conn, name, stream)
+    return mark if mark is not None else await identity.judge(conn, model, name, stream)
 
 
 class Scratch:

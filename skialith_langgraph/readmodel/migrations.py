@@ -18,6 +18,7 @@ from .tables import (
     metadata,
     nopad_collation,
     schema_version,
+    stream_identity,
 )
 
 logger = logging.getLogger(__name__)
@@ -111,7 +112,18 @@ async def _agent_parts_owner(conn: AsyncConnection) -> None:
             await conn.execute(delete(blob_parts).where(p.owner_key == agent_key, p.digest == digest))
 
 
-MIGRATIONS: list[Callable[[AsyncConnection], Awaitable[None]]] = [_v1, _nopad_keys, _agent_parts_owner]
+async def _stream_identity(conn: AsyncConnection) -> None:
+    """The ``skialith_stream`` table: which stream the read model was filled from (issue 9, item 6)."""
+    await conn.run_sync(lambda sync: stream_identity.create(sync, checkfirst=True))
+
+
+# index + 1 is the schema version; append only
+MIGRATIONS: list[Callable[[AsyncConnection], Awaitable[None]]] = [
+    _v1,
+    _nopad_keys,
+    _agent_parts_owner,
+    _stream_identity,
+]
 
 
 async def migrate(conn: AsyncConnection) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import CheckpointTuple, DeltaChannelHistory, PendingWrite
 from langgraph.checkpoint.serde.base import SerializerProtocol
-from sqlalchemy import Select, and_, bindparam, literal_column, null, or_, select, tuple_, union_all
+from sqlalchemy import Select, and_, bindparam, exists, literal_column, null, or_, select, tuple_, union_all
 from sqlalchemy.engine import Dialect, Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -23,7 +23,7 @@ from ..codec import CheckpointMsg, PruneMsg, WritesMsg, version_key
 from ..errors import ReadModelError
 from ..subjects import token
 from .apply import unspill
-from .tables import checkpoint_blobs, checkpoint_writes, checkpoints, projection
+from .tables import checkpoint_blobs, checkpoint_writes, checkpoints, projection, stream_identity
 
 _C = checkpoints.c
 _W = checkpoint_writes.c
@@ -159,7 +159,16 @@ def _head_query() -> Select[Any]:
 # the projection watermark, the second the checkpoint's pending writes and blobs together. They are
 # compiled once per dialect (and number of blobs) and run on the driver's own cursor: SQLAlchemy's
 # execution and result layers cost ~0.4 ms a statement on aiomysql, more than the server does.
-_WATERMARK = select(projection.c.last_seq).where(projection.c.name == bindparam("projection"))
+# The watermark counts only if the read model was filled from the reader's stream (identity.py):
+# else it is NULL, and the read is answered from the log.
+_WATERMARK = select(projection.c.last_seq).where(
+    projection.c.name == bindparam("projection"),
+    exists().where(
+        stream_identity.c.id == 1,
+        stream_identity.c.stream == bindparam("stream"),
+        stream_identity.c.created == bindparam("created"),
+    ),
+)
 _ONE = select(
     _C.checkpoint_id,
     _C.parent_checkpoint_id,
@@ -237,28 +246,36 @@ async def _driver_rows(
 
 
 async def head_row(
-    conn: AsyncConnection, thread_id: str, ns: str, checkpoint_id: str | None, projection_name: str | None
-) -> tuple[Any, int]:
+    conn: AsyncConnection,
+    thread_id: str,
+    ns: str,
+    checkpoint_id: str | None,
+    projection_name: str | None,
+    stream: tuple[str, str] | None = None,
+) -> tuple[Any, int | None]:
     """The row of checkpoint ``checkpoint_id`` (the latest when ``None``) and the watermark of
     ``projection_name``, read by one statement so that both come from the same snapshot
-    (``None``: the caller checked the watermark already; 0 is returned for it)."""
+    (``None``: the caller checked the watermark already; 0 is returned for it). The watermark is
+    ``None`` unless the read model records ``stream`` (name, creation time) as its stream."""
     params = {
         "tk": token(thread_id, field="thread_id"),
         "nk": token(ns, field="checkpoint_ns"),
         "projection": projection_name,
         "cid": checkpoint_id,
+        "stream": stream[0] if stream else None,
+        "created": stream[1] if stream else None,
     }
     name = "by_id" if checkpoint_id else "latest"
     rows = await _driver_rows(conn, name, params)
     if rows:
         row = _OneRow(*rows[0])
-        return row, int(row.watermark or 0)
+        return row, None if row.watermark is None else int(row.watermark)
     if projection_name is None:
         return None, 0
     # No row, so no watermark from that statement. Read the watermark, then look again: without
     # one snapshot for both statements (SQLite outside a transaction), only that order is safe.
     found = await _driver_rows(conn, "watermark", params)
-    mark = int(found[0][0] or 0) if found else 0
+    mark = int(found[0][0]) if found and found[0][0] is not None else None
     rows = await _driver_rows(conn, name, params)
     return (_OneRow(*rows[0]) if rows else None), mark
 

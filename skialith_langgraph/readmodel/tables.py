@@ -169,3 +169,13 @@ blob_parts = Table(
     Column("part", Integer, primary_key=True, autoincrement=False),
     Column("data", BLOB, nullable=False),
 )
+
+# The stream the read model was filled from: its name and creation time, in one row (id 1).
+# Readers use the read model only for that stream; the projector refuses another (see identity.py).
+stream_identity = Table(
+    "skialith_stream",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("stream", ID, nullable=False),
+    Column("created", SHORT, nullable=False),  # RFC 3339, UTC, as JetStream reports it
+)
