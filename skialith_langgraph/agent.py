@@ -104,6 +104,9 @@ class AgentRecord:
     seq: int
 
 
+MAX_STEP = 2**63 - 2  # the read model's steps are BIGINT, and the step after a checkpoint must fit too
+
+
 def _step(value: Any, field: str = "step") -> int:
     if isinstance(value, bool):
         raise ConfigError(f"{field} must be an int >= 0, got {value!r}")
@@ -111,8 +114,10 @@ def _step(value: Any, field: str = "step") -> int:
         step = operator.index(value)
     except TypeError:
         raise ConfigError(f"{field} must be an int >= 0, got {type(value).__name__}: {value!r}") from None
-    if step < 0:
-        raise ConfigError(f"{field} must be an int >= 0, got {step!r}")
+    if not 0 <= step <= MAX_STEP:
+        raise ConfigError(
+            f"{field} must be an int from 0 to 2**63 - 2 (the read model's range), got {step!r}"
+        )
     return step
 
 
@@ -277,6 +282,7 @@ class SkialithAgent:
         return await self._publish(log, log.subjects.agent_event(self._key), key, msg)
 
     async def _publish(self, log: Log, subject: str, key: str, msg: codec.EventMsg) -> int:
+        codec.check_type(msg.payload[0], field=f"the {msg.kind}")
         body = codec.dumps(msg)
         # the id ignores the timestamp, so an identical retry is dropped by JetStream itself
         msg_id = codec.msg_id(key, codec.dumps(dataclasses.replace(msg, ts=0.0)))

@@ -107,8 +107,15 @@ class _Core:
             check_length(parent, field="checkpoint_id")
         msg = codec.encode_checkpoint(self.serde, config, checkpoint, metadata, new_versions)
         msg.thread_id = thread_id
-        for channel, _, _, _ in msg.blobs:
+        # what the read model cannot hold is refused here: published, it could never be applied
+        if msg.run_id is not None:
+            check_length(msg.run_id, field="metadata run_id")
+        codec.check_type(msg.checkpoint[0], field="the checkpoint")
+        codec.check_type(msg.metadata[0], field="the metadata")
+        for channel, version, typ, _ in msg.blobs:
             check_length(channel, field="channel")
+            check_length(version, field=f"the version of channel {channel!r}")
+            codec.check_type(typ, field=f"channel {channel!r}")
         log = await self._log()
         tk, nk = token(thread_id, field="thread_id"), token(ns, field="checkpoint_ns")
         natural = log.subjects.checkpoint_key(tk, nk, token(checkpoint_id, field="checkpoint_id"))
@@ -191,6 +198,8 @@ class _Core:
         for channel, _ in writes:
             check_length(channel, field="channel")
         msg = codec.encode_writes(self.serde, config, writes, task_id, task_path)
+        for _, channel, typ, _ in msg.writes:
+            codec.check_type(typ, field=f"the write to {channel!r}")
         await self._after_its_checkpoint(thread_id, ns, checkpoint_id)
         msg.thread_id = thread_id
         log = await self._log()

@@ -8,14 +8,19 @@ from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..errors import MigrationError
-from .tables import metadata, schema_version
+from .tables import dead_letters, metadata, schema_version
 
 
 async def _v1(conn: AsyncConnection) -> None:
     await conn.run_sync(metadata.create_all, checkfirst=True)
 
 
-MIGRATIONS: list[Callable[[AsyncConnection], Awaitable[None]]] = [_v1]
+async def _dead_letters(conn: AsyncConnection) -> None:
+    """The table of messages the consumers set aside (issue 9, item 8)."""
+    await conn.run_sync(lambda sync: dead_letters.create(sync, checkfirst=True))
+
+
+MIGRATIONS: list[Callable[[AsyncConnection], Awaitable[None]]] = [_v1, _dead_letters]
 
 
 async def migrate(conn: AsyncConnection) -> int:
