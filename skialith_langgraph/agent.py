@@ -34,7 +34,6 @@ from types import TracebackType
 from typing import Any
 
 from langgraph.checkpoint.serde.base import SerializerProtocol
-from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from sqlalchemy import select
 
 from . import codec
@@ -133,8 +132,9 @@ class SkialithAgent:
         database_url: SQLAlchemy async URL of the read model; default ``SKIALITH_DATABASE_URL``
             or SQLite under ``./.skialith/``.
         settings: a complete :class:`Settings` (then the other arguments must be omitted).
-        serde: the serializer of checkpoint data and event payloads (LangGraph's
-            ``JsonPlusSerializer`` by default).
+        serde: the serializer of checkpoint data and event payloads; by default LangGraph's
+            ``JsonPlusSerializer`` in strict msgpack mode, which constructs only LangGraph's safe
+            types when reading (pass ``JsonPlusSerializer(allowed_msgpack_modules=[...])`` for yours).
         **options: any other :class:`Settings` field, e.g. ``read_wait=0.2``.
 
     Raises:
@@ -157,7 +157,7 @@ class SkialithAgent:
             raise ConfigError("pass either settings=... or individual options, not both")
         self.agent_id = agent_id
         self.settings = settings or Settings.from_env(nats_url=nats_url, database_url=database_url, **options)
-        self.serde: SerializerProtocol = serde or JsonPlusSerializer()
+        self.serde: SerializerProtocol = serde or codec.strict_serde()
         self._key = token(agent_id, field="agent_id")
         self._step = 0
         self._log: Log | None = None

@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import codec
 from ._loop import LoopThread
+from .codec import strict_serde
 from .config import Settings
 from .errors import ConfigError
 from .heads import MAX_GAPS, Heads, ThreadHead
@@ -438,7 +439,9 @@ class SkialithCheckpointer(BaseCheckpointSaver[str]):
         database_url: SQLAlchemy async URL of the read model; default ``SKIALITH_DATABASE_URL``
             or SQLite under ``./.skialith/``.
         settings: a complete :class:`Settings`; the other arguments, when given, override it.
-        serde: the serializer (LangGraph's ``JsonPlusSerializer`` by default).
+        serde: the serializer; by default LangGraph's ``JsonPlusSerializer`` in strict msgpack
+            mode, which constructs only LangGraph's safe types when reading (allow yours with
+            :meth:`with_allowlist`; see ``codec.strict_serde``).
         **options: any other :class:`Settings` field, e.g. ``read_wait=0.2``.
 
     Example:
@@ -456,7 +459,8 @@ class SkialithCheckpointer(BaseCheckpointSaver[str]):
         serde: SerializerProtocol | None = None,
         **options: Any,
     ) -> None:
-        super().__init__(serde=serde)
+        # strict by default: what is read constructs only LangGraph's safe types (see the README)
+        super().__init__(serde=serde or strict_serde())
         overrides = {"nats_url": nats_url, "database_url": database_url, **options}
         if settings is None:
             self.settings = Settings.from_env(**overrides)

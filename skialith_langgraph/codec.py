@@ -25,6 +25,7 @@ from langgraph.checkpoint.base import (
     get_checkpoint_metadata,
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
 from .errors import CodecError, ConfigError
 
@@ -207,6 +208,18 @@ MAX_TYPE = 18
 MAX_BIGINT = 2**63 - 1
 MAX_INT = 2**31 - 1
 RESERVED_TYPE_PREFIX = "parts:"  # the read model's marker of a value stored in parts
+
+
+def strict_serde() -> JsonPlusSerializer:
+    """The default serializer of the checkpointer, the agent and the trace ingest: LangGraph's
+    ``JsonPlusSerializer`` in its strict msgpack mode (what ``LANGGRAPH_STRICT_MSGPACK=true``
+    gives), which constructs only LangGraph's safe types (``SAFE_MSGPACK_TYPES``: datetimes,
+    UUIDs, LangChain messages, ``Send``, ...) and no other callable named in the data, so that
+    a message forged on the stream or a row forged in the database cannot run code when read.
+    Other types come back as their plain data; allow them with ``with_allowlist([...])`` or
+    ``serde=JsonPlusSerializer(allowed_msgpack_modules=[...])``.
+    """
+    return JsonPlusSerializer(allowed_msgpack_modules=None)
 
 
 def check_type(typ: str, *, field: str) -> str:
