@@ -11,7 +11,7 @@ import logging
 import random
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from types import TracebackType
 from typing import Any
@@ -505,6 +505,18 @@ class SkialithCheckpointer(BaseCheckpointSaver[str]):
             return await fn(await self._acore(), *args, **kwargs)
 
         return self._loop_thread.run(call(), method=method)
+
+    def with_allowlist(self, extra_allowlist: Collection[tuple[str, ...]]) -> SkialithCheckpointer:
+        """A clone whose serializer also constructs ``extra_allowlist`` ((module, name) pairs) when
+        reading (LangGraph's ``compile`` calls it with the graph's state types when
+        ``LANGGRAPH_STRICT_MSGPACK=true``). The clone has its own connections (a core holds its
+        serializer), on the same sync loop thread."""
+        clone = super().with_allowlist(extra_allowlist)
+        if clone is self:
+            return self
+        assert isinstance(clone, SkialithCheckpointer)
+        clone._cores = weakref.WeakKeyDictionary()
+        return clone
 
     def setup(self) -> None:
         """Create the stream and the read-model tables. Idempotent and cheap; writes and reads

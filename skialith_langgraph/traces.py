@@ -369,7 +369,7 @@ class _Batch:
         created = _epoch(body.get("ts")) if isinstance(body, dict) else None
         step = meta.get("step")
         # a step the table cannot hold (a forged message) is left empty; its tasks get step + 1
-        step = step if type(step) is int and 0 <= step < 2**63 - 1 else None
+        step = step if type(step) is int and -(2**63) <= step < 2**63 - 1 else None
         parent = (
             self.rows.get(self._ckpt_key(tk, nk, m.parent_checkpoint_id)) if m.parent_checkpoint_id else None
         )

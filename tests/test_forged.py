@@ -9,6 +9,7 @@ and every reader decode with the strict one by default, so nothing is constructe
 from __future__ import annotations
 
 import dataclasses
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -134,3 +135,30 @@ async def test_an_agent_runs_no_forged_code(settings: Settings, tmp_path: Path) 
         state = await agent.resume()
     assert state.last_step == 0
     assert not marker.exists()
+
+
+@dataclasses.dataclass
+class Note:
+    text: str
+
+
+async def test_user_types_are_data_by_default_and_themselves_when_allowed(settings: Settings) -> None:
+    """The strict default constructs only LangGraph's safe types; ``with_allowlist`` adds the
+    user's, even on a checkpointer that was already used (the clone has its own connections)."""
+    config: Any = {"configurable": {"thread_id": "notes", "checkpoint_ns": ""}}
+    cp = empty_checkpoint()
+    cp["channel_values"] = {"note": Note("hi"), "when": datetime(2024, 1, 2, tzinfo=UTC)}
+    cp["channel_versions"] = {"note": "1", "when": "1"}
+    async with SkialithCheckpointer(settings=settings) as saver:
+        await saver.aput(config, cp, {}, {"note": "1", "when": "1"})
+        plain = await saver.aget_tuple(config)
+        assert plain is not None
+        assert plain.checkpoint["channel_values"]["note"] == {"text": "hi"}  # data, not a Note
+        assert plain.checkpoint["channel_values"]["when"] == datetime(2024, 1, 2, tzinfo=UTC)  # safe type
+        allowed = saver.with_allowlist([(Note.__module__, "Note")])
+        assert isinstance(allowed, SkialithCheckpointer)
+        try:
+            found = await allowed.aget_tuple(config)
+        finally:
+            await allowed.aclose()
+        assert found is not None and found.checkpoint["channel_values"]["note"] == Note("hi")
