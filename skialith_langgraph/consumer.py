@@ -83,7 +83,6 @@ TRANSIENT_MYSQL_ERRORS = frozenset(
         1130,  # host not allowed
         1146,  # a table does not exist (dropped by hand: the schema is set up again at start)
         1152,  # aborted connection
-        1153,  # packet larger than max_allowed_packet (the connection is dropped)
         1154,  # read error from the connection pipe
         1155,  # fcntl() error
         1156,  # packets out of order
