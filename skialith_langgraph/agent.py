@@ -34,7 +34,6 @@ from types import TracebackType
 from typing import Any
 
 from langgraph.checkpoint.serde.base import SerializerProtocol
-from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from sqlalchemy import select
 
 from . import codec
@@ -104,6 +103,9 @@ class AgentRecord:
     seq: int
 
 
+MAX_STEP = 2**63 - 2  # the read model's steps are BIGINT, and the step after a checkpoint must fit too
+
+
 def _step(value: Any, field: str = "step") -> int:
     if isinstance(value, bool):
         raise ConfigError(f"{field} must be an int >= 0, got {value!r}")
@@ -111,8 +113,10 @@ def _step(value: Any, field: str = "step") -> int:
         step = operator.index(value)
     except TypeError:
         raise ConfigError(f"{field} must be an int >= 0, got {type(value).__name__}: {value!r}") from None
-    if step < 0:
-        raise ConfigError(f"{field} must be an int >= 0, got {step!r}")
+    if not 0 <= step <= MAX_STEP:
+        raise ConfigError(
+            f"{field} must be an int from 0 to 2**63 - 2 (the read model's range), got {step!r}"
+        )
     return step
 
 
@@ -128,8 +132,9 @@ class SkialithAgent:
         database_url: SQLAlchemy async URL of the read model; default ``SKIALITH_DATABASE_URL``
             or SQLite under ``./.skialith/``.
         settings: a complete :class:`Settings` (then the other arguments must be omitted).
-        serde: the serializer of checkpoint data and event payloads (LangGraph's
-            ``JsonPlusSerializer`` by default).
+        serde: the serializer of checkpoint data and event payloads; by default LangGraph's
+            ``JsonPlusSerializer`` in strict msgpack mode, which constructs only LangGraph's safe
+            types when reading (pass ``JsonPlusSerializer(allowed_msgpack_modules=[...])`` for yours).
         **options: any other :class:`Settings` field, e.g. ``read_wait=0.2``.
 
     Raises:
@@ -152,7 +157,7 @@ class SkialithAgent:
             raise ConfigError("pass either settings=... or individual options, not both")
         self.agent_id = agent_id
         self.settings = settings or Settings.from_env(nats_url=nats_url, database_url=database_url, **options)
-        self.serde: SerializerProtocol = serde or JsonPlusSerializer()
+        self.serde: SerializerProtocol = serde or codec.strict_serde()
         self._key = token(agent_id, field="agent_id")
         self._step = 0
         self._log: Log | None = None
@@ -277,6 +282,7 @@ class SkialithAgent:
         return await self._publish(log, log.subjects.agent_event(self._key), key, msg)
 
     async def _publish(self, log: Log, subject: str, key: str, msg: codec.EventMsg) -> int:
+        codec.check_type(msg.payload[0], field=f"the {msg.kind}")
         body = codec.dumps(msg)
         # the id ignores the timestamp, so an identical retry is dropped by JetStream itself
         msg_id = codec.msg_id(key, codec.dumps(dataclasses.replace(msg, ts=0.0)))

@@ -11,7 +11,7 @@ import logging
 import random
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from types import TracebackType
 from typing import Any
@@ -32,6 +32,7 @@ from sqlalchemy.pool import StaticPool
 
 from . import codec, identity
 from ._loop import LoopThread
+from .codec import strict_serde
 from .config import Settings
 from .errors import ConfigError
 from .heads import MAX_GAPS, Heads, ThreadHead
@@ -111,8 +112,15 @@ class _Core:
             check_length(parent, field="checkpoint_id")
         msg = codec.encode_checkpoint(self.serde, config, checkpoint, metadata, new_versions)
         msg.thread_id = thread_id
-        for channel, _, _, _ in msg.blobs:
+        # what the read model cannot hold is refused here: published, it could never be applied
+        if msg.run_id is not None:
+            check_length(msg.run_id, field="metadata run_id")
+        codec.check_type(msg.checkpoint[0], field="the checkpoint")
+        codec.check_type(msg.metadata[0], field="the metadata")
+        for channel, version, typ, _ in msg.blobs:
             check_length(channel, field="channel")
+            check_length(version, field=f"the version of channel {channel!r}")
+            codec.check_type(typ, field=f"channel {channel!r}")
         log = await self._log()
         tk, nk = token(thread_id, field="thread_id"), token(ns, field="checkpoint_ns")
         natural = log.subjects.checkpoint_key(tk, nk, token(checkpoint_id, field="checkpoint_id"))
@@ -195,6 +203,8 @@ class _Core:
         for channel, _ in writes:
             check_length(channel, field="channel")
         msg = codec.encode_writes(self.serde, config, writes, task_id, task_path)
+        for _, channel, typ, _ in msg.writes:
+            codec.check_type(typ, field=f"the write to {channel!r}")
         await self._after_its_checkpoint(thread_id, ns, checkpoint_id)
         msg.thread_id = thread_id
         log = await self._log()
@@ -498,7 +508,9 @@ class SkialithCheckpointer(BaseCheckpointSaver[str]):
         database_url: SQLAlchemy async URL of the read model; default ``SKIALITH_DATABASE_URL``
             or SQLite under ``./.skialith/``.
         settings: a complete :class:`Settings`; the other arguments, when given, override it.
-        serde: the serializer (LangGraph's ``JsonPlusSerializer`` by default).
+        serde: the serializer; by default LangGraph's ``JsonPlusSerializer`` in strict msgpack
+            mode, which constructs only LangGraph's safe types when reading (allow yours with
+            :meth:`with_allowlist`; see ``codec.strict_serde``).
         **options: any other :class:`Settings` field, e.g. ``read_wait=0.2``.
 
     Example:
@@ -516,7 +528,8 @@ class SkialithCheckpointer(BaseCheckpointSaver[str]):
         serde: SerializerProtocol | None = None,
         **options: Any,
     ) -> None:
-        super().__init__(serde=serde)
+        # strict by default: what is read constructs only LangGraph's safe types (see the README)
+        super().__init__(serde=serde or strict_serde())
         overrides = {"nats_url": nats_url, "database_url": database_url, **options}
         if settings is None:
             self.settings = Settings.from_env(**overrides)
@@ -561,6 +574,18 @@ class SkialithCheckpointer(BaseCheckpointSaver[str]):
             return await fn(await self._acore(), *args, **kwargs)
 
         return self._loop_thread.run(call(), method=method)
+
+    def with_allowlist(self, extra_allowlist: Collection[tuple[str, ...]]) -> SkialithCheckpointer:
+        """A clone whose serializer also constructs ``extra_allowlist`` ((module, name) pairs) when
+        reading (LangGraph's ``compile`` calls it with the graph's state types when
+        ``LANGGRAPH_STRICT_MSGPACK=true``). The clone has its own connections (a core holds its
+        serializer), on the same sync loop thread."""
+        clone = super().with_allowlist(extra_allowlist)
+        if clone is self:
+            return self
+        assert isinstance(clone, SkialithCheckpointer)
+        clone._cores = weakref.WeakKeyDictionary()
+        return clone
 
     def setup(self) -> None:
         """Create the stream and the read-model tables. Idempotent and cheap; writes and reads

@@ -10,6 +10,7 @@ as LangGraph's Postgres saver stores them.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,8 +25,9 @@ from langgraph.checkpoint.base import (
     get_checkpoint_metadata,
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
-from .errors import CodecError
+from .errors import CodecError, ConfigError
 
 FORMAT = 1
 
@@ -198,57 +200,182 @@ def dumps(msg: Msg) -> bytes:
     return ormsgpack.packb(d)
 
 
-def loads(body: bytes) -> Msg:
-    """Decode a message body.
+# Limits of what the read model can hold (readmodel/tables.py): ids keyed verbatim are VARCHAR(255),
+# steps and sequences BIGINT, write indexes INTEGER, type names VARCHAR(64) -- and a value stored in
+# parts keeps its type as "parts:<n>:<32 hex digest>:<type>" there, which leaves 18 characters.
+MAX_ID = 255
+MAX_TYPE = 18
+MAX_BIGINT = 2**63 - 1
+MAX_INT = 2**31 - 1
+RESERVED_TYPE_PREFIX = "parts:"  # the read model's marker of a value stored in parts
+
+
+def strict_serde() -> JsonPlusSerializer:
+    """The default serializer of the checkpointer, the agent and the trace ingest: LangGraph's
+    ``JsonPlusSerializer`` in its strict msgpack mode (what ``LANGGRAPH_STRICT_MSGPACK=true``
+    gives), which constructs only LangGraph's safe types (``SAFE_MSGPACK_TYPES``: datetimes,
+    UUIDs, LangChain messages, ``Send``, ...) and no other callable named in the data, so that
+    a message forged on the stream or a row forged in the database cannot run code when read.
+    Other types come back as their plain data; allow them with ``with_allowlist([...])`` or
+    ``serde=JsonPlusSerializer(allowed_msgpack_modules=[...])``.
+    """
+    return JsonPlusSerializer(allowed_msgpack_modules=None)
+
+
+def check_type(typ: str, *, field: str) -> str:
+    """Refuse, before anything is published, a serializer type name the read model cannot hold.
 
     Raises:
-        CodecError: the body is not a Skialith message.
+        ConfigError: ``typ`` is longer than :data:`MAX_TYPE` or uses the reserved prefix.
+    """
+    if not isinstance(typ, str) or len(typ) > MAX_TYPE or typ.startswith(RESERVED_TYPE_PREFIX):
+        raise ConfigError(
+            f"the serializer gave {field} the type name {str(typ)[:40]!r}; the read model stores type "
+            f"names of at most {MAX_TYPE} characters that do not start with {RESERVED_TYPE_PREFIX!r}"
+        )
+    return typ
+
+
+def _str(v: Any, what: str, limit: int | None = None) -> str:
+    if type(v) is not str:
+        raise CodecError(f"field {what!r} must be a str, got {type(v).__name__}")
+    if limit is not None and len(v) > limit:
+        raise CodecError(f"field {what!r} is {len(v)} characters long; at most {limit} are stored")
+    return v
+
+
+def _opt_str(v: Any, what: str, limit: int | None = None) -> str | None:
+    return None if v is None else _str(v, what, limit)
+
+
+def _bytes(v: Any, what: str) -> bytes:
+    if type(v) is not bytes:
+        raise CodecError(f"field {what!r} must be bytes, got {type(v).__name__}")
+    return v
+
+
+def _int(v: Any, what: str, lo: int, hi: int) -> int:
+    if type(v) is not int:
+        raise CodecError(f"field {what!r} must be an int, got {type(v).__name__}")
+    if not lo <= v <= hi:
+        raise CodecError(f"field {what!r} is {v}, outside [{lo}, {hi}]")
+    return v
+
+
+def _list(v: Any, what: str, width: int | None = None) -> list[Any]:
+    if type(v) is not list:
+        raise CodecError(f"field {what!r} must be a list, got {type(v).__name__}")
+    if width is not None and len(v) != width:
+        raise CodecError(f"field {what!r} must have {width} elements, has {len(v)}")
+    return v
+
+
+def _type(v: Any, what: str) -> str:
+    typ = _str(v, what, MAX_TYPE)
+    if typ.startswith(RESERVED_TYPE_PREFIX):
+        raise CodecError(f"field {what!r} uses the reserved type prefix {RESERVED_TYPE_PREFIX!r}")
+    return typ
+
+
+def _typed(v: Any, what: str) -> tuple[str, bytes]:
+    pair = _list(v, what, 2)
+    return _type(pair[0], f"{what}.type"), _bytes(pair[1], f"{what}.data")
+
+
+def _items(v: Any, what: str, width: int) -> list[list[Any]]:
+    return [_list(x, what, width) for x in _list(v, what)]
+
+
+def loads(body: bytes) -> Msg:
+    """Decode a message body, checking the type and range of every field.
+
+    A body that does not have the exact shape :func:`dumps` gives (an id that is not a str, a
+    payload that is not bytes, a step the read model cannot hold, ...) is refused here, so that a
+    forged or corrupt message never reaches the database.
+
+    Raises:
+        CodecError: the body is not a valid Skialith message.
     """
     try:
         d = ormsgpack.unpackb(body)
+    except (ormsgpack.MsgpackDecodeError, ValueError, TypeError) as exc:
+        raise CodecError(f"cannot decode a Skialith message body ({len(body)} bytes): {exc}") from exc
+    if type(d) is not dict:
+        raise CodecError(f"a Skialith message body is a map, got {type(d).__name__} ({len(body)} bytes)")
+    try:
         kind = d["k"]
         if kind == "c":
             return CheckpointMsg(
-                thread_id=d["t"],
-                checkpoint_ns=d["n"],
-                checkpoint_id=d["i"],
-                parent_checkpoint_id=d["p"],
-                run_id=d["r"],
-                checkpoint=(d["c"][0], d["c"][1]),
-                metadata=(d["m"][0], d["m"][1]),
-                blobs=[(b[0], b[1], b[2], b[3]) for b in d["b"]],
+                thread_id=_str(d["t"], "t"),
+                checkpoint_ns=_str(d["n"], "n"),
+                checkpoint_id=_str(d["i"], "i", MAX_ID),
+                parent_checkpoint_id=_opt_str(d["p"], "p", MAX_ID),
+                run_id=_opt_str(d["r"], "r", MAX_ID),
+                checkpoint=_typed(d["c"], "c"),
+                metadata=_typed(d["m"], "m"),
+                blobs=[
+                    (
+                        _str(b[0], "b.channel", MAX_ID),
+                        _str(b[1], "b.version", MAX_ID),
+                        _type(b[2], "b.type"),
+                        _bytes(b[3], "b.data"),
+                    )
+                    for b in _items(d["b"], "b", 4)
+                ],
             )
         if kind == "w":
             return WritesMsg(
-                thread_id=d["t"],
-                checkpoint_ns=d["n"],
-                checkpoint_id=d["i"],
-                task_id=d["task"],
-                task_path=d["path"],
-                writes=[(w[0], w[1], w[2], w[3]) for w in d["w"]],
+                thread_id=_str(d["t"], "t"),
+                checkpoint_ns=_str(d["n"], "n"),
+                checkpoint_id=_str(d["i"], "i", MAX_ID),
+                task_id=_str(d["task"], "task", MAX_ID),
+                task_path=_str(d["path"], "path"),
+                writes=[
+                    (
+                        _int(w[0], "w.idx", -MAX_INT - 1, MAX_INT),
+                        _str(w[1], "w.channel", MAX_ID),
+                        _type(w[2], "w.type"),
+                        _bytes(w[3], "w.data"),
+                    )
+                    for w in _items(d["w"], "w", 4)
+                ],
             )
         if kind == "d":
-            return DeleteThreadMsg(thread_id=d["t"])
+            return DeleteThreadMsg(thread_id=_str(d["t"], "t"))
         if kind == "p":
             return PruneMsg(
-                thread_id=d["t"],
-                keep=[(k[0], k[1]) for k in d["keep"]],
-                keep_blobs=[(k[0], k[1], k[2]) for k in d["kb"]],
+                thread_id=_str(d["t"], "t"),
+                keep=[
+                    (_str(k[0], "keep.ns"), _str(k[1], "keep.id", MAX_ID))
+                    for k in _items(d["keep"], "keep", 2)
+                ],
+                keep_blobs=[
+                    (_str(k[0], "kb.ns"), _str(k[1], "kb.channel", MAX_ID), _str(k[2], "kb.version", MAX_ID))
+                    for k in _items(d["kb"], "kb", 3)
+                ],
             )
         if kind == "r":
-            return DeleteRunsMsg(run_ids=list(d["runs"]))
+            return DeleteRunsMsg(run_ids=[_str(r, "runs", MAX_ID) for r in _list(d["runs"], "runs")])
         if kind == "e":
+            event_kind = _str(d["kind"], "kind")
+            if event_kind not in ("event", "checkpoint"):
+                raise CodecError(f"field 'kind' must be 'event' or 'checkpoint', got {event_kind[:20]!r}")
+            ts = d["ts"]
+            if type(ts) not in (float, int) or not math.isfinite(ts):
+                raise CodecError(f"field 'ts' must be a finite number, got {type(ts).__name__}")
             return EventMsg(
-                agent_id=d["a"],
-                kind=d["kind"],
-                name=d["name"],
-                step=d["s"],
-                payload=(d["v"][0], d["v"][1]),
-                ts=d["ts"],
+                agent_id=_str(d["a"], "a"),
+                kind=event_kind,
+                name=_str(d["name"], "name", MAX_ID),
+                step=_int(d["s"], "s", 0, MAX_BIGINT),
+                payload=_typed(d["v"], "v"),
+                ts=float(ts),
             )
-    except (KeyError, IndexError, TypeError, ValueError, ormsgpack.MsgpackDecodeError) as exc:
+    except KeyError as exc:
+        raise CodecError(f"a Skialith message body ({len(body)} bytes) lacks the field {exc}") from None
+    except TypeError as exc:  # unhashable kind
         raise CodecError(f"cannot decode a Skialith message body ({len(body)} bytes): {exc}") from exc
-    raise CodecError(f"unknown Skialith message kind {kind!r}")
+    raise CodecError(f"unknown Skialith message kind {str(kind)[:20]!r}")
 
 
 def msg_id(key: str, body: bytes) -> str:

@@ -7,6 +7,14 @@ write is an idempotent upsert, so nothing is applied twice and nothing is lost. 
 never arrived (the consumer numbers them) is not acked past: the consumer is recreated at the
 watermark. A large message whose parts cannot be read for a while is retried, not skipped.
 
+A message that can never be applied (it does not decode, its parts are gone, or the database
+refuses it for a reason other than being unavailable) is set aside, not retried forever: it gets
+a row in ``skialith_dead_letters`` in the transaction that moves the watermark past it, one log
+line (without its data) and a count (``stats.dead_letters``), and the consumer moves on. When a
+batch fails that way, its messages are applied one by one, each in its own transaction, so that
+only the culprit is set aside. Transient errors (connection lost, server gone, lock wait timeout,
+deadlock, database down) are retried with backoff, as before, and logged once per outage.
+
 A subclass names its durable consumer and watermark, turns a decoded message into the item it
 applies (:meth:`Consumer._item`) and applies a batch of items (:meth:`Consumer._apply`).
 
@@ -25,6 +33,7 @@ from typing import Generic, TypeVar
 
 import nats.errors
 import nats.js.errors
+import sqlalchemy.exc
 from nats.aio.client import Client
 from nats.aio.msg import Msg as NatsMsg
 from nats.aio.subscription import Subscription
@@ -33,11 +42,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .codec import Msg, loads
 from .config import Settings
-from .errors import CodecError, LogError, SkialithError
+from .errors import CodecError, LogError, ReadModelError, SkialithError
 from .identity import StreamIdentity, StreamMismatchError, claim
 from .log import Header, Log, MissingPartError
 from .readmodel import ReadModel
-from .readmodel.apply import watermark
+from .readmodel.apply import lock_watermark, upsert, watermark
+from .readmodel.tables import dead_letters
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +63,100 @@ MAX_BATCH_BYTES = 64 * 1024 * 1024  # bytes one fetch may bring (at least two of
 FETCH_GRACE = 1.0  # seconds a fetch waits past its expiry for the server's end-of-request status
 # 409 statuses that only end a pull request; others (consumer deleted, ...) refuse it
 REQUEST_ENDS = frozenset({"Batch Completed", "Message Size Exceeds MaxBytes", "Leadership Change"})
+REASON_MAX = 200  # characters of an error kept in a log line or a dead letter's reason
+
+# MySQL/MariaDB server errors that say the database is unavailable or busy, not that a message is
+# bad (client errors, 2000-2999, are all about the connection): retried, never dead-lettered
+TRANSIENT_MYSQL_ERRORS = frozenset(
+    {
+        1021,  # disk full
+        1037,  # out of memory
+        1038,  # out of sort memory
+        1040,  # too many connections
+        1041,  # out of memory
+        1044,  # access denied to the database
+        1045,  # access denied
+        1049,  # unknown database
+        1053,  # server shutdown in progress
+        1081,  # cannot create a socket
+        1114,  # the table is full
+        1129,  # host blocked
+        1130,  # host not allowed
+        1146,  # a table does not exist (dropped by hand: the schema is set up again at start)
+        1152,  # aborted connection
+        1154,  # read error from the connection pipe
+        1155,  # fcntl() error
+        1156,  # packets out of order
+        1157,  # could not uncompress a packet
+        1158,  # read error
+        1159,  # read timeout
+        1160,  # write error
+        1161,  # write timeout
+        1180,  # commit failed
+        1181,  # rollback failed
+        1203,  # too many connections of a user
+        1205,  # lock wait timeout
+        1213,  # deadlock
+        1226,  # a user's resource limit
+        1290,  # server running with --read-only
+        1317,  # query interrupted
+        1614,  # transaction branch rolled back: deadlock
+        1637,  # too many active transactions
+        1792,  # read-only transaction
+        1836,  # running in read-only mode
+        1927,  # connection killed
+        1969,  # statement timeout (MariaDB)
+        3024,  # statement timeout (MySQL)
+        4031,  # disconnected for inactivity
+    }
+)
+
+
+def _root(exc: BaseException) -> BaseException:
+    """The driver's exception behind a SQLAlchemy one, else ``exc`` itself."""
+    orig = getattr(exc, "orig", None)
+    return orig if isinstance(orig, BaseException) else exc
+
+
+def _mysql_code(exc: BaseException) -> int | None:
+    args = getattr(exc, "args", ())
+    return args[0] if args and type(args[0]) is int else None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failed apply may succeed if tried again as it is (the database was unavailable,
+    busy or locked), rather than never (the message holds something the database refuses)."""
+    if isinstance(exc, ReadModelError | OSError | TimeoutError | sqlalchemy.exc.TimeoutError):
+        return True
+    if isinstance(exc, sqlalchemy.exc.DisconnectionError):
+        return True
+    if isinstance(exc, sqlalchemy.exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        root = _root(exc)
+        if isinstance(root, OSError | TimeoutError):
+            return True
+        code = _mysql_code(root)
+        if code is not None:
+            return code in TRANSIENT_MYSQL_ERRORS or 2000 <= code < 3000
+        # SQLite (database locked, disk I/O error, unable to open the file) and unknown drivers:
+        # an operational or interface error is about the database, not the message
+        return isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError)
+    return isinstance(_root(exc), OSError | TimeoutError)
+
+
+def describe(exc: BaseException) -> str:
+    """``Class: first line of the message``, at most :data:`REASON_MAX` characters.
+
+    SQLAlchemy's messages carry the statement and its parameters (the whole rendered INSERT, user
+    data included); the driver's error behind it does not, so that one is described.
+    """
+    root = _root(exc)
+    name = type(exc).__name__ if root is exc else f"{type(exc).__name__} ({type(root).__name__})"
+    text = str(root).strip().split("\n", 1)[0]
+    if len(text) > REASON_MAX:
+        text = text[: REASON_MAX - 3] + "..."
+    return f"{name}: {text}" if text else name
 
 
 def _ack_tokens(reply: str) -> list[str]:
@@ -89,6 +193,67 @@ def _timestamp_ns(reply: str) -> int:
 
 class _PullRefused(Exception):
     """JetStream refused a pull request (the consumer was deleted, for instance)."""
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """A message set aside: where it is on the stream and why, never what it holds."""
+
+    seq: int
+    subject: str
+    reason: str
+    size: int
+
+
+@dataclass(slots=True)
+class _Fetched(Generic[Item]):
+    """Decoded deliveries in stream order: the items, what each came as, the ones set aside."""
+
+    items: list[Item]
+    info: list[tuple[int, str, int]]  # (seq, subject, size) of each item
+    dead: list[DeadLetter]
+    last: NatsMsg  # the last delivery (acked after the commit)
+
+    def extend(self, more: _Fetched[Item]) -> None:
+        self.items += more.items
+        self.info += more.info
+        self.dead += more.dead
+        self.last = more.last
+
+
+class _Outage:
+    """One warning when something starts failing, DEBUG lines while it goes on, and one line with
+    the count and duration when it works again (a database outage used to log every attempt)."""
+
+    def __init__(self, role: str, what: str) -> None:
+        self.role, self.what = role, what
+        self.since: float | None = None
+        self.attempts = 0
+
+    def failed(self, exc: BaseException, delay: float) -> None:
+        self.attempts += 1
+        if self.since is None:
+            self.since = time.monotonic()
+            logger.warning(
+                "%s cannot %s (%s); retrying with backoff (up to %.0f s) until it works",
+                self.role,
+                self.what,
+                describe(exc),
+                RETRY_MAX,
+            )
+        else:
+            logger.debug("%s cannot %s (%s); retrying in %.2f s", self.role, self.what, describe(exc), delay)
+
+    def recovered(self) -> None:
+        if self.since is not None:
+            logger.warning(
+                "%s can %s again, after %d failed attempts in %.1f s",
+                self.role,
+                self.what,
+                self.attempts,
+                time.monotonic() - self.since,
+            )
+        self.since, self.attempts = None, 0
 
 
 class Puller:
@@ -187,6 +352,7 @@ class ConsumerStats:
     last_seq: int = 0  # watermark after the last commit
     stream_last_seq: int = 0
     failures: int = 0
+    dead_letters: int = 0  # messages set aside in skialith_dead_letters by this process
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -226,6 +392,9 @@ class Consumer(Generic[Item]):
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._stream: StreamIdentity | None = None  # the stream the read model was checked against
+        self._commit_outage = _Outage(self.role, "commit a batch")
+        self._resume_outage = _Outage(self.role, "read its watermark")
+        self._fetch_outage = _Outage(self.role, "fetch from the stream")
 
     @property
     def durable(self) -> str:
@@ -351,7 +520,7 @@ class Consumer(Generic[Item]):
     async def _consume(self, log: Log, model: ReadModel, puller: Puller) -> None:
         """Commit fetched batches until stopped, or until the fetcher asks for a new consumer."""
         # the next batch is fetched and decoded while the current one commits; None: resubscribe
-        batches: asyncio.Queue[tuple[list[Item], NatsMsg] | None] = asyncio.Queue(maxsize=2)
+        batches: asyncio.Queue[_Fetched[Item] | None] = asyncio.Queue(maxsize=2)
         fetcher = asyncio.create_task(self._fetch(log, puller, batches), name=f"{self.durable}-fetch")
         last_report = time.monotonic()
         try:
@@ -369,13 +538,12 @@ class Consumer(Generic[Item]):
                 batch = get.result()
                 if batch is None:
                     return
-                items, last_msg = batch
                 # small batches fetched while the last commit ran, or within ``linger``, go in this
                 # one transaction: under a light load a message waits for one commit, not for one
                 # per batch queued, and a trickle does not cost a transaction per message
                 resubscribe = False
                 deadline = time.monotonic() + self.linger
-                while len(items) < self.batch_size:
+                while len(batch.items) < self.batch_size:
                     if not batches.empty():
                         more = batches.get_nowait()
                     else:
@@ -389,12 +557,12 @@ class Consumer(Generic[Item]):
                     if more is None:
                         resubscribe = True
                         break
-                    items, last_msg = items + more[0], more[1]
-                last = last_msg.metadata
-                top = await self._commit(model, items, last.sequence.stream)
-                await last_msg.ack()
+                    batch.extend(more)
+                last = batch.last.metadata
+                top = await self._commit(model, batch, last.sequence.stream)
+                await batch.last.ack()
                 self.stats.batches += 1
-                self.stats.applied += len(items)
+                self.stats.applied += len(batch.items)
                 self.stats.last_seq = max(self.stats.last_seq, top, last.sequence.stream)
                 self.stats.stream_last_seq = last.sequence.stream + last.num_pending
                 if time.monotonic() - last_report > 10:
@@ -409,7 +577,7 @@ class Consumer(Generic[Item]):
                         self.stats.batches,
                     )
                 logger.debug(
-                    "%s applied batch of %d up to seq %d", self.role, len(items), last.sequence.stream
+                    "%s applied batch of %d up to seq %d", self.role, len(batch.items), last.sequence.stream
                 )
                 if resubscribe:
                     return
@@ -417,15 +585,16 @@ class Consumer(Generic[Item]):
             fetcher.cancel()
             await asyncio.wait({fetcher}, timeout=self.fetch_timeout + FETCH_GRACE + 1.0)
 
-    async def _fetch(
-        self, log: Log, puller: Puller, batches: asyncio.Queue[tuple[list[Item], NatsMsg] | None]
-    ) -> None:
+    async def _fetch(self, log: Log, puller: Puller, batches: asyncio.Queue[_Fetched[Item] | None]) -> None:
         """Fetch and decode batches in stream order; unacked ones are redelivered after a crash.
 
         Deliveries of one consumer are numbered without gaps. A gap means a message was lost on
         the way (a reconnect, or a full client buffer); acking past it (AckPolicy.ALL) would drop
         it for good, so only the deliveries before it are passed on, then a None that asks for a
         new consumer at the watermark.
+
+        A message that cannot be decoded (junk, a malformed ``Skialith-Parts`` header, parts gone
+        from the stream) becomes a :class:`DeadLetter`, written when its batch commits.
         """
         expected = 1  # the consumer sequence of the next delivery
         part, parts = Header.PART.value, Header.PARTS.value
@@ -439,12 +608,15 @@ class Consumer(Generic[Item]):
                 await batches.put(None)
                 return
             except (nats.errors.ConnectionClosedError, nats.errors.Error) as exc:
-                logger.warning("%s fetch failed (%s); retrying", self.role, exc)
+                self._fetch_outage.failed(exc, 0.5)
                 await asyncio.sleep(0.5)
                 continue
+            self._fetch_outage.recovered()
             if not msgs:
                 continue
             decoded: list[Item] = []
+            info: list[tuple[int, str, int]] = []
+            dead: list[DeadLetter] = []
             for i, m in enumerate(msgs):
                 seq, delivery = _sequences(m.reply)
                 if delivery != expected:
@@ -457,7 +629,7 @@ class Consumer(Generic[Item]):
                         expected,
                     )
                     if i:  # the deliveries before the gap are whole
-                        await batches.put((decoded, msgs[i - 1]))
+                        await batches.put(_Fetched(decoded, info, dead, msgs[i - 1]))
                     await batches.put(None)
                     return
                 expected += 1
@@ -469,8 +641,9 @@ class Consumer(Generic[Item]):
                     if headers.get(parts):
                         try:
                             joined = await self._join_parts(log, headers, body, seq)
-                        except MissingPartError as exc:
-                            logger.error("%s skips message seq=%d: %s", self.role, seq, exc)
+                        except (MissingPartError, CodecError, ValueError) as exc:
+                            # a malformed header or parts gone for good: it will never decode
+                            dead.append(DeadLetter(seq, m.subject, describe(exc), len(body)))
                             continue
                         if joined is None:
                             return  # stopping: the batch stays unacked, for the next start
@@ -478,10 +651,10 @@ class Consumer(Generic[Item]):
                 try:
                     decoded.append(item(seq, m.reply, loads(body)))
                 except CodecError as exc:
-                    logger.error(
-                        "%s skips undecodable message seq=%d subject=%s: %s", self.role, seq, m.subject, exc
-                    )
-            await batches.put((decoded, msgs[-1]))
+                    dead.append(DeadLetter(seq, m.subject, describe(exc), len(body)))
+                    continue
+                info.append((seq, m.subject, len(body)))
+            await batches.put(_Fetched(decoded, info, dead, msgs[-1]))
 
     async def _join_parts(self, log: Log, headers: dict[str, str], body: bytes, seq: int) -> bytes | None:
         """The whole body of a message sent in parts. Retried while NATS does not answer (skipping
@@ -489,12 +662,13 @@ class Consumer(Generic[Item]):
 
         Raises:
             MissingPartError: a part is gone from the stream (its thread was deleted since).
+            CodecError, ValueError: the ``Skialith-Parts`` header is malformed.
         """
         delay = 0.05
         while True:
             try:
                 return await log.join_parts(headers, body)
-            except MissingPartError:
+            except (MissingPartError, CodecError, ValueError):
                 raise
             except SkialithError as exc:
                 if self._stopping.is_set():
@@ -524,32 +698,127 @@ class Consumer(Generic[Item]):
             try:
                 self._stream = await claim(model, log)
                 async with model.connect() as conn:
-                    return await watermark(conn, self.watermark_name) + 1
+                    found = await watermark(conn, self.watermark_name) + 1
+                self._resume_outage.recovered()
+                return found
             except StreamMismatchError:
                 raise
             except Exception as exc:
                 if self._stopping.is_set():
                     raise
-                logger.warning(
-                    "%s cannot check its stream and read its watermark (%s); retrying in %.2f s",
-                    self.role,
-                    exc,
-                    delay,
-                )
+                self._resume_outage.failed(exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
 
-    async def _commit(self, model: ReadModel, items: list[Item], upto: int) -> int:
-        """Apply one batch in one transaction, retrying while the database is unavailable."""
+    async def _commit(self, model: ReadModel, batch: _Fetched[Item], upto: int) -> int:
+        """Apply one batch and its dead letters in one transaction, retrying while the database is
+        unavailable; if the database refuses the batch for good, apply it message by message."""
+        try:
+            top, fresh = await self._transaction(model, batch.items, batch.dead, upto)
+        except Exception as exc:
+            if self._stopping.is_set():
+                raise
+            logger.warning(
+                "%s %s: a batch of %d messages up to seq %d failed (%s); applying them one by one "
+                "to set aside the one at fault",
+                self.role,
+                self.durable,
+                len(batch.items),
+                upto,
+                describe(exc),
+            )
+            return await self._isolate(model, batch, upto)
+        self._set_aside(fresh)
+        return top
+
+    async def _isolate(self, model: ReadModel, batch: _Fetched[Item], upto: int) -> int:
+        """Apply a batch that failed one message per transaction; set aside those that fail alone."""
+        steps: list[tuple[int, Item | None, DeadLetter | None]] = [
+            (seq, it, None) for it, (seq, _, _) in zip(batch.items, batch.info, strict=True)
+        ]
+        steps += [(d.seq, None, d) for d in batch.dead]
+        steps.sort(key=lambda step: step[0])
+        subjects = {seq: (subject, size) for seq, subject, size in batch.info}
+        top = 0
+        for seq, it, dead in steps:
+            if it is not None:
+                try:
+                    applied, _ = await self._transaction(model, [it], [], seq)
+                    top = max(top, applied)
+                    continue
+                except Exception as exc:
+                    if self._stopping.is_set():
+                        raise
+                    subject, size = subjects[seq]
+                    dead = DeadLetter(seq, subject, describe(exc), size)
+            assert dead is not None
+            applied, fresh = await self._transaction(model, [], [dead], seq)
+            top = max(top, applied)
+            self._set_aside(fresh)
+        applied, _ = await self._transaction(model, [], [], upto)
+        return max(top, applied)
+
+    async def _transaction(
+        self, model: ReadModel, items: list[Item], dead: list[DeadLetter], upto: int
+    ) -> tuple[int, list[DeadLetter]]:
+        """Apply ``items``, record ``dead`` and advance the watermark to ``upto``, in one transaction.
+
+        Retries forever (with backoff, one warning per outage) while the error is transient;
+        raises any other error.
+
+        Returns:
+            The highest sequence applied, and the dead letters recorded now (not before).
+        """
         delay = 0.05
         while True:
             try:
                 async with model.begin() as conn:
-                    return await self._apply(conn, items, upto)
+                    fresh: list[DeadLetter] = []
+                    if dead:
+                        floor = await lock_watermark(conn, self.watermark_name)
+                        fresh = [d for d in dead if d.seq > floor]
+                        await record_dead_letters(conn, self.watermark_name, fresh)
+                    top = await self._apply(conn, items, upto)
             except Exception as exc:
                 self.stats.failures += 1
-                if self._stopping.is_set():
+                if self._stopping.is_set() or not is_transient(exc):
                     raise
-                logger.warning("%s could not commit a batch (%s); retrying in %.2f s", self.role, exc, delay)
+                self._commit_outage.failed(exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
+                continue
+            self._commit_outage.recovered()
+            return max(top, max((d.seq for d in fresh), default=0)), fresh
+
+    def _set_aside(self, fresh: list[DeadLetter]) -> None:
+        """Count and log (one line each, without the data) dead letters just recorded."""
+        for d in fresh:
+            self.stats.dead_letters += 1
+            logger.error(
+                "%s %s set aside message seq=%d subject=%s (%d bytes) in skialith_dead_letters: %s",
+                self.role,
+                self.durable,
+                d.seq,
+                d.subject,
+                d.size,
+                d.reason,
+            )
+
+
+async def record_dead_letters(conn: AsyncConnection, name: str, dead: list[DeadLetter]) -> None:
+    """Insert rows of ``skialith_dead_letters`` for projection ``name`` (a row already there stays)."""
+    if not dead:
+        return
+    now = time.time()
+    rows = [
+        {
+            "projection": name,
+            "seq": d.seq,
+            "subject": d.subject,
+            "reason": d.reason,
+            "size": d.size,
+            "at": now,
+        }
+        for d in dead
+    ]
+    await conn.execute(upsert(conn.dialect.name, dead_letters, []), rows)

@@ -90,6 +90,11 @@ _METRICS: tuple[tuple[str, str, str], ...] = (
     ("skialith_projector_applied_total", "counter", "Messages applied to the read model by this process."),
     ("skialith_projector_batches_total", "counter", "Batches committed by this process."),
     ("skialith_projector_failures_total", "counter", "Failed batch commits (retried) in this process."),
+    (
+        "skialith_projector_dead_letters_total",
+        "counter",
+        "Messages set aside in skialith_dead_letters (never applicable) by this process.",
+    ),
     ("skialith_projector_watermark", "gauge", "Last stream sequence reflected in the read model."),
     ("skialith_projector_lag_messages", "gauge", "Messages in the stream not yet in the read model."),
 )
@@ -103,6 +108,7 @@ async def render_metrics(projector: Projector, probe: ProgressProbe) -> str:
         "skialith_projector_applied_total": stats.applied,
         "skialith_projector_batches_total": stats.batches,
         "skialith_projector_failures_total": stats.failures,
+        "skialith_projector_dead_letters_total": stats.dead_letters,
         "skialith_projector_watermark": progress.watermark,
         "skialith_projector_lag_messages": progress.lag,
     }

@@ -65,11 +65,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 from langgraph.checkpoint.serde.base import SerializerProtocol
-from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from sqlalchemy import delete, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .codec import CheckpointMsg, DeleteRunsMsg, DeleteThreadMsg, EventMsg, Msg, WritesMsg, version_key
+from .codec import (
+    CheckpointMsg,
+    DeleteRunsMsg,
+    DeleteThreadMsg,
+    EventMsg,
+    Msg,
+    WritesMsg,
+    strict_serde,
+    version_key,
+)
 from .config import Settings
 from .consumer import DEFAULT_BATCH_SIZE, DEFAULT_FETCH_TIMEOUT, Consumer, ConsumerStats, _timestamp_ns
 from .errors import ProjectionError
@@ -360,7 +368,8 @@ class _Batch:
         body = self._decode(m.checkpoint)
         created = _epoch(body.get("ts")) if isinstance(body, dict) else None
         step = meta.get("step")
-        step = step if isinstance(step, int) and not isinstance(step, bool) else None
+        # a step the table cannot hold (a forged message) is left empty; its tasks get step + 1
+        step = step if type(step) is int and -(2**63) <= step < 2**63 - 1 else None
         parent = (
             self.rows.get(self._ckpt_key(tk, nk, m.parent_checkpoint_id)) if m.parent_checkpoint_id else None
         )
@@ -603,7 +612,9 @@ class TraceIngest(Consumer[Stamped]):
         replica: this replica's id: each has its own durable consumer over the whole stream
             (``skialith-traces-<name>-<replica>``) and batches take turns on the watermark row
             lock, so any number may run, as with the projector.
-        serde: the checkpointer's serializer, used to read checkpoint metadata and pending sends.
+        serde: the serializer used to read checkpoint metadata and pending sends; by default
+            LangGraph's in strict msgpack mode (``codec.strict_serde``), which constructs nothing
+            but LangGraph's safe types from what it reads.
         batch_size: messages per fetch and per transaction.
         fetch_timeout: seconds a fetch waits when the stream is idle.
     """
@@ -624,7 +635,9 @@ class TraceIngest(Consumer[Stamped]):
         super().__init__(
             settings, name=name, replica=replica, batch_size=batch_size, fetch_timeout=fetch_timeout
         )
-        self.serde: SerializerProtocol = serde or JsonPlusSerializer()
+        # strict: the ingest reads every message on the stream, forged ones included; it needs
+        # only plain metadata and LangGraph's Send packets, which strict mode still constructs
+        self.serde: SerializerProtocol = serde or strict_serde()
         self.stats = TraceIngestStats()
 
     @property

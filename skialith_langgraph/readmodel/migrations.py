@@ -15,6 +15,7 @@ from .tables import (
     blob_parts,
     checkpoint_blobs,
     checkpoint_writes,
+    dead_letters,
     metadata,
     nopad_collation,
     schema_version,
@@ -117,12 +118,18 @@ async def _stream_identity(conn: AsyncConnection) -> None:
     await conn.run_sync(lambda sync: stream_identity.create(sync, checkfirst=True))
 
 
+async def _dead_letters(conn: AsyncConnection) -> None:
+    """The table of messages the consumers set aside (issue 9, item 8)."""
+    await conn.run_sync(lambda sync: dead_letters.create(sync, checkfirst=True))
+
+
 # index + 1 is the schema version; append only
 MIGRATIONS: list[Callable[[AsyncConnection], Awaitable[None]]] = [
     _v1,
     _nopad_keys,
     _agent_parts_owner,
     _stream_identity,
+    _dead_letters,
 ]
 
 

@@ -179,3 +179,17 @@ stream_identity = Table(
     Column("stream", ID, nullable=False),
     Column("created", SHORT, nullable=False),  # RFC 3339, UTC, as JetStream reports it
 )
+
+# Messages a consumer could never apply (undecodable, or refused by the database for good): one row
+# each, written in the transaction that moves the consumer's watermark past it. No payload is kept;
+# the message itself stays on the stream at ``seq`` for whoever wants to look at it.
+dead_letters = Table(
+    "skialith_dead_letters",
+    metadata,
+    Column("projection", SHORT, primary_key=True),  # the watermark name: "main", "traces-main", ...
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),  # its stream sequence
+    Column("subject", TEXT, nullable=False),
+    Column("reason", TEXT, nullable=False),  # error class and a short message, without data or SQL
+    Column("size", BigInteger, nullable=False),  # bytes of the body
+    Column("at", TIME, nullable=False),  # epoch seconds when it was set aside
+)
