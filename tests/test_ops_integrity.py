@@ -163,6 +163,10 @@ def test_up_keeps_its_files_private(run_cli: Callable[..., Run], tmp_path: Path)
     home.mkdir(mode=0o755)  # as an older version left it
     home.chmod(0o755)
     up, url, _ = _start_up(run_cli, home)
+    for name in ("", "nats", "nats/jetstream"):
+        assert stat.S_IMODE((home / name).stat().st_mode) == 0o700, name or "home"
+    for name in ("skialith.db", "nats-server.log"):
+        assert stat.S_IMODE((home / name).stat().st_mode) == 0o600, name
     token = (home / "nats.token").read_text().strip()
     config: Any = {"configurable": {"thread_id": "private", "checkpoint_ns": ""}}
     with SkialithCheckpointer(url, f"sqlite+aiosqlite:///{home / 'skialith.db'}", nats_token=token) as saver:
@@ -175,8 +179,6 @@ def test_up_keeps_its_files_private(run_cli: Callable[..., Run], tmp_path: Path)
         "nats/skialith.lock",
     ):
         assert stat.S_IMODE((home / name).stat().st_mode) == 0o600, name
-    for name in ("", "nats", "nats/jetstream"):
-        assert stat.S_IMODE((home / name).stat().st_mode) == 0o700, name or "home"
     readable = [
         f"{path} {stat.S_IMODE(path.stat().st_mode):o}"
         for path in [home, *home.rglob("*")]
@@ -194,12 +196,6 @@ def test_embedded_nats_requires_the_token_of_its_home(
 ) -> None:
     home = tmp_path / "home"
     up, url, server_pid = _start_up(run_cli, home)
-    token = (home / "nats.token").read_text().strip()
-    assert len(token) >= 32
-    assert f'export SKIALITH_NATS_TOKEN="$(cat {home / "nats.token"})"' in up.out
-    log = (home / "nats-server.log").read_text()
-    assert re.search(r"Listening for client connections on 127\.0\.0\.1:\d+", log), log
-    assert token.encode() not in Path(f"/proc/{server_pid}/cmdline").read_bytes()  # ps shows argv
 
     async def bare_client() -> None:
         nc = Client()
@@ -210,6 +206,13 @@ def test_embedded_nats_requires_the_token_of_its_home(
 
     with pytest.raises(nats.errors.Error, match="(?i)authorization violation"):
         asyncio.run(bare_client())
+
+    token = (home / "nats.token").read_text().strip()
+    assert len(token) >= 32
+    assert f'export SKIALITH_NATS_TOKEN="$(cat {home / "nats.token"})"' in up.out
+    log = (home / "nats-server.log").read_text()
+    assert re.search(r"Listening for client connections on 127\.0\.0\.1:\d+", log), log
+    assert token.encode() not in Path(f"/proc/{server_pid}/cmdline").read_bytes()  # ps shows argv
 
     elsewhere = tmp_path / "elsewhere"  # no ./.skialith/nats.token here
     elsewhere.mkdir()
