@@ -630,7 +630,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "Quick start: run 'skialith up' in one shell, then use SkialithCheckpointer() in Python. "
-            "Environment: SKIALITH_NATS_URL, SKIALITH_DATABASE_URL, SKIALITH_STREAM, SKIALITH_SUBJECT_PREFIX."
+            "Environment: SKIALITH_NATS_URL, SKIALITH_NATS_TOKEN, SKIALITH_DATABASE_URL, SKIALITH_STREAM, "
+            "SKIALITH_SUBJECT_PREFIX."
         ),
     )
     parser.add_argument("--version", action="version", version=f"skialith-langgraph {__version__}")
@@ -643,9 +644,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
         help="start an embedded NATS server and the projector, print how to connect",
         description=(
-            "Start nats-server (JetStream on, data under HOME/nats) and the projector in this process, "
-            "print how to connect, and run until Ctrl-C or SIGTERM; then the projector finishes its "
-            "batch and the server stops. The defaults are what SkialithCheckpointer() connects to."
+            "Start nats-server (JetStream on, data under HOME/nats, 127.0.0.1 only, token in "
+            "HOME/nats.token) and the projector in this process, print how to connect, and run until "
+            "Ctrl-C, SIGTERM or SIGHUP; then the projector finishes its batch and the server stops. "
+            "The server dies with this process; a second 'up' on the same HOME is refused. The "
+            "defaults are what SkialithCheckpointer() connects to."
         ),
     )
     up.add_argument(
@@ -655,7 +658,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="NATS client port on 127.0.0.1 (0: a free one)",
     )
     up.add_argument(
-        "--home", default=f"./{DEFAULT_HOME}", help="data directory (JetStream store, logs, SQLite)"
+        "--home",
+        default=f"./{DEFAULT_HOME}",
+        help="data directory, private to you (JetStream store, logs, SQLite, NATS token)",
     )
     up.add_argument(
         "--database-url",
