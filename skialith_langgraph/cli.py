@@ -461,8 +461,8 @@ async def _projector(args: argparse.Namespace) -> int:
         announce: asyncio.Task[None] | None = None
         try:
             _out(
-                f"projector {projector.durable}: stream {settings.stream} at {settings.nats_url} "
-                f"-> {safe_url(settings.database_url)}"
+                f"projector {projector.durable}: stream {settings.stream} at "
+                f"{safe_nats_url(settings.nats_url)} -> {safe_url(settings.database_url)}"
             )
             async with _probe(settings, projector) as probe:
                 if args.metrics_port is not None:
