@@ -198,6 +198,8 @@ async def run(
     if work is None:
         with workspace() as fresh:
             return await run(nats_url, database_url, out=out, token=token, work=fresh)
+    async with SkialithCheckpointer(nats_url, database_url, nats_token=token) as probe:
+        await probe.asetup()  # a wrong URL or token fails here, with its message, not in the child
     thread_id = f"demo-{uuid.uuid4().hex[:8]}"
     config = _config(thread_id)
     started = time.monotonic()
