@@ -1,7 +1,9 @@
 """The ``skialith`` command: ``up``, ``projector`` and ``demo``. The only place that configures logging.
 
-* ``skialith up`` starts an embedded nats-server (JetStream, data under ``./.skialith/``) and the
-  projector, prints how to connect, and runs until Ctrl-C or SIGTERM.
+* ``skialith up`` starts an embedded nats-server (JetStream, data under ``./.skialith/``, 127.0.0.1
+  only, a generated token in ``./.skialith/nats.token``) and the projector, prints how to connect,
+  and runs until Ctrl-C, SIGTERM or SIGHUP. Its files are private (0700/0600), its nats-server
+  dies with it, and a second ``up`` on the same data directory is refused.
 * ``skialith projector`` runs the projector alone (``--rebuild`` rebuilds the read model from the
   stream), with progress in the log and, on request, Prometheus metrics.
 * ``skialith demo`` kills an agent with kill -9 between two nodes and resumes it.
@@ -15,10 +17,10 @@ import contextlib
 import errno
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
-import tempfile
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -36,7 +38,9 @@ from .config import (
     DEFAULT_NATS_URL,
     DEFAULT_STREAM,
     DEFAULT_SUBJECT_PREFIX,
+    NATS_TOKEN_FILE,
     Settings,
+    safe_nats_url,
 )
 from .errors import ConnectError, ReadModelError, SkialithError
 from .log import Log
@@ -44,14 +48,14 @@ from .metrics import DEFAULT_HOST, MetricsServer, ProgressProbe, render_metrics
 from .projector import DEFAULT_BATCH_SIZE, Projector
 from .readmodel import ReadModel, safe_url
 from .readmodel.tables import metadata
-from .server import RANDOM_PORT, NatsServer
+from .server import LOCAL_HOSTS, RANDOM_PORT, NatsServer, StoreInUseError
 from .traces import TraceIngest
 
 logger = logging.getLogger("skialith_langgraph.cli")
 
 DEFAULT_PROGRESS_INTERVAL = 10.0  # seconds between progress lines
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-_LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+PRIVATE_UMASK = 0o077  # what 'up' and 'demo' create is readable by this user only
 _CONSUMER_PAGE = 256  # JetStream lists consumers in pages of this size
 
 
@@ -84,20 +88,56 @@ def _port_in_use(host: str, port: int) -> bool:
 
 
 def _port_taken_message(port: int) -> str:
+    # never suggest only another port: a second server on the same store loses acknowledged writes
     return (
         f"port {port} is already in use on 127.0.0.1 (is another 'skialith up' or nats-server running?); "
-        f"stop that process, or choose a free port with 'skialith up --nats-port N' and then "
-        f"export SKIALITH_NATS_URL=nats://127.0.0.1:N"
+        "stop that process, or run a separate Skialith with its own data directory and port: "
+        "'skialith up --home OTHER_DIR --nats-port N', then export SKIALITH_NATS_URL=nats://127.0.0.1:N "
+        'and SKIALITH_NATS_TOKEN="$(cat OTHER_DIR/nats.token)"'
     )
+
+
+def _store_in_use_message(home: Path, holder: str) -> str:
+    return (
+        f"the data directory {str(home)!r} is in use by {holder} (another 'skialith up'?); "
+        "two nats-servers on one JetStream store lose acknowledged writes. Stop that one first "
+        "(Ctrl-C where it runs), or give this one its own: 'skialith up --home OTHER_DIR --nats-port N'"
+    )
+
+
+def _private_dir(path: Path) -> None:
+    """Create ``path`` (and parents) if missing and make it 0700, also when it existed (older
+    versions created 0755): the JetStream store, the read model and the token live below."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+
+
+def _read_token(path: Path) -> str | None:
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return token or None
+
+
+def _write_token(path: Path, token: str) -> None:
+    """Write the token readable by this user only (0600), atomically."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with open(fd, "w", encoding="utf-8") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(token + "\n")
+    os.replace(tmp, path)
 
 
 class EmbeddedStack:
     """What ``skialith up`` runs: a nats-server subprocess plus the projector on this event loop.
 
     Args:
-        home: data directory; the JetStream store goes to ``<home>/nats``, the server log to
-            ``<home>/nats-server.log``.
-        port: NATS client port (``-1``: a free one).
+        home: data directory (made 0700); the JetStream store goes to ``<home>/nats``, the server
+            log to ``<home>/nats-server.log``, the NATS token to ``<home>/nats.token`` (0600; kept
+            across restarts, so connected clients reconnect).
+        port: NATS client port on 127.0.0.1 (``-1``: a free one).
         database_url: the read model; ``None`` means ``SKIALITH_DATABASE_URL`` or SQLite under ``home``.
         sync_always: fsync every JetStream write.
     """
@@ -106,11 +146,14 @@ class EmbeddedStack:
         self.home = home.resolve()
         self.port = port
         self.database_url = _resolve_database_url(database_url, self.home)
+        self.token_file = self.home / NATS_TOKEN_FILE
+        self.token = _read_token(self.token_file) or secrets.token_urlsafe(32)
         self.server = NatsServer(
             store_dir=self.home / "nats",
             port=port,
             log_file=self.home / "nats-server.log",
             sync_always=sync_always,
+            token=self.token,
         )
         self.projector: Projector | None = None
         self.traces: TraceIngest | None = None
@@ -125,19 +168,37 @@ class EmbeddedStack:
         trace ingest (``skialith_agent_traces``).
 
         Raises:
-            CliError: the port is taken.
+            CliError: the data directory is in use by another process, or the port is taken.
             SkialithError: the server, NATS or the database cannot be used.
         """
+        holder = self.server.store_holder()  # checked before anything is created
+        if holder is not None:
+            raise CliError(_store_in_use_message(self.home, holder))
         if self.port != RANDOM_PORT and _port_in_use("127.0.0.1", self.port):
             raise CliError(_port_taken_message(self.port))
         try:
-            await asyncio.to_thread(self.server.start)
+            _private_dir(self.home)
+            self.server.lock_store()  # held for our life, and our nats-server's (it inherits it)
+            _private_dir(self.server.store_dir)
+            if _read_token(self.token_file) != self.token:
+                _write_token(self.token_file, self.token)
+            self.token_file.chmod(0o600)
+            # on this (main) thread: the server dies with the thread that starts it
+            self.server.start()
+        except StoreInUseError as exc:
+            raise CliError(_store_in_use_message(self.home, exc.holder or "another process")) from exc
         except ConnectError as exc:
+            self.server.stop()
             if "address already in use" in str(exc):
                 raise CliError(_port_taken_message(self.port)) from exc
             raise
+        except BaseException:
+            self.server.stop()
+            raise
         try:
-            settings = Settings.from_env(nats_url=self.server.url, database_url=self.database_url)
+            settings = Settings.from_env(
+                nats_url=self.server.url, database_url=self.database_url, nats_token=self.token
+            )
             self.projector = Projector(settings)
             await self.projector.start()
             self.traces = TraceIngest(settings)
@@ -183,10 +244,10 @@ def _projector_failure(projector: Projector) -> BaseException | None:
 
 @contextlib.asynccontextmanager
 async def _stop_signals() -> AsyncIterator[asyncio.Event]:
-    """An event set by SIGINT or SIGTERM while the block runs."""
+    """An event set by SIGINT, SIGTERM or SIGHUP (a closed terminal) while the block runs."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    signals = (signal.SIGINT, signal.SIGTERM)
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     for sig in signals:
         loop.add_signal_handler(sig, _on_signal, stop, sig)
     try:
@@ -274,11 +335,13 @@ def _connect_banner(stack: EmbeddedStack) -> list[str]:
         f"  NATS       {nats_url}  (nats-server pid {stack.server.pid})",
         f"  JetStream  {stack.server.store_dir}",
         f"  server log {stack.server.log_file}",
+        f"  NATS auth  token in {stack.token_file} (readable by you only; 127.0.0.1 only)",
         f"  database   {shown_db}" + ("  (password hidden)" if hidden else ""),
         f"  projector  {stack.projector.durable if stack.projector else '-'} on stream {settings.stream}",
         "",
         "Connect from another shell:",
         f"  export SKIALITH_NATS_URL={nats_url}",
+        f'  export SKIALITH_NATS_TOKEN="$(cat {stack.token_file})"',
         f"  export SKIALITH_DATABASE_URL={shown_db}" + ("  # put the real password in" if hidden else ""),
         "",
         "and in Python:",
@@ -288,7 +351,11 @@ def _connect_banner(stack: EmbeddedStack) -> list[str]:
         "",
     ]
     if defaults:
-        lines += ["(From this directory, SkialithCheckpointer() with no arguments connects here.)", ""]
+        lines += [
+            "(From this directory, SkialithCheckpointer() with no arguments connects here;",
+            f" it reads the token from ./{DEFAULT_HOME}/{NATS_TOKEN_FILE}.)",
+            "",
+        ]
     lines.append("Press Ctrl-C to stop.")
     return lines
 
@@ -394,8 +461,8 @@ async def _projector(args: argparse.Namespace) -> int:
         announce: asyncio.Task[None] | None = None
         try:
             _out(
-                f"projector {projector.durable}: stream {settings.stream} at {settings.nats_url} "
-                f"-> {safe_url(settings.database_url)}"
+                f"projector {projector.durable}: stream {settings.stream} at "
+                f"{safe_nats_url(settings.nats_url)} -> {safe_url(settings.database_url)}"
             )
             async with _probe(settings, projector) as probe:
                 if args.metrics_port is not None:
@@ -455,26 +522,45 @@ async def _answers(nats_url: str, timeout: float = 0.5) -> bool:
     return False
 
 
+async def _until_stopped(run: Coroutine[Any, Any, int], stop: asyncio.Event) -> int:
+    """Run the demo until it ends or a stop signal arrives (then 130, as a shell reports Ctrl-C)."""
+    task = asyncio.create_task(run)
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        _out("interrupted")
+        return 130
+    return task.result()
+
+
 async def _demo(args: argparse.Namespace) -> int:
     from . import demo  # LangGraph graph building is only needed here
 
     nats_url = args.nats_url or os.environ.get("SKIALITH_NATS_URL") or DEFAULT_NATS_URL
     _out("skialith demo: kill -9 an agent between two nodes, then resume it.")
-    if await _answers(nats_url):
-        database_url = args.database_url or os.environ.get("SKIALITH_DATABASE_URL") or DEFAULT_DATABASE_URL
-        _out(f"  NATS      {nats_url} (already running)")
-        _out(f"  database  {safe_url(database_url)}")
-        return await demo.run(nats_url, database_url, out=_out)
-    servers = _servers(nats_url)
-    host, port = servers[0]
-    if len(servers) > 1 or host not in _LOCAL_HOSTS:
-        raise CliError(
-            f"nothing answers at {nats_url!r}; start NATS there, or run 'skialith demo' without "
-            "--nats-url to use an embedded server"
-        )
     async with _stop_signals() as stop:
-        with tempfile.TemporaryDirectory(prefix="skialith-demo-home-") as home:
-            stack = EmbeddedStack(Path(home), port, args.database_url)
+        # a private directory for this run; what a killed run left behind is removed first
+        with demo.workspace() as work:
+            if await _answers(nats_url):
+                database_url = (
+                    args.database_url or os.environ.get("SKIALITH_DATABASE_URL") or DEFAULT_DATABASE_URL
+                )
+                _out(f"  NATS      {safe_nats_url(nats_url)} (already running)")
+                _out(f"  database  {safe_url(database_url)}")
+                return await _until_stopped(demo.run(nats_url, database_url, out=_out, work=work), stop)
+            servers = _servers(nats_url)
+            host, port = servers[0]
+            if len(servers) > 1 or host not in LOCAL_HOSTS:
+                raise CliError(
+                    f"nothing answers at {safe_nats_url(nats_url)!r}; start NATS there, or run "
+                    "'skialith demo' without --nats-url to use an embedded server"
+                )
+            home = work / "home"
+            stack = EmbeddedStack(home, port, args.database_url)
             await stack.start()
             try:
                 settings = stack.settings
@@ -483,17 +569,10 @@ async def _demo(args: argparse.Namespace) -> int:
                     f"home {home}; stopped at the end)"
                 )
                 _out(f"  database  {safe_url(settings.database_url)}")
-                task = asyncio.create_task(demo.run(settings.nats_url, settings.database_url, out=_out))
-                stopper = asyncio.create_task(stop.wait())
-                await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                stopper.cancel()
-                if not task.done():
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-                    _out("interrupted")
-                    return 130
-                return task.result()
+                run = demo.run(
+                    settings.nats_url, settings.database_url, token=stack.token, out=_out, work=work
+                )
+                return await _until_stopped(run, stop)
             finally:
                 await stack.stop()
 
@@ -551,7 +630,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "Quick start: run 'skialith up' in one shell, then use SkialithCheckpointer() in Python. "
-            "Environment: SKIALITH_NATS_URL, SKIALITH_DATABASE_URL, SKIALITH_STREAM, SKIALITH_SUBJECT_PREFIX."
+            "Environment: SKIALITH_NATS_URL, SKIALITH_NATS_TOKEN, SKIALITH_DATABASE_URL, SKIALITH_STREAM, "
+            "SKIALITH_SUBJECT_PREFIX."
         ),
     )
     parser.add_argument("--version", action="version", version=f"skialith-langgraph {__version__}")
@@ -564,9 +644,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
         help="start an embedded NATS server and the projector, print how to connect",
         description=(
-            "Start nats-server (JetStream on, data under HOME/nats) and the projector in this process, "
-            "print how to connect, and run until Ctrl-C or SIGTERM; then the projector finishes its "
-            "batch and the server stops. The defaults are what SkialithCheckpointer() connects to."
+            "Start nats-server (JetStream on, data under HOME/nats, 127.0.0.1 only, token in "
+            "HOME/nats.token) and the projector in this process, print how to connect, and run until "
+            "Ctrl-C, SIGTERM or SIGHUP; then the projector finishes its batch and the server stops. "
+            "The server dies with this process; a second 'up' on the same HOME is refused. The "
+            "defaults are what SkialithCheckpointer() connects to."
         ),
     )
     up.add_argument(
@@ -576,7 +658,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="NATS client port on 127.0.0.1 (0: a free one)",
     )
     up.add_argument(
-        "--home", default=f"./{DEFAULT_HOME}", help="data directory (JetStream store, logs, SQLite)"
+        "--home",
+        default=f"./{DEFAULT_HOME}",
+        help="data directory, private to you (JetStream store, logs, SQLite, NATS token)",
     )
     up.add_argument(
         "--database-url",
@@ -692,6 +776,7 @@ def configure_logging(level: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``skialith`` command; returns the exit code."""
     args = build_parser().parse_args(argv)
+    os.umask(PRIVATE_UMASK)  # data directories 0700, files 0600: checkpoints are user data
     configure_logging(getattr(args, "log_level", None) or args.default_log_level)
     command: Callable[[argparse.Namespace], Coroutine[Any, Any, int]] = args.run
     try:

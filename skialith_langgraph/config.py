@@ -2,14 +2,18 @@
 
 The defaults match what ``skialith up`` starts: an embedded nats-server on
 127.0.0.1:4322 (4222 is often taken by a system NATS) and SQLite under ``./.skialith/``.
+That server requires the token ``skialith up`` keeps in ``./.skialith/nats.token``; a client
+with no ``nats_token`` of its own reads that file when every server in its URL is local.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
@@ -17,6 +21,8 @@ from .errors import ConfigError
 DEFAULT_NATS_PORT = 4322
 DEFAULT_NATS_URL = f"nats://127.0.0.1:{DEFAULT_NATS_PORT}"
 DEFAULT_HOME = ".skialith"
+NATS_TOKEN_FILE = "nats.token"  # in the home of 'skialith up', mode 0600
+_LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 DEFAULT_DATABASE_URL = f"sqlite+aiosqlite:///./{DEFAULT_HOME}/skialith.db"
 DEFAULT_STREAM = "SKIALITH"
 DEFAULT_SUBJECT_PREFIX = "skialith"
@@ -41,6 +47,9 @@ class Settings:
         read_wait: seconds a read waits for the projector before reading the log itself.
         replicas: stream replicas when Skialith creates the stream (1, or 3 on a cluster).
         chunk_size: bodies larger than this are published in chunks.
+        nats_token: the token NATS requires (``skialith up`` generates one); ``None``: read
+            ``./.skialith/nats.token`` if every server of ``nats_url`` is local. Never shown
+            in ``repr``.
     """
 
     nats_url: str = DEFAULT_NATS_URL
@@ -52,6 +61,7 @@ class Settings:
     read_wait: float = DEFAULT_READ_WAIT
     replicas: int = 1
     chunk_size: int = DEFAULT_CHUNK_SIZE
+    nats_token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         for name in ("connect_timeout", "publish_timeout"):
@@ -65,6 +75,22 @@ class Settings:
             raise ConfigError(f"chunk_size must be >= 1024 bytes, got {self.chunk_size!r}")
         if not self.stream.isidentifier():
             raise ConfigError(f"stream must be a plain name like 'SKIALITH', got {self.stream!r}")
+
+    def nats_auth_token(self) -> str | None:
+        """The token to present to NATS: ``nats_token``, else the one ``skialith up`` keeps in
+        ``./.skialith/nats.token`` when every server of ``nats_url`` is on this machine.
+
+        Read at connect time, relative to the working directory (as the default SQLite file).
+        """
+        if self.nats_token:
+            return self.nats_token
+        if "@" in self.nats_url or not all(host in _LOCAL_HOSTS for host in nats_hosts(self.nats_url)):
+            return None  # credentials in the URL, or a server elsewhere
+        try:
+            token = (Path(DEFAULT_HOME) / NATS_TOKEN_FILE).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        return token or None
 
     def replace(self, **overrides: Any) -> Settings:
         """A copy with the given fields changed (``None`` values are ignored).
@@ -101,6 +127,28 @@ class Settings:
             raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+def nats_hosts(nats_url: str) -> list[str]:
+    """The host of each server in a comma-separated NATS URL (``127.0.0.1`` when left out)."""
+    hosts = []
+    for raw in nats_url.split(","):
+        raw = raw.strip()
+        parts = urllib.parse.urlsplit(raw if "://" in raw else f"nats://{raw}")
+        hosts.append(parts.hostname or "127.0.0.1")
+    return hosts
+
+
+def safe_nats_url(nats_url: str) -> str:
+    """``nats_url`` with any user, password or token in it replaced by ``***``, for messages."""
+    shown = []
+    for raw in nats_url.split(","):
+        scheme, sep, rest = raw.partition("://")
+        if not sep:
+            scheme, rest = "", raw
+        creds, at, where = rest.rpartition("@")
+        shown.append(f"{scheme}{sep}***@{where}" if at and creds else raw)
+    return ",".join(shown)
 
 
 def _convert(type_name: Any, raw: str) -> Any:

@@ -6,6 +6,7 @@ nats errors are translated here, at the boundary, into :mod:`skialith_langgraph.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -21,7 +22,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
-from .config import Settings
+from .config import Settings, safe_nats_url
 from .errors import ConnectError, LogError, PublishError, StreamNotFoundError
 from .identity import StreamIdentity, StreamWatch
 from .subjects import Subjects
@@ -57,31 +58,38 @@ class MissingPartError(LogError):
     """A part of a large message is not on the stream (purged with its thread): it never will be."""
 
 
+_AUTH_VIOLATION = "authorization violation"
 _HINT = "start it with 'skialith up' or point SKIALITH_NATS_URL at a running nats-server with JetStream"
 
 
 async def connect(settings: Settings) -> Client:
-    """Connect to NATS within ``settings.connect_timeout`` seconds.
+    """Connect to NATS within ``settings.connect_timeout`` seconds, with its token if it needs one.
 
     Raises:
-        ConnectError: no server answered; the message names the URL and what to run.
+        ConnectError: no server answered, or the server refused the credentials (at once, not
+            after the timeout); the message names the URL (credentials masked) and what to do.
     """
     url = settings.nats_url
+    shown = safe_nats_url(url)
+    token = settings.nats_auth_token()
+    denied: asyncio.Future[Exception] = asyncio.get_running_loop().create_future()
 
     warned = False
 
     async def _error_cb(exc: Exception) -> None:
         nonlocal warned  # one warning per outage, the rest at DEBUG
-        logger.log(logging.DEBUG if warned else logging.WARNING, "NATS %s: %s", url, exc)
+        if _AUTH_VIOLATION in str(exc).lower() and not denied.done():
+            denied.set_result(exc)
+        logger.log(logging.DEBUG if warned else logging.WARNING, "NATS %s: %s", shown, exc)
         warned = True
 
     async def _reconnected_cb() -> None:
         nonlocal warned
         warned = False
-        logger.info("reconnected to NATS %s", url)
+        logger.info("reconnected to NATS %s", shown)
 
-    try:
-        return await asyncio.wait_for(
+    attempt = asyncio.ensure_future(
+        asyncio.wait_for(
             nats.connect(
                 servers=url.split(","),
                 connect_timeout=max(1, int(settings.connect_timeout)),
@@ -92,15 +100,35 @@ async def connect(settings: Settings) -> Client:
                 reconnected_cb=_reconnected_cb,
                 name="skialith",
                 skip_subject_validation=True,
+                token=token,
             ),
             timeout=settings.connect_timeout,
         )
+    )
+    try:
+        waiters: set[asyncio.Future[Any]] = {attempt, denied}
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        if not attempt.done():  # refused: nats-py would retry until the timeout
+            attempt.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await attempt
+            how = "the token it was given" if token else "no token"
+            raise ConnectError(
+                f"NATS at {shown!r} refused the connection (authorization violation) with {how}; "
+                "set SKIALITH_NATS_TOKEN (or Settings(nats_token=...)) to the token of that server, "
+                "e.g. the one 'skialith up' keeps in <home>/nats.token",
+                url=shown,
+            ) from denied.result()
+        return attempt.result()
     except (TimeoutError, OSError, nats.errors.Error) as exc:
         raise ConnectError(
-            f"cannot reach NATS at {url!r} within {settings.connect_timeout} s "
+            f"cannot reach NATS at {shown!r} within {settings.connect_timeout} s "
             f"({type(exc).__name__}: {exc}); {_HINT}",
-            url=url,
+            url=shown,
         ) from exc
+    finally:
+        if not attempt.done():  # our caller was cancelled
+            attempt.cancel()
 
 
 class Log:

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import secrets
+import stat
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
 import nats
 import pytest
 
+from skialith_langgraph.config import Settings
 from skialith_langgraph.errors import ConfigError, ConnectError, SkialithError
-from skialith_langgraph.server import NatsServer, nats_server_binary
+from skialith_langgraph.log import connect
+from skialith_langgraph.server import NatsServer, StoreInUseError, nats_server_binary
 
 pytestmark = pytest.mark.nats
 
@@ -154,3 +160,53 @@ def test_stop_is_idempotent(tmp_path: Path) -> None:
     server.restart()  # after stop, on the same port
     assert server.pid is not None
     server.stop()
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.1"])
+def test_listening_beyond_this_machine_needs_a_token(tmp_path: Path, host: str) -> None:
+    with pytest.raises(ConfigError, match="without a token"):
+        NatsServer(store_dir=tmp_path, host=host, port=-1)
+    NatsServer(store_dir=tmp_path, host=host, port=-1, token="t" * 32)  # explicit, and protected
+
+
+@pytest.mark.parametrize("token", ["short", 'quote"s-and-more-chars', "new\nline-and-more-chars"])
+def test_unusable_token_is_a_config_error(tmp_path: Path, token: str) -> None:
+    with pytest.raises(ConfigError, match="token must be"):
+        NatsServer(store_dir=tmp_path, port=-1, token=token)
+
+
+async def test_token_server_refuses_other_clients_at_once(
+    tmp_path: Path, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./.skialith/nats.token to fall back on
+    token = secrets.token_urlsafe(32)
+    with NatsServer(store_dir=tmp_path, port=-1, token=token) as server:
+        assert server.pid is not None
+        assert token not in repr(server)
+        assert token.encode() not in Path(f"/proc/{server.pid}/cmdline").read_bytes()
+        config = tmp_path / "nats-server.conf"
+        assert stat.S_IMODE(config.stat().st_mode) == 0o600 and token in config.read_text()
+        settings = Settings(nats_url=server.url, connect_timeout=5)
+        started = time.monotonic()
+        with pytest.raises(ConnectError, match="authorization violation") as refused:
+            await connect(settings)
+        assert time.monotonic() - started < 2.5, "refused, yet waited for the connect timeout"
+        assert token not in str(refused.value)
+        nc = await connect(settings.replace(nats_token=token))
+        try:
+            ack = await nc.jetstream().add_stream(name=f"T{unique}".upper(), subjects=[f"t{unique}.>"])
+            assert ack.config.name == f"T{unique}".upper()
+        finally:
+            await nc.close()
+        assert token not in repr(settings.replace(nats_token=token))
+
+
+def test_second_server_on_one_store_is_refused(tmp_path: Path) -> None:
+    with NatsServer(store_dir=tmp_path, port=-1) as first:
+        second = NatsServer(store_dir=tmp_path, port=-1)
+        assert second.store_holder() == f"pid {os.getpid()} and its nats-server pid {first.pid}"
+        with pytest.raises(StoreInUseError, match=f"nats-server pid {first.pid}"):
+            second.start()
+        assert second.pid is None
+    second.start()  # free again once the first stopped
+    second.stop()
