@@ -34,6 +34,7 @@ Where the reference has no behaviour, the test makes none up:
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import dataclasses
 import pprint
@@ -58,9 +59,10 @@ from skialith_langgraph.subjects import token
 OPS_PER_RUN = 40
 THREADS = 3
 NAMESPACES = ("", "inner:7f|ü")
-CHANNELS = ("a", "b", "c")
-WRITE_CHANNELS = ("a", "b", TASKS, ERROR, INTERRUPT, RESUME, SCHEDULED)
-TASK_IDS = ("task-1", "task-2", "task-3")
+# "a" and "a ", "task-1" and "task-1 " are different keys (a PAD SPACE collation makes them one)
+CHANNELS = ("a", "b", "a ")
+WRITE_CHANNELS = ("a", "b", "a ", TASKS, ERROR, INTERRUPT, RESUME, SCHEDULED)
+TASK_IDS = ("task-1", "task-2", "task-1 ")
 TASK_PATHS = ("", "~__pregel_pull, n1")
 CHUNK_SIZE = 4096  # small, so that the large value below travels in parts
 # channel and write values, referred to by index so that a printed sequence stays short
@@ -74,7 +76,7 @@ VALUES: tuple[Any, ...] = (
     b"\x00\xff bytes",
     "large " * 1200,
 )
-SMALL = 4  # write values come from VALUES[:SMALL]: repeats (A, B, A) are likely
+SMALL = 3  # write values come from VALUES[:SMALL]: repeats (A, B, A) are likely
 SHRINK_BUDGET = 120.0  # seconds spent shrinking a failing sequence
 
 
@@ -159,8 +161,15 @@ class Check:
     model: bool  # also read through the read model once the projector caught up
 
 
-Op = Put | Writes | Delete | Copy | Prune | DeleteRuns | Mode | Get | List | Check
+@dataclass(frozen=True)
+class Together:
+    first: Write | Read
+    second: Write | Read
+
+
+Write = Put | Writes | Delete | Copy | Prune | DeleteRuns
 Read = Get | List
+Op = Write | Read | Mode | Check | Together
 Outcome = tuple[list[Op], "Failure | None"]
 
 
@@ -203,6 +212,16 @@ class Reference(InMemorySaver):
                     if self.serde.loads_typed(metadata).get("run_id") in runs:
                         del ckpts[cid]
                         self.writes.pop((thread_id, ns, cid), None)
+
+    def clone(self) -> Reference:
+        other = Reference()
+        other.storage = copy.deepcopy(self.storage)
+        other.writes = copy.deepcopy(self.writes)
+        other.blobs = copy.deepcopy(self.blobs)
+        return other
+
+    def adopt(self, other: Reference) -> None:
+        self.storage, self.writes, self.blobs = other.storage, other.writes, other.blobs
 
     def ids(self, thread_id: str, ns: str) -> list[str]:
         return sorted(self.storage.get(thread_id, {}).get(ns, {}))
@@ -249,6 +268,8 @@ class Generator:
         if roll < 0.06:
             self.mode = rng.choice([m for m in ("run", "lag", "stop") if m != self.mode])
             return Mode(self.mode)
+        if roll < 0.10:
+            return self.together(ref)
         if roll < 0.28:
             return self.read(ref)
         if roll < 0.34 and self.history:
@@ -265,20 +286,48 @@ class Generator:
         if roll < 0.51:
             return DeleteRuns(self.by(), (rng.randrange(3),))
         thread, ns = rng.randrange(THREADS), rng.choice([0, 0, 1])
+        return self.write(ref, thread, ns, writes=roll < 0.72)
+
+    def write(
+        self, ref: Reference, thread: int, ns: int, *, writes: bool, large: bool = False
+    ) -> Put | Writes:
+        rng = self.rng
         existing = ref.ids(self.names.thread(thread), NAMESPACES[ns])
-        if roll < 0.72 and existing:
+        if writes and existing:
             cid = existing[-1] if rng.random() < 0.7 else rng.choice(existing)
             n = rng.choice([1, 1, 2, 3])
-            writes = tuple((rng.choice(WRITE_CHANNELS), rng.randrange(SMALL)) for _ in range(n))
+            pairs = tuple((rng.choice(WRITE_CHANNELS), rng.randrange(SMALL)) for _ in range(n))
             op: Put | Writes = Writes(
-                self.by(), thread, ns, cid, rng.choice(TASK_IDS), rng.choice(TASK_PATHS), writes
+                self.by(), thread, ns, cid, rng.choice(TASK_IDS), rng.choice(TASK_PATHS), pairs
             )
         else:
-            op = self.put(thread, ns, existing)
+            op = self.put(thread, ns, existing, large=large)
         self.history.append(op)
         return op
 
-    def put(self, thread: int, ns: int, existing: list[str]) -> Put:
+    def together(self, ref: Reference) -> Together:
+        """Two calls on one thread at once: the races of prune, delete, reads and writers."""
+        rng = self.rng
+        thread, ns = rng.randrange(THREADS), rng.choice([0, 0, 1])
+        kind = rng.randrange(5)
+        second: Write | Read
+        if kind == 0:
+            first: Write | Read = Prune(self.by(), (thread,), "keep_latest")
+            second = self.write(ref, thread, ns, writes=False)
+        elif kind == 1:
+            first, second = Delete(self.by(), thread), self.write(ref, thread, ns, writes=False, large=True)
+        elif kind == 2:
+            first = rng.choice([List(thread, ns), List(thread, None), Get(thread, ns, None)])
+            second = self.write(ref, thread, ns, writes=rng.random() < 0.5)
+        elif kind == 3:  # two processes write the thread at once
+            first = self.write(ref, thread, ns, writes=False)
+            second = dataclasses.replace(self.write(ref, thread, ns, writes=True), by="B")
+        else:
+            first = self.write(ref, thread, ns, writes=rng.random() < 0.5)
+            second = self.write(ref, thread, ns, writes=True)
+        return Together(first, second)
+
+    def put(self, thread: int, ns: int, existing: list[str], *, large: bool = False) -> Put:
         rng = self.rng
         parent: str | None = None
         if existing and rng.random() < 0.95:
@@ -393,6 +442,30 @@ def _group_key(t: CheckpointTuple) -> tuple[str, str]:
     return token(conf["thread_id"], field="thread_id"), token(conf["checkpoint_ns"], field="checkpoint_ns")
 
 
+def _put_args(names: Names, op: Put) -> tuple[RunnableConfig, Any, Any, dict[str, str]]:
+    config = _config(names.thread(op.thread), NAMESPACES[op.ns], op.parent)
+    metadata = {"source": op.source, "step": op.step, "parents": {}, "run_id": names.run(op.run)}
+    return config, _checkpoint(op), metadata, {ch: v for ch, v in op.versions if ch in op.new}
+
+
+def _on_reference(names: Names, ref: Reference, op: Write) -> Any:
+    """Apply a write to the reference; what the call returns."""
+    if isinstance(op, Put):
+        return ref.put(*copy.deepcopy(_put_args(names, op)))
+    if isinstance(op, Writes):
+        config = _config(names.thread(op.thread), NAMESPACES[op.ns], op.id)
+        ref.put_writes(config, copy.deepcopy([(ch, VALUES[i]) for ch, i in op.writes]), op.task, op.path)
+    elif isinstance(op, Delete):
+        ref.delete_thread(names.thread(op.thread))
+    elif isinstance(op, Copy):
+        ref.copy_thread(names.thread(op.source), names.thread(op.target))
+    elif isinstance(op, Prune):
+        ref.prune([names.thread(t) for t in op.threads], strategy=op.strategy)
+    else:
+        ref.delete_for_runs([names.run(r) for r in op.runs])
+    return None
+
+
 class Harness:
     """Two writing checkpointers, one read-model reader, a projector that comes and goes."""
 
@@ -451,7 +524,7 @@ class Harness:
         return done, None
 
     async def apply(self, names: Names, ref: Reference, op: Op) -> Failure | None:
-        kind = type(op).__name__
+        kind = f"{type(op).__name__}:{getattr(op, 'by', '')}"
         try:
             if isinstance(op, Mode):
                 await self.set_mode(op.projector)
@@ -460,43 +533,64 @@ class Harness:
                 return await self.compare(names, ref, op, model=False)
             if isinstance(op, Check):
                 return await self.check(names, ref, op.model)
-            saver = self.savers[op.by]
-            if isinstance(op, Put):
-                thread, ns = names.thread(op.thread), NAMESPACES[op.ns]
-                cp, config = _checkpoint(op), _config(thread, ns, op.parent)
-                metadata: Any = {
-                    "source": op.source,
-                    "step": op.step,
-                    "parents": {},
-                    "run_id": names.run(op.run),
-                }
-                new_versions = {ch: v for ch, v in op.versions if ch in op.new}
-                expected = ref.put(config, copy.deepcopy(cp), dict(metadata), dict(new_versions))
-                got = await saver.aput(config, cp, metadata, new_versions)
-                if got != expected:
-                    return Failure(0, f"{kind}:{op.by}", f"put returned {got!r}, reference {expected!r}")
-            elif isinstance(op, Writes):
-                config = _config(names.thread(op.thread), NAMESPACES[op.ns], op.id)
-                writes = [(ch, VALUES[i]) for ch, i in op.writes]
-                ref.put_writes(config, copy.deepcopy(writes), op.task, op.path)
-                await saver.aput_writes(config, writes, op.task, op.path)
-            elif isinstance(op, Delete):
-                ref.delete_thread(names.thread(op.thread))
-                await saver.adelete_thread(names.thread(op.thread))
-            elif isinstance(op, Copy):
-                ref.copy_thread(names.thread(op.source), names.thread(op.target))
-                await saver.acopy_thread(names.thread(op.source), names.thread(op.target))
-            elif isinstance(op, Prune):
-                threads = [names.thread(t) for t in op.threads]
-                ref.prune(threads, strategy=op.strategy)
-                await saver.aprune(threads, strategy=op.strategy)
-            elif isinstance(op, DeleteRuns):
-                runs = [names.run(r) for r in op.runs]
-                ref.delete_for_runs(runs)
-                await saver.adelete_for_runs(runs)
+            if isinstance(op, Together):
+                return await self.together(names, ref, op)
+            expected = _on_reference(names, ref, op)
+            got = await self.on_skialith(names, op)
         except Exception as exc:  # a call the reference answers must not raise
-            return Failure(0, f"{kind}:{getattr(op, 'by', '')}", f"raised {exc!r}")
+            return Failure(0, kind, f"{op} raised {exc!r}")
+        if got != expected:
+            return Failure(0, kind, f"{op} returned {got!r}, reference {expected!r}")
         return None
+
+    async def on_skialith(self, names: Names, op: Write | Read) -> Any:
+        """Run a write through its checkpointer (a read through A); what it returns, normalized."""
+        if isinstance(op, Get | List):
+            return await self.ask(names, self.savers["A"], op)
+        saver = self.savers[op.by]
+        if isinstance(op, Put):
+            return await saver.aput(*_put_args(names, op))
+        if isinstance(op, Writes):
+            config = _config(names.thread(op.thread), NAMESPACES[op.ns], op.id)
+            await saver.aput_writes(config, [(ch, VALUES[i]) for ch, i in op.writes], op.task, op.path)
+        elif isinstance(op, Delete):
+            await saver.adelete_thread(names.thread(op.thread))
+        elif isinstance(op, Copy):
+            await saver.acopy_thread(names.thread(op.source), names.thread(op.target))
+        elif isinstance(op, Prune):
+            await saver.aprune([names.thread(t) for t in op.threads], strategy=op.strategy)
+        else:
+            await saver.adelete_for_runs([names.run(r) for r in op.runs])
+        return None
+
+    async def together(self, names: Names, ref: Reference, op: Together) -> Failure | None:
+        """Two calls at once: the outcome must be that of one of the two orders (linearizable)."""
+        results = await asyncio.gather(
+            self.on_skialith(names, op.first), self.on_skialith(names, op.second), return_exceptions=True
+        )
+        for r in results:
+            if isinstance(r, BaseException):
+                return Failure(0, "Together", f"{op} raised {r!r}")
+        failures = []
+        for order in ((0, 1), (1, 0)):
+            branch = ref.clone()
+            mismatch = None
+            for k in order:
+                one = (op.first, op.second)[k]
+                expected = self.expected(names, branch, one) if isinstance(one, Get | List) else None
+                if not isinstance(one, Get | List):
+                    expected = _on_reference(names, branch, one)
+                if results[k] != expected:
+                    mismatch = f"{one} gave {results[k]!r}, expected {expected!r}"
+                    break
+            failure = (
+                Failure(0, "Together", mismatch) if mismatch else await self.check(names, branch, model=False)
+            )
+            if failure is None:
+                ref.adopt(branch)
+                return None
+            failures.append(f"in the order {order}: {failure.detail}")
+        return Failure(0, "Together", f"{op}: neither order explains what was read\n" + "\n".join(failures))
 
     def reads(self, names: Names, ref: Reference) -> list[Read]:
         """Every read a check asks: each thread and namespace, each checkpoint, lists of all kinds."""
