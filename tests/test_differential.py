@@ -8,7 +8,8 @@ own-writes heads for what it writes, B sees A's writes only through the log and 
 and every read is asked of both. The projector is switched between running, lagging (small
 batches committed after a long linger) and stopped (reads replay the log); a ``Check(model=True)``
 waits until it has caught up and reads through a third checkpointer that must be served by the
-read model alone.
+read model alone. ``Together`` runs two calls at once (prune, delete, a read or a second writer
+racing a put): the outcome must be that of one of the two orders, and every read after it agree.
 
 Each sequence is replayable: ``--seed S`` (default in conftest.py) seeds the sequences, ``--runs N``
 says how many run per database (``--timeout 0`` for long runs). A failure prints the seed and the
