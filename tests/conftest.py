@@ -20,6 +20,26 @@ MYSQL_URL_ENV = "SKIALITH_TEST_MYSQL_URL"
 
 _NATS_FIXTURES = frozenset({"nats_server", "nats_url"})
 
+DIFFERENTIAL_RUNS = 3  # random operation sequences per database in CI (see test_differential.py)
+DIFFERENTIAL_SEED = 20261129
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("skialith")
+    group.addoption(
+        "--runs",
+        type=int,
+        default=DIFFERENTIAL_RUNS,
+        help=f"random operation sequences per database in test_differential.py (default {DIFFERENTIAL_RUNS}; "
+        "with many, also pass --timeout 0)",
+    )
+    group.addoption(
+        "--seed",
+        type=int,
+        default=DIFFERENTIAL_SEED,
+        help=f"seed of test_differential.py (default {DIFFERENTIAL_SEED}); a failure prints it",
+    )
+
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
