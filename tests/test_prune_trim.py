@@ -145,3 +145,101 @@ async def test_prune_trims_the_thread_and_reads_still_agree(
     finally:
         await writer.aclose()
         await projector.stop()
+
+
+async def test_prune_trim_leaves_traces_as_they_were(settings: Settings, log: Log) -> None:
+    ingest = TraceIngest(settings, fetch_timeout=0.2)
+    await ingest.start()
+    writer = SkialithCheckpointer(settings=settings)
+    try:
+        await write_history([writer], "t", 20)
+        await ingest.catch_up(timeout=30)
+        before = await ingest.traces(thread_id="t")
+        assert len(before) == 60  # 20 checkpoints, 40 tasks
+        await writer.aprune(["t"], strategy="keep_latest")
+        assert await thread_messages(log, "t") <= 4  # trimmed
+        await ingest.catch_up(timeout=30)
+        assert await ingest.traces(thread_id="t") == before  # nothing traced twice, nothing moved
+    finally:
+        await writer.aclose()
+        await ingest.stop()
+
+
+async def test_prune_trim_keeps_delta_channel_ancestors(settings: Settings, log: Log, tmp_path: Path) -> None:
+    writer = SkialithCheckpointer(settings=settings)
+    calls: Counter[str] = Counter()
+    app = delta(calls).compile(checkpointer=writer)
+    cfg: RunnableConfig = {"configurable": {"thread_id": "d"}}
+    try:
+        for i in range(12):
+            await app.ainvoke({"items": [f"in{i}"]}, cfg)
+        await app.aupdate_state(cfg, {"items": ["u"]})  # the head is between snapshots
+        want = (await app.aget_state(cfg)).values
+        before = await thread_messages(log, "d")
+        await writer.aprune(["d"], strategy="keep_latest")
+        kept = [s async for s in app.aget_state_history(cfg)]
+        assert 1 < len(kept) < 10
+        assert await thread_messages(log, "d") < before // 3
+
+        lone = dataclasses.replace(
+            settings, database_url=f"sqlite+aiosqlite:///{tmp_path / 'none.db'}", read_wait=0.0
+        )
+        reader = SkialithCheckpointer(settings=lone)
+        try:
+            rapp = delta(Counter()).compile(checkpointer=reader)
+            assert (await rapp.aget_state(cfg)).values == want
+            history = [(s.config, s.values, s.metadata) async for s in rapp.aget_state_history(cfg)]
+            assert history == [(s.config, s.values, s.metadata) for s in kept]
+            assert reader.read_stats.database == 0
+            # and the thread goes on from the trimmed log
+            assert (await rapp.ainvoke({"items": ["more"]}, cfg))["items"][-3:] == [
+                "u",
+                "more",
+                "n1",
+            ]  # a fresh node counter
+        finally:
+            await reader.aclose()
+    finally:
+        await writer.aclose()
+
+
+async def test_prune_does_not_purge_when_the_thread_is_written_meanwhile(
+    settings: Settings, log: Log, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A put from another writer landing while the prune stores its kept content again stops the
+    trim: nothing is purged, and reads see the prune, the kept content and the new put."""
+    writer, other = SkialithCheckpointer(settings=settings), SkialithCheckpointer(settings=settings)
+    reference = InMemorySaver()
+    try:
+        await write_history([writer, reference], "t", 10)
+        head = comparable(await reference.aget_tuple(config("t")))
+        cid = head[0]["configurable"]["checkpoint_id"]
+        publish = Log.publish
+        injected = False
+
+        async def racing(self: Log, subject: str, body: bytes, msg_id: str, **kw: Any) -> int:
+            nonlocal injected
+            if subject.endswith(".r") and not injected:
+                injected = True  # a real put from another writer, between two republished messages
+                await other.aput_writes(config("t", cid), [("raced", 1)], "racer")
+            return await publish(self, subject, body, msg_id, **kw)
+
+        monkeypatch.setattr(Log, "publish", racing)
+        await writer.aprune(["t"], strategy="keep_latest")
+        monkeypatch.setattr(Log, "publish", publish)
+        assert injected
+        assert await thread_messages(log, "t") > 30  # not purged
+        lone = dataclasses.replace(
+            settings, database_url=f"sqlite+aiosqlite:///{tmp_path / 'none.db'}", read_wait=0.0
+        )
+        reader = SkialithCheckpointer(settings=lone)
+        try:
+            got = comparable(await reader.aget_tuple(config("t")))
+            assert got[:4] == head[:4]
+            assert got[4] == sorted([*head[4], ("racer", "raced", 1)])
+            assert [comparable(t)[0] async for t in reader.alist(config("t"))] == [head[0]]
+        finally:
+            await reader.aclose()
+    finally:
+        await writer.aclose()
+        await other.aclose()
