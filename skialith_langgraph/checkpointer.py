@@ -297,7 +297,8 @@ class _Core:
             await self._prune_keep_latest(thread_id)
 
     async def _prune_keep_latest(self, thread_id: str) -> None:
-        """Publish a prune whose keep-set is exactly what the thread held when it is stored.
+        """Publish a prune whose keep-set is exactly what the thread held when it is stored, then
+        trim the thread's older messages from the stream (see :meth:`_trim`).
 
         The plan is read at the thread's last sequence and published with that sequence as an
         expectation, so JetStream stores it only if nothing was written on the thread in between:
@@ -320,21 +321,98 @@ class _Core:
                 target=max(thread_seq, global_seq),
             ) as conn:
                 plan = await queries.prune_plan(conn, self.serde, thread_id, "keep_latest")
+                kept = await queries.export_kept(conn, plan)
             self.heads.drop(thread_id)
             body = codec.dumps(plan)
             msg_id = codec.msg_id(subject, body) + f":{time.time_ns()}"
             try:
-                await log.publish(subject, body, msg_id, expect=(thread_seq, thread_filter))
-                return
+                pruned_at = await log.publish(subject, body, msg_id, expect=(thread_seq, thread_filter))
             except ExpectationFailed:
                 # written in between: plan again, after a short random pause
                 await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+                continue
+            await self._trim(log, thread_id, tk, pruned_at, global_seq, kept)
+            return
         raise ExpectationFailed(
             f"prune of thread {thread_id!r} gave up after {PRUNE_ATTEMPTS} attempts: the thread was "
             "written between each plan and its publish; nothing was pruned, retry when it is quieter",
             url=log.url,
             subject=subject,
         )
+
+    async def _trim(
+        self,
+        log: Log,
+        thread_id: str,
+        tk: str,
+        pruned_at: int,
+        global_seq: int,
+        kept: list[codec.CheckpointMsg | codec.WritesMsg],
+    ) -> None:
+        """Store again what the prune at ``pruned_at`` kept, then purge the thread's messages before it.
+
+        Without this every message ever written on a pruned thread stays on the stream, and every
+        read of the thread served from the log replays its whole history. The kept checkpoints,
+        blobs and pending writes are published again on the thread's replay subject, each with
+        the previous one's sequence as an expectation, so nothing interleaves; then what the prune
+        superseded leaves the stream. A reader replaying the thread, or a projector that had not
+        reached the prune (or starts from scratch), applies the prune and then the kept content
+        (idempotent upserts), and ends as one that saw the whole history. The delete tombstone,
+        if any, stays (a lagging projector must still apply it), and so do parts of large
+        messages (a large put in flight may have its parts before the prune and its final
+        message after it).
+
+        When something else is written on the thread meanwhile, the chain stops and nothing is
+        purged: the older messages still hold the kept content (correct, only less compact).
+        """
+        global_ops = log.subjects.global_ops
+        if await log.last_seq(global_ops) > global_seq:
+            # a cross-thread delete after the plan: storing the plan's checkpoints again could undo it
+            return
+        last = pruned_at
+        replay = log.subjects.replay(tk)
+        stored: list[codec.CheckpointMsg | codec.WritesMsg] = []
+        try:
+            for msg in kept:
+                nk = token(msg.checkpoint_ns, field="checkpoint_ns")
+                ck = token(msg.checkpoint_id, field="checkpoint_id")
+                if isinstance(msg, codec.CheckpointMsg):
+                    natural = log.subjects.checkpoint_key(tk, nk, ck)
+                else:
+                    natural = log.subjects.writes_key(tk, nk, ck, token(msg.task_id, field="task_id"))
+                body = codec.dumps(msg)
+                # the original put had this key and body: an id of this prune's own, not a duplicate
+                msg_id = f"{codec.msg_id(natural, body)}:r{pruned_at}"
+                last = await log.publish(replay, body, msg_id, expect=(last, log.subjects.thread(tk)))
+                stored.append(msg)
+        except ExpectationFailed:
+            logger.debug("thread %r written while its prune stored the kept content; not trimmed", thread_id)
+            return
+        finally:
+            now = await log.last_seq(global_ops)
+            if now > global_seq and stored:
+                await self._redo_run_deletes(log, global_seq, now, stored)
+        for subject in (
+            log.subjects.checkpoint(tk),
+            log.subjects.writes(tk),
+            replay,
+            log.subjects.thread_op(tk, "prune"),
+        ):
+            await log.purge(subject, before_seq=pruned_at)
+
+    async def _redo_run_deletes(
+        self, log: Log, after: int, until: int, kept: list[codec.CheckpointMsg | codec.WritesMsg]
+    ) -> None:
+        """Publish again the run deletes stored while a prune stored its kept checkpoints again, for
+        the runs of those checkpoints: applied after them, they delete them as they should."""
+        runs = {m.run_id for m in kept if isinstance(m, codec.CheckpointMsg) and m.run_id is not None}
+        hit: set[str] = set()
+        async for m in log.read(log.subjects.global_ops, start_seq=after + 1, until_seq=until):
+            msg = codec.loads(m.body)
+            if isinstance(msg, codec.DeleteRunsMsg):
+                hit.update(r for r in msg.run_ids if r in runs)
+        if hit:
+            await self.delete_for_runs(sorted(hit))
 
     # -- reads ------------------------------------------------------------------------------
 

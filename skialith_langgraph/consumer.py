@@ -405,6 +405,10 @@ class Consumer(Generic[Item]):
         """The row of ``skialith_projection`` that holds this consumer's watermark."""
         raise NotImplementedError
 
+    def _wants(self, subject: str) -> bool:
+        """Whether messages on ``subject`` are applied (the others only advance the watermark)."""
+        return True
+
     def _item(self, seq: int, reply: str, msg: Msg) -> Item:
         """What :meth:`_apply` takes for the message at stream sequence ``seq`` (``reply``: ack subject)."""
         raise NotImplementedError
@@ -633,6 +637,8 @@ class Consumer(Generic[Item]):
                     await batches.put(None)
                     return
                 expected += 1
+                if not self._wants(m.subject):
+                    continue
                 headers = m.headers
                 body = m.data
                 if headers:

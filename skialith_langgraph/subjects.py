@@ -10,6 +10,7 @@ Subject layout under a prefix ``p`` (``skialith`` by default)::
 
     p.t.<thread>.c                  the checkpoints of a thread (put)
     p.t.<thread>.w                  the writes of its tasks (put_writes)
+    p.t.<thread>.r                  what a prune kept, stored again (checkpoints and writes)
     p.t.<thread>.x.<op>             delete / prune / copy of one thread
     p.t.<thread>.k.<digest>.<n>     part n of a body too large for one message
     p.g.<op>                        operations across threads (delete_for_runs)
@@ -112,6 +113,10 @@ class Subjects:
     def writes(self, thread_key: str) -> str:
         """Where the writes of a thread's tasks are published."""
         return f"{self.prefix}.t.{thread_key}.w"
+
+    def replay(self, thread_key: str) -> str:
+        """Where a prune stores again what it kept, so that older messages can leave the stream."""
+        return f"{self.prefix}.t.{thread_key}.r"
 
     @staticmethod
     def checkpoint_key(thread_key: str, ns_key: str, checkpoint_key: str) -> str:

@@ -35,7 +35,8 @@ Nothing new is published for traces: they are derived from the messages already 
   concurrently): a task whose checkpoint is not known yet keeps ``step``/``started_at`` empty and
   is completed when that checkpoint arrives. Either order gives the same row.
 * ``delete_thread`` and ``delete_for_runs`` delete the matching traces; ``prune`` keeps them
-  (history is what traces are for).
+  (history is what traces are for). What a prune stores again (``p.t.<thread>.r``, so that the
+  older messages can leave the stream) is skipped: it was traced when it was first written.
 
 Durability is the projector's: a durable pull consumer of its own
 (``skialith-traces-<name>-<replica>``), one transaction per fetched batch that takes and advances
@@ -648,6 +649,11 @@ class TraceIngest(Consumer[Stamped]):
     def watermark_name(self) -> str:
         """The row of ``skialith_projection`` that holds this ingest's watermark."""
         return f"traces-{self.name}"
+
+    def _wants(self, subject: str) -> bool:
+        # what a prune stored again (p.t.<thread>.r) was traced when it was first written
+        tokens = subject.split(".")
+        return not (len(tokens) == 4 and tokens[1] == "t" and tokens[3] == "r")
 
     def _item(self, seq: int, reply: str, msg: Msg) -> Stamped:
         # the server's time, rounded to microseconds as nats-py's Msg.metadata.timestamp rounds it

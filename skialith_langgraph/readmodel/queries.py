@@ -542,3 +542,80 @@ async def export_thread(
         msg.writes.append((w.idx, w.channel, *await unspill(conn, tk, w.type, w.blob)))
     out.extend(grouped.values())
     return out
+
+
+async def export_kept(conn: AsyncConnection, plan: PruneMsg) -> list[CheckpointMsg | WritesMsg]:
+    """What a prune keeps, as the messages that would store it again: the kept checkpoints (oldest
+    first per namespace, the first of each carrying every kept blob of its namespace), then the
+    pending writes of each kept checkpoint, one message per task."""
+    thread_id = plan.thread_id
+    tk = token(thread_id, field="thread_id")
+    keep_by_ns: dict[str, list[str]] = {}
+    for ns, cid in plan.keep:
+        keep_by_ns.setdefault(ns, []).append(cid)
+    blobs_by_ns: dict[str, set[tuple[str, str]]] = {}
+    for ns, channel, version in plan.keep_blobs:
+        blobs_by_ns.setdefault(ns, set()).add((channel, version))
+    out: list[CheckpointMsg | WritesMsg] = []
+    writes: list[WritesMsg] = []
+    for ns in sorted(keep_by_ns):
+        nk = token(ns, field="checkpoint_ns")
+        ids = sorted(set(keep_by_ns[ns]))
+        rows: list[Row[Any]] = []
+        for i in range(0, len(ids), PAGE):
+            rows += (
+                await conn.execute(
+                    select(checkpoints).where(
+                        _C.thread_key == tk, _C.ns_key == nk, _C.checkpoint_id.in_(ids[i : i + PAGE])
+                    )
+                )
+            ).all()
+        rows.sort(key=lambda r: r.checkpoint_id)
+        wanted = sorted(blobs_by_ns.get(ns, ()))
+        blobs: list[tuple[str, str, str, bytes]] = []
+        for i in range(0, len(wanted), PAGE):
+            found = await conn.execute(
+                select(_B.channel, _B.version, _B.type, _B.blob).where(
+                    _B.thread_key == tk,
+                    _B.ns_key == nk,
+                    tuple_(_B.channel, _B.version).in_(wanted[i : i + PAGE]),
+                )
+            )
+            for b in found:
+                blobs.append((b.channel, b.version, *await unspill(conn, tk, b.type, b.blob)))
+        blobs.sort()
+        for n, r in enumerate(rows):
+            out.append(
+                CheckpointMsg(
+                    thread_id=thread_id,
+                    checkpoint_ns=r.checkpoint_ns,
+                    checkpoint_id=r.checkpoint_id,
+                    parent_checkpoint_id=r.parent_checkpoint_id,
+                    run_id=r.run_id,
+                    checkpoint=(r.type, r.checkpoint),
+                    metadata=(r.metadata_type, r.metadata),
+                    blobs=blobs if n == 0 else [],
+                )
+            )
+        grouped: dict[tuple[str, str, str], WritesMsg] = {}
+        for i in range(0, len(ids), PAGE):
+            found = await conn.execute(
+                select(checkpoint_writes)
+                .where(_W.thread_key == tk, _W.ns_key == nk, _W.checkpoint_id.in_(ids[i : i + PAGE]))
+                .order_by(_W.checkpoint_id, _W.task_id, _W.task_path, _W.idx)
+            )
+            for w in found:
+                key = (w.checkpoint_id, w.task_id, w.task_path)
+                msg = grouped.get(key)
+                if msg is None:
+                    msg = grouped[key] = WritesMsg(
+                        thread_id=thread_id,
+                        checkpoint_ns=ns,
+                        checkpoint_id=w.checkpoint_id,
+                        task_id=w.task_id,
+                        task_path=w.task_path,
+                        writes=[],
+                    )
+                msg.writes.append((w.idx, w.channel, *await unspill(conn, tk, w.type, w.blob)))
+        writes.extend(grouped.values())
+    return out + writes
