@@ -380,11 +380,12 @@ class Log:
         """
         seq = max(1, start_seq)
         held = _HeldParts()
+        replies = _Replies()
         inbox = self.nc.new_inbox()
-        sub = await self.nc.subscribe(inbox)
+        sub = await self.nc.subscribe(inbox, cb=replies.take)
         try:
             while until_seq is None or seq <= until_seq:
-                batch, pending = await self._direct_batch(sub, inbox, subject_filter, seq, until_seq)
+                batch, pending = await self._direct_batch(replies, inbox, subject_filter, seq, until_seq)
                 for msg in batch:
                     found = int(msg.headers["Nats-Sequence"])
                     if until_seq is not None and found > until_seq:
@@ -411,26 +412,27 @@ class Log:
                 await sub.unsubscribe()
 
     async def _direct_batch(
-        self, sub: Any, inbox: str, subject_filter: str, seq: int, until_seq: int | None
+        self, replies: _Replies, inbox: str, subject_filter: str, seq: int, until_seq: int | None
     ) -> tuple[list[Any], int]:
         """One batched direct get: the messages on ``subject_filter`` from ``seq`` on, and how many
         more match after them (0 when none; servers without batches answer one message and 1)."""
         size = READ_BATCH if until_seq is None else max(1, min(READ_BATCH, until_seq - seq + 1))
         req = {"seq": seq, "next_by_subj": subject_filter, "batch": size, "max_bytes": READ_BATCH_BYTES}
+        done = replies.expect()
         await self.nc.publish(
             f"$JS.API.DIRECT.GET.{self.settings.stream}", json.dumps(req).encode(), reply=inbox
         )
+        try:
+            await asyncio.wait_for(done, self.settings.publish_timeout)
+        except TimeoutError as exc:
+            raise LogError(
+                f"NATS at {self.url!r} did not answer a read within "
+                f"{self.settings.publish_timeout} s; {_HINT}",
+                url=self.url,
+            ) from exc
         out: list[Any] = []
         previous = 0
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=self.settings.publish_timeout)
-            except nats.errors.TimeoutError as exc:
-                raise LogError(
-                    f"NATS at {self.url!r} did not answer a read within "
-                    f"{self.settings.publish_timeout} s; {_HINT}",
-                    url=self.url,
-                ) from exc
+        for msg in replies.msgs:
             headers = msg.headers or {}
             status = headers.get("Status")
             if status == "404":
@@ -450,6 +452,9 @@ class Log:
                 raise LogError(f"a batched read on {self.settings.stream!r} lost messages", url=self.url)
             previous = int(headers["Nats-Sequence"])
             out.append(msg)
+        raise LogError(
+            f"a batched read on {self.settings.stream!r} ended early", url=self.url
+        )  # pragma: no cover
 
     def note_skip(self, seq: int, level: int, text: str) -> None:
         """Log a skipped message once per message (later reads of it at DEBUG), never its payload."""
@@ -528,6 +533,28 @@ class Log:
     async def stream_last_seq(self) -> int:
         info = await self.js.stream_info(self.settings.stream)
         return int(info.state.last_seq)
+
+
+class _Replies:
+    """Collects the replies to one batched direct get at a time (a callback: no task per message)."""
+
+    def __init__(self) -> None:
+        self.msgs: list[Any] = []
+        self._done: asyncio.Future[None] | None = None
+
+    def expect(self) -> asyncio.Future[None]:
+        self.msgs = []
+        self._done = asyncio.get_running_loop().create_future()
+        return self._done
+
+    async def take(self, msg: Any) -> None:
+        done = self._done
+        if done is None or done.done():
+            return  # a late reply to a request given up on
+        self.msgs.append(msg)
+        headers = msg.headers or {}
+        if "Status" in headers or "Nats-Num-Pending" not in headers:  # the end, or an old server
+            done.set_result(None)
 
 
 class _HeldParts:
