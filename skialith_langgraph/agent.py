@@ -8,7 +8,7 @@ acknowledged checkpoint even while the projector lags, is stopped, or the databa
 
 Addressing (LSS-02): a checkpoint is keyed by ``(agent_id, step)``, an event by
 ``(agent_id, step, name)``. Publishing the same key again (a retried step) leaves one row, holding
-the last value; an identical retry inside JetStream's duplicate window is dropped by JetStream itself.
+the last value acknowledged.
 
 Subjects, under the deployment's prefix ``p``::
 
@@ -25,7 +25,6 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import operator
 import time
@@ -284,9 +283,9 @@ class SkialithAgent:
     async def _publish(self, log: Log, subject: str, key: str, msg: codec.EventMsg) -> int:
         codec.check_type(msg.payload[0], field=f"the {msg.kind}")
         body = codec.dumps(msg)
-        # the id ignores the timestamp, so an identical retry is dropped by JetStream itself
-        msg_id = codec.msg_id(key, codec.dumps(dataclasses.replace(msg, ts=0.0)))
-        seq = await log.publish(subject, body, msg_id)
+        # an id of its own: an id repeated from an earlier write of the key (X, Y, X) would be
+        # dropped as a duplicate; the projector's upsert keeps one row per key, the last one
+        seq = await log.publish(subject, body, codec.msg_id(key, body))
         logger.debug("agent %s saved %s step=%d seq=%d", self._key, msg.kind, msg.step, seq)
         return seq
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
@@ -150,8 +149,8 @@ class _Core:
         body: bytes,
         fold: Callable[[ThreadHead], bool | None],
     ) -> None:
-        """Publish a write on a thread under the message id of its ``natural`` key; keep the thread's
-        head (if any) exact, or drop it (see heads.py)."""
+        """Publish a write on a thread under a message id of its own (``natural`` key first); keep
+        the thread's head (if any) exact, or drop it (see heads.py)."""
         msg_id = codec.msg_id(natural, body)
         head = self.heads.get(thread_id)
         if head is None:
@@ -168,7 +167,7 @@ class _Core:
                     seq = await log.publish(subject, body, msg_id, expect=(head.seq, log.subjects.thread(tk)))
                 except ExpectationFailed:
                     self.heads.drop(thread_id)  # another writer on this thread: no longer exact
-                    await log.publish(subject, body, msg_id)
+                    await log.publish(subject, body, codec.msg_id(natural, body))
                     return
                 if prev is not None and prev.result() < 0:
                     return
@@ -250,7 +249,7 @@ class _Core:
         log = await self._log()
         subject = log.subjects.thread_op(token(thread_id, field="thread_id"), op)
         body = codec.dumps(msg)
-        return await log.publish(subject, body, codec.msg_id(subject, body) + f":{time.time_ns()}")
+        return await log.publish(subject, body, codec.msg_id(subject, body))
 
     async def delete_thread(self, thread_id: str) -> None:
         thread_id = _thread_id(thread_id)
@@ -266,7 +265,7 @@ class _Core:
         log = await self._log()
         subject = log.subjects.global_op("runs")
         body = codec.dumps(codec.DeleteRunsMsg([str(r) for r in run_ids]))
-        await log.publish(subject, body, codec.msg_id(subject, body) + f":{time.time_ns()}")
+        await log.publish(subject, body, codec.msg_id(subject, body))
 
     async def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         source, target = _thread_id(source_thread_id), _thread_id(target_thread_id)
@@ -324,7 +323,7 @@ class _Core:
                 kept = await queries.export_kept(conn, plan)
             self.heads.drop(thread_id)
             body = codec.dumps(plan)
-            msg_id = codec.msg_id(subject, body) + f":{time.time_ns()}"
+            msg_id = codec.msg_id(subject, body)
             try:
                 pruned_at = await log.publish(subject, body, msg_id, expect=(thread_seq, thread_filter))
             except ExpectationFailed:

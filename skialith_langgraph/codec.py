@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -379,12 +380,20 @@ def loads(body: bytes) -> Msg:
 
 
 def msg_id(key: str, body: bytes) -> str:
-    """``Nats-Msg-Id``: the natural key (or the subject) plus a digest of the content.
+    """``Nats-Msg-Id`` for one publish: the natural key, a digest of the body, a random nonce.
 
-    A retry of the same call produces the same id, so JetStream drops it inside its duplicate
-    window; a different value for the same key gets a new id and overwrites, as LangGraph expects.
+    The id is unique to the call. JetStream drops a message whose id it saw inside its duplicate
+    window, even when that message was purged since (a deleted thread) or superseded (A, B, A to
+    one key): an id derived from the key and body alone made such a write vanish while the call
+    reported success. Idempotency is the projector's: it upserts one row per natural key, so a
+    retried call leaves one row (two messages). The key comes first to help debugging.
     """
     digest = hashlib.blake2b(body, digest_size=12).hexdigest()
     if len(key) > 200:
         key = hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
-    return f"{key}:{digest}"
+    return f"{key}:{digest}:{os.urandom(8).hex()}"
+
+
+def natural_key(message_id: str) -> str:
+    """The natural key a :func:`msg_id` starts with (for logs and tests)."""
+    return message_id.rsplit(":", 2)[0]

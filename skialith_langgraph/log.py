@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -23,7 +24,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
 from .config import Settings, safe_nats_url
-from .errors import ConnectError, LogError, PublishError, StreamNotFoundError
+from .errors import CodecError, ConnectError, LogError, PublishError, StreamNotFoundError
 from .identity import StreamIdentity, StreamWatch
 from .subjects import Subjects
 
@@ -59,6 +60,12 @@ class MissingPartError(LogError):
 
 
 _AUTH_VIOLATION = "authorization violation"
+MAX_PARTS = 1 << 20  # a Skialith-Parts header naming more is malformed (1 GiB at the 1 KiB minimum chunk)
+READ_BATCH = 1000  # messages asked for by one batched direct get of Log.read
+READ_BATCH_BYTES = 8 * 1024 * 1024  # and their bytes (the server sends at least one message)
+HELD_PARTS_BYTES = 64 * 1024 * 1024  # parts a read keeps for their final message (more: fetched again)
+PUBLISH_ATTEMPTS = 5  # publishes of one body before giving up (duplicates, a delete racing its parts)
+
 _HINT = "start it with 'skialith up' or point SKIALITH_NATS_URL at a running nats-server with JetStream"
 
 
@@ -145,6 +152,7 @@ class Log:
         self._owned = owned
         self._ready = False
         self._identity = StreamWatch(self)
+        self._skipped: set[int] = set()  # sequences of messages a read skipped (logged once each)
 
     @classmethod
     async def open(cls, settings: Settings, *, ensure_stream: bool = False) -> Log:
@@ -210,41 +218,111 @@ class Log:
     async def publish(
         self, subject: str, body: bytes, msg_id: str, *, expect: tuple[int, str] | None = None
     ) -> int:
-        """Publish ``body`` and wait for the PubAck; returns the stream sequence.
+        """Publish ``body`` and wait for the PubAck; returns the stream sequence of the stored message.
 
         Bodies larger than ``settings.chunk_size`` are published as parts first, then a small
         message that names them, so any size fits under the server's ``max_payload``.
 
+        Never reports success for a message that was not stored: a PubAck that says "duplicate"
+        (JetStream saw ``msg_id`` inside its duplicate window, so it kept nothing) is answered by
+        publishing again under a fresh id. A large body on a thread whose delete landed between
+        its first part and its final message (the purge may have taken the parts) is published
+        again whole.
+
         Args:
             subject: where to publish.
             body: the message body.
-            msg_id: the ``Nats-Msg-Id`` (JetStream drops a repeat inside its duplicate window).
+            msg_id: the ``Nats-Msg-Id``, unique to this call (see :func:`codec.msg_id`); parts
+                get ``<msg_id>/<i>``.
             expect: ``(seq, subject_filter)``: store only if the last message on the filter has
                 that sequence (0: none). Parts chain the expectation.
 
         Raises:
-            PublishError: no PubAck within ``settings.publish_timeout`` seconds.
-            ExpectationFailed: ``expect`` did not hold; the message was not stored (parts sent
-                before may remain, referenced by nothing).
+            PublishError: no PubAck within ``settings.publish_timeout`` seconds, or the body
+                could not be stored whole after :data:`PUBLISH_ATTEMPTS` attempts.
+            ExpectationFailed: ``expect`` did not hold, or the publish had to be repeated (it
+                cannot be repeated under an expectation); the caller publishes again without it.
+                Parts sent before may remain, referenced by nothing.
         """
-        headers: dict[str, str] = {Header.MSG_ID.value: msg_id}
-        if len(body) > self.settings.chunk_size:
-            digest = hashlib.blake2b(body, digest_size=16).hexdigest()
-            base = self.subjects.part_base(subject, digest)
-            size = self.settings.chunk_size
-            n = (len(body) + size - 1) // size
-            for i in range(n):
-                part_headers = {Header.MSG_ID.value: f"{base}.{i}", Header.PART.value: "1"}
-                seq = await self._publish(
-                    f"{base}.{i}", body[i * size : (i + 1) * size], _expect(part_headers, expect)
-                )
+        ident = msg_id
+        for attempt in range(PUBLISH_ATTEMPTS):
+            if attempt:
                 if expect is not None:
-                    expect = (seq, expect[1])
-            headers[Header.PARTS.value] = f"{n} {base}"
-            body = b""
-        return await self._publish(subject, body, _expect(headers, expect))
+                    raise ExpectationFailed(
+                        f"the publish on {subject!r} must be repeated; not under an expectation",
+                        url=self.url,
+                        subject=subject,
+                    )
+                ident = f"{msg_id}~{os.urandom(4).hex()}"
+            if len(body) <= self.settings.chunk_size:
+                seq = await self._publish(subject, body, _expect({Header.MSG_ID.value: ident}, expect))
+                if seq:
+                    return seq
+                logger.warning("JetStream took %r for a duplicate; publishing again under a fresh id", ident)
+                continue
+            first, seq = await self._publish_parts(subject, body, ident, expect)
+            if not seq:
+                logger.warning("JetStream took %r for a duplicate; publishing again under a fresh id", ident)
+                continue
+            if not await self._deleted_between(subject, first, seq):
+                return seq
+            logger.info(
+                "a delete of the thread of %r landed between the parts of seq=%d; publishing again",
+                subject,
+                seq,
+            )
+        raise PublishError(
+            f"JetStream did not store {subject!r} whole after {PUBLISH_ATTEMPTS} attempts",
+            url=self.url,
+            subject=subject,
+        )
+
+    async def _publish_parts(
+        self, subject: str, body: bytes, ident: str, expect: tuple[int, str] | None
+    ) -> tuple[int, int]:
+        """Publish ``body`` in parts, then the message naming them.
+
+        Returns:
+            The sequence of the first part and of the final message (0 if JetStream took it for
+            a duplicate).
+        """
+        size = self.settings.chunk_size
+        # the digest covers the chunk size too: a part subject always holds the same bytes
+        digest = hashlib.blake2b(size.to_bytes(8, "big") + body, digest_size=16).hexdigest()
+        base = self.subjects.part_base(subject, digest)
+        n = (len(body) + size - 1) // size
+        first = 0
+        for i in range(n):
+            chunk = body[i * size : (i + 1) * size]
+            part_id = f"{ident}/{i}"
+            for _ in range(PUBLISH_ATTEMPTS):
+                headers = {Header.MSG_ID.value: part_id, Header.PART.value: "1"}
+                seq = await self._publish(f"{base}.{i}", chunk, _expect(headers, expect))
+                if seq:
+                    break
+                part_id = f"{ident}/{i}~{os.urandom(4).hex()}"
+            else:
+                raise PublishError(
+                    f"JetStream took every id of part {i} of {subject!r} for a duplicate",
+                    url=self.url,
+                    subject=subject,
+                )
+            first = first or seq
+            if expect is not None:
+                expect = (seq, expect[1])
+        headers = {Header.MSG_ID.value: ident, Header.PARTS.value: f"{n} {base}"}
+        return first, await self._publish(subject, b"", _expect(headers, expect))
+
+    async def _deleted_between(self, subject: str, first: int, last: int) -> bool:
+        """Whether a delete of the thread ``subject`` belongs to was stored between two sequences."""
+        tokens = subject.split(".")
+        if len(tokens) < 4 or tokens[0] != self.subjects.prefix or tokens[1] != "t":
+            return False  # not a thread's subject: nothing purges it
+        tombstone = await self.next_seq(self.subjects.thread_op(tokens[2], "delete"), after=first)
+        return 0 < tombstone < last
 
     async def _publish(self, subject: str, body: bytes, headers: dict[str, str]) -> int:
+        """One publish; the stream sequence, or 0 when JetStream dropped it as a duplicate."""
         try:
             ack = await self.js.publish(subject, body, timeout=self.settings.publish_timeout, headers=headers)
         except nats.errors.TimeoutError as exc:
@@ -270,7 +348,7 @@ class Log:
             raise PublishError(
                 f"JetStream refused {subject!r}: {exc}", url=self.url, subject=subject
             ) from exc
-        return int(ack.seq)
+        return 0 if ack.duplicate else int(ack.seq)
 
     async def last_seq(self, *filters: str) -> int:
         """The stream sequence of the last message on any of ``filters`` (0 if none)."""
@@ -322,36 +400,161 @@ class Log:
     async def read(
         self, subject_filter: str, *, start_seq: int = 1, until_seq: int | None = None
     ) -> AsyncIterator[LogMsg]:
-        """Yield the messages on ``subject_filter`` in stream order, parts joined, parts skipped."""
-        seq = max(1, start_seq)
-        while until_seq is None or seq <= until_seq:
-            req = json.dumps({"seq": seq, "next_by_subj": subject_filter}).encode()
-            msg = await self._direct_get(req)
-            if msg is None:
-                return
-            found = int(msg.headers["Nats-Sequence"])
-            if until_seq is not None and found > until_seq:
-                return
-            seq = found + 1
-            if msg.headers.get(Header.PART.value):
-                continue
-            body = await self.join_parts(msg.headers, msg.data)
-            yield LogMsg(seq=found, subject=msg.headers["Nats-Subject"], body=body)
+        """Yield the messages on ``subject_filter`` in stream order, parts joined, parts skipped.
 
-    async def join_parts(self, headers: dict[str, str] | None, data: bytes) -> bytes:
-        """Return the whole body of a message that may have been published in parts."""
-        parts = headers.get(Header.PARTS.value) if headers else None
-        if not parts:
+        Walks the stream with batched direct gets (one request answers up to :data:`READ_BATCH`
+        messages), not one request per message. A message that cannot be read whole is skipped
+        and logged once: its parts are gone (a delete of its thread purged them; the writer has
+        published it again after the delete, see :meth:`publish`), or its ``Skialith-Parts``
+        header is malformed (a forged or corrupt message).
+        """
+        seq = max(1, start_seq)
+        held = _HeldParts()
+        replies = _Replies()
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox, cb=replies.take)
+        try:
+            while until_seq is None or seq <= until_seq:
+                batch, pending = await self._direct_batch(replies, inbox, subject_filter, seq, until_seq)
+                for msg in batch:
+                    found = int(msg.headers["Nats-Sequence"])
+                    if until_seq is not None and found > until_seq:
+                        return
+                    seq = found + 1
+                    headers = msg.headers
+                    subject = headers["Nats-Subject"]
+                    if headers.get(Header.PART.value):
+                        held.add(subject, msg.data)
+                        continue
+                    try:
+                        body = await self._join(headers, msg.data, subject, held)
+                    except MissingPartError as exc:
+                        self.note_skip(found, logging.INFO, f"skipped, not whole: {exc}")
+                        continue
+                    except CodecError as exc:
+                        self.note_skip(found, logging.WARNING, f"skipped, cannot be read: {exc}")
+                        continue
+                    yield LogMsg(seq=found, subject=subject, body=body)
+                if not batch or not pending:
+                    return
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _direct_batch(
+        self, replies: _Replies, inbox: str, subject_filter: str, seq: int, until_seq: int | None
+    ) -> tuple[list[Any], int]:
+        """One batched direct get: the messages on ``subject_filter`` from ``seq`` on, and how many
+        more match after them (0 when none; servers without batches answer one message and 1)."""
+        size = READ_BATCH if until_seq is None else max(1, min(READ_BATCH, until_seq - seq + 1))
+        req = {"seq": seq, "next_by_subj": subject_filter, "batch": size, "max_bytes": READ_BATCH_BYTES}
+        done = replies.expect()
+        await self.nc.publish(
+            f"$JS.API.DIRECT.GET.{self.settings.stream}", json.dumps(req).encode(), reply=inbox
+        )
+        try:
+            await asyncio.wait_for(done, self.settings.publish_timeout)
+        except TimeoutError as exc:
+            raise LogError(
+                f"NATS at {self.url!r} did not answer a read within "
+                f"{self.settings.publish_timeout} s; {_HINT}",
+                url=self.url,
+            ) from exc
+        out: list[Any] = []
+        previous = 0
+        for msg in replies.msgs:
+            headers = msg.headers or {}
+            status = headers.get("Status")
+            if status == "404":
+                return out, 0
+            if status == "204":  # end of the batch
+                if int(headers.get("Nats-Last-Sequence", previous)) != previous:
+                    raise LogError(f"a batched read on {self.settings.stream!r} lost messages", url=self.url)
+                return out, int(headers.get("Nats-Num-Pending", 0))
+            if status is not None:
+                detail = headers.get("Description", "")
+                raise LogError(
+                    f"direct get on {self.settings.stream!r} failed: {status} {detail}", url=self.url
+                )
+            if "Nats-Num-Pending" not in headers:
+                return [msg], 1  # a server without batched direct gets: one message per request
+            if int(headers.get("Nats-Last-Sequence", 0)) != previous:
+                raise LogError(f"a batched read on {self.settings.stream!r} lost messages", url=self.url)
+            previous = int(headers["Nats-Sequence"])
+            out.append(msg)
+        raise LogError(
+            f"a batched read on {self.settings.stream!r} ended early", url=self.url
+        )  # pragma: no cover
+
+    def note_skip(self, seq: int, level: int, text: str) -> None:
+        """Log a skipped message once per message (later reads of it at DEBUG), never its payload."""
+        if seq in self._skipped:
+            level = logging.DEBUG
+        else:
+            if len(self._skipped) >= 4096:
+                self._skipped.clear()
+            self._skipped.add(seq)
+        logger.log(level, "message seq=%d on stream %s %s", seq, self.settings.stream, text)
+
+    async def join_parts(
+        self, headers: dict[str, str] | None, data: bytes, *, subject: str | None = None
+    ) -> bytes:
+        """Return the whole body of a message that may have been published in parts.
+
+        Args:
+            headers: the message's headers.
+            data: its body.
+            subject: its subject, if known: its parts must then be where :meth:`publish` puts
+                them for that subject.
+
+        Raises:
+            CodecError: the ``Skialith-Parts`` header is malformed.
+            MissingPartError: a part is not on the stream (any more).
+        """
+        return await self._join(headers, data, subject, None)
+
+    async def _join(
+        self, headers: dict[str, str] | None, data: bytes, subject: str | None, held: _HeldParts | None
+    ) -> bytes:
+        value = headers.get(Header.PARTS.value) if headers else None
+        if value is None:
             return data
-        n_text, base = parts.split(" ", 1)
+        n, base = self.parse_parts(value, subject)
         chunks = []
-        for i in range(int(n_text)):
-            req = json.dumps({"last_by_subj": f"{base}.{i}"}).encode()
-            msg = await self._direct_get(req)
-            if msg is None:
-                raise MissingPartError(f"part {i} of {base!r} is missing from the stream", url=self.url)
-            chunks.append(msg.data)
+        for i in range(n):
+            part = f"{base}.{i}"
+            chunk = held.pop(part) if held is not None else None
+            if chunk is None:
+                msg = await self._direct_get(json.dumps({"last_by_subj": part}).encode())
+                if msg is None:
+                    raise MissingPartError(f"part {i} of {base!r} is missing from the stream", url=self.url)
+                chunk = msg.data
+            chunks.append(chunk)
         return b"".join(chunks)
+
+    def parse_parts(self, value: str, subject: str | None = None) -> tuple[int, str]:
+        """Parse a ``Skialith-Parts`` header: ``"<n> <base>"``.
+
+        Raises:
+            CodecError: not ``n`` in 1..:data:`MAX_PARTS` and a base subject under this prefix
+                (under ``subject``'s part subjects when given) without wildcards or empty tokens.
+        """
+        n_text, _, base = value.partition(" ")
+        tokens = base.split(".")
+        if subject is not None:
+            expected = self.subjects.part_base(subject, "").split(".")
+            ok_base = len(tokens) == len(expected) and tokens[:-1] == expected[:-1]
+        else:
+            ok_base = len(tokens) >= 3 and tokens[0] == self.subjects.prefix
+        if not (
+            n_text.isascii()
+            and n_text.isdigit()
+            and 1 <= int(n_text) <= MAX_PARTS
+            and ok_base
+            and all(t and t not in ("*", ">") and t.isprintable() and " " not in t for t in tokens)
+        ):
+            raise CodecError(f"malformed {Header.PARTS.value} header: {value[:100]!r}")
+        return int(n_text), base
 
     async def purge(self, subject_filter: str, *, before_seq: int) -> None:
         """Remove the messages on ``subject_filter`` with a sequence below ``before_seq``."""
@@ -365,6 +568,51 @@ class Log:
     async def stream_last_seq(self) -> int:
         info = await self.js.stream_info(self.settings.stream)
         return int(info.state.last_seq)
+
+
+class _Replies:
+    """Collects the replies to one batched direct get at a time (a callback: no task per message)."""
+
+    def __init__(self) -> None:
+        self.msgs: list[Any] = []
+        self._done: asyncio.Future[None] | None = None
+
+    def expect(self) -> asyncio.Future[None]:
+        self.msgs = []
+        self._done = asyncio.get_running_loop().create_future()
+        return self._done
+
+    async def take(self, msg: Any) -> None:
+        done = self._done
+        if done is None or done.done():
+            return  # a late reply to a request given up on
+        self.msgs.append(msg)
+        headers = msg.headers or {}
+        if "Status" in headers or "Nats-Num-Pending" not in headers:  # the end, or an old server
+            done.set_result(None)
+
+
+class _HeldParts:
+    """Parts met by a read before their final message, up to :data:`HELD_PARTS_BYTES` (oldest out)."""
+
+    def __init__(self) -> None:
+        self._parts: dict[str, bytes] = {}
+        self._bytes = 0
+
+    def add(self, subject: str, data: bytes) -> None:
+        old = self._parts.pop(subject, None)
+        if old is not None:
+            self._bytes -= len(old)
+        self._parts[subject] = data
+        self._bytes += len(data)
+        while self._bytes > HELD_PARTS_BYTES and self._parts:
+            self._bytes -= len(self._parts.pop(next(iter(self._parts))))
+
+    def pop(self, subject: str) -> bytes | None:
+        data = self._parts.pop(subject, None)
+        if data is not None:
+            self._bytes -= len(data)
+        return data
 
 
 def _expect(headers: dict[str, str], expect: tuple[int, str] | None) -> dict[str, str]:

@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import codec, identity
-from .errors import ReadModelError
+from .errors import CodecError, ReadModelError
 from .identity import StreamIdentity
 from .log import Log
 from .readmodel import PROJECTION, ReadModel
@@ -158,11 +158,19 @@ class Scratch:
 async def replay(
     log: Log, filters: Sequence[str] | None, until_seq: int, scratch: Scratch | None = None
 ) -> AsyncIterator[AsyncConnection]:
-    """An in-memory read model holding the messages on ``filters`` up to ``until_seq``."""
+    """An in-memory read model holding the messages on ``filters`` up to ``until_seq``.
+
+    Messages that cannot be read (junk bytes, a malformed header, parts purged by a delete) are
+    skipped and logged once each, without their payload.
+    """
     messages: list[tuple[int, codec.Msg]] = []
     for f in [log.subjects.all] if filters is None else filters:
         async for m in log.read(f, until_seq=until_seq):
-            messages.append((m.seq, codec.loads(m.body)))
+            try:
+                messages.append((m.seq, codec.loads(m.body)))
+            except CodecError as exc:
+                # a forged or corrupt message is not the thread's: the rest of it stays readable
+                log.note_skip(m.seq, logging.WARNING, f"on {m.subject} skipped, cannot be decoded: {exc}")
     messages.sort(key=lambda item: item[0])
     own = scratch or Scratch()
     try:

@@ -115,7 +115,7 @@ async def test_retried_step_leaves_one_row_and_resume_returns_the_latest(
         await agent.save_event("llm", {"try": 1}, step=2)
         first = await agent.checkpoint(step=1, data={"n": 1, "try": 2})  # the step is retried
         again = await agent.checkpoint(step=1, data={"n": 1, "try": 2})  # a client retry of the same call
-        assert again == first  # JetStream dropped the duplicate and answered with the original seq
+        assert again > first  # stored again under an id of its own (issue 9 item 12); one row per key
         await agent.save_event("llm", {"try": 2}, step=2)
         state = await agent.resume()
         assert (state.step_index, state.data) == (2, {"n": 1, "try": 2})
