@@ -10,7 +10,6 @@ import asyncio
 import logging
 import random
 import time
-import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from types import TracebackType
@@ -30,7 +29,7 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import codec
-from ._loop import LoopThread
+from ._loop import Connections, LoopThread, close_nats
 from .config import Settings
 from .errors import ConfigError
 from .heads import MAX_GAPS, Heads, ThreadHead
@@ -65,7 +64,9 @@ class _Core:
         self.model = ReadModel.from_url(settings.database_url, connect_timeout=settings.connect_timeout)
         self.heads = Heads()
         self.inflight: dict[tuple[str, str, str], asyncio.Future[None]] = {}
-        self.scratch = Scratch()
+        # the connections of both engines, to close them if the loop is closed under them
+        self.connections = [Connections(self.model.engine)]
+        self.scratch = Scratch(on_create=lambda m: self.connections.append(Connections(m.engine)))
         self.keeper: AsyncIterator[None] | None = None
         self._lock = asyncio.Lock()
 
@@ -88,6 +89,17 @@ class _Core:
             self.log = None
         await self.model.close()
         await self.scratch.close()
+
+    async def close_orphaned(self) -> None:
+        """Close what this core holds after its loop was closed without closing it (a loop made by
+        hand and closed without ``shutdown_asyncgens``): its NATS socket and tasks and its database
+        connections, directly, since nothing can run on that loop any more (see _loop.py). Runs
+        on another, running loop."""
+        log, self.log = self.log, None
+        if log is not None:
+            close_nats(log.nc)
+        for connections in self.connections:
+            await connections.close_orphans()
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -410,11 +422,23 @@ class _Core:
             return await queries.delta_history(conn, self.serde, config, channels)
 
 
-async def _close_at_loop_end(core: _Core) -> AsyncIterator[None]:
+async def _close_at_loop_end(
+    cores: dict[asyncio.AbstractEventLoop, _Core], loop: asyncio.AbstractEventLoop, core: _Core
+) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        _forget(cores, loop, core)
         await core.close()
+
+
+def _forget(
+    cores: dict[asyncio.AbstractEventLoop, _Core], loop: asyncio.AbstractEventLoop, core: _Core
+) -> bool:
+    """Remove ``core`` from ``cores`` if it is still the core of ``loop``; True if this call did."""
+    if cores.get(loop) is not core:
+        return False
+    return cores.pop(loop, None) is core
 
 
 class SkialithCheckpointer(BaseCheckpointSaver[str]):
@@ -456,7 +480,11 @@ class SkialithCheckpointer(BaseCheckpointSaver[str]):
         self._loop_thread = LoopThread()
         self.read_stats = ReadStats()
         """Where reads were served from (read model or log), across sync and async calls."""
-        self._cores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Core] = weakref.WeakKeyDictionary()
+        # one core per loop that used the checkpointer; a core refers back to its loop (futures,
+        # locks, the NATS client), so a weak key would never be dropped: cores are removed when
+        # their loop shuts down (see _acore) or, for a loop closed without shutting down, by the
+        # next new core (or close/aclose), which closes what the dead one left open
+        self._cores: dict[asyncio.AbstractEventLoop, _Core] = {}
 
     @classmethod
     @contextmanager
@@ -475,17 +503,28 @@ class SkialithCheckpointer(BaseCheckpointSaver[str]):
     async def _acore(self) -> _Core:
         """The core of the running loop, created on first use.
 
-        A core is closed when its loop shuts down (``asyncio.run`` and pytest-asyncio call
-        ``shutdown_asyncgens``, which finalizes the keeper generator), so a checkpointer used from
-        many short-lived loops does not leak connections.
+        A core is closed and forgotten when its loop shuts down (``asyncio.run`` and pytest-asyncio
+        call ``shutdown_asyncgens``, which finalizes the keeper generator), so a checkpointer used
+        from many short-lived loops holds only the cores of live loops. A loop closed without
+        shutting down (``loop.close()`` alone) cannot run that close; the next core made on
+        another loop closes what it left open instead.
         """
         loop = asyncio.get_running_loop()
         core = self._cores.get(loop)
         if core is None:
+            await self._close_orphans()
+            core = self._cores.get(loop)
+        if core is None:
             core = self._cores[loop] = _Core(self.settings, self.serde, self.read_stats)
-            core.keeper = _close_at_loop_end(core)
+            core.keeper = _close_at_loop_end(self._cores, loop, core)
             await anext(core.keeper)
         return core
+
+    async def _close_orphans(self) -> None:
+        """Forget the cores of closed loops and close what they left open (on the running loop)."""
+        for loop, core in list(self._cores.items()):
+            if loop.is_closed() and _forget(self._cores, loop, core):
+                await core.close_orphaned()
 
     def _run(self, method: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         async def call() -> Any:
@@ -503,19 +542,23 @@ class SkialithCheckpointer(BaseCheckpointSaver[str]):
         await (await self._acore()).setup()
 
     def close(self) -> None:
-        """Close the NATS connection and engine of the sync face and stop its loop thread."""
-        if self._loop_thread.started:
+        """Close the NATS connection and engine of the sync face and stop its loop thread (and
+        close what loops closed without shutting down left open)."""
+        if self._loop_thread.started or any(loop.is_closed() for loop in list(self._cores)):
             loop = self._loop_thread.loop
-            core = self._cores.pop(loop, None)
-            if core is not None:
+            core = self._cores.get(loop)
+            if core is not None and _forget(self._cores, loop, core):
                 self._loop_thread.run(core.close(), method="aclose")
+            self._loop_thread.run(self._close_orphans(), method="aclose")
             self._loop_thread.close()
 
     async def aclose(self) -> None:
         """Close the NATS connection and engine used on the current loop (and the sync face's)."""
-        core = self._cores.pop(asyncio.get_running_loop(), None)
-        if core is not None:
+        loop = asyncio.get_running_loop()
+        core = self._cores.get(loop)
+        if core is not None and _forget(self._cores, loop, core):
             await core.close()
+        await self._close_orphans()
         if self._loop_thread.started:
             await asyncio.to_thread(self.close)
 

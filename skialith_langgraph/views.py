@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
@@ -118,15 +118,18 @@ class Scratch:
     Replays through one scratch model take turns; each starts from empty tables.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_create: Callable[[ReadModel], object] | None = None) -> None:
         self._model: ReadModel | None = None
         self._lock = asyncio.Lock()
+        self._on_create = on_create  # told of each in-memory model made, before it connects
 
     @asynccontextmanager
     async def empty(self) -> AsyncIterator[ReadModel]:
         async with self._lock:
             if self._model is None:
                 self._model = ReadModel.memory()
+                if self._on_create is not None:
+                    self._on_create(self._model)
                 await self._model.setup()
             else:
                 async with self._model.begin() as conn:

@@ -1,0 +1,111 @@
+"""Resources stay bounded (issue 9, items 10 and 11): cores of ended event loops, file descriptors
+of loops closed by hand, the bytes own-writes heads hold, and the log lines of a database outage."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import threading
+
+import pytest
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import Checkpoint, empty_checkpoint
+
+from skialith_langgraph import Settings, SkialithCheckpointer
+from skialith_langgraph import checkpointer as checkpointer_module
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _live_cores() -> int:
+    gc.collect()
+    return sum(isinstance(o, checkpointer_module._Core) for o in gc.get_objects())
+
+
+def _checkpoint(step: int) -> Checkpoint:
+    checkpoint = empty_checkpoint()
+    checkpoint["channel_values"] = {"step": step}
+    checkpoint["channel_versions"] = {"step": f"{step:032}.0"}
+    return checkpoint
+
+
+async def _put_and_get(saver: SkialithCheckpointer, step: int) -> None:
+    config: RunnableConfig = {"configurable": {"thread_id": f"t-{step % 5}", "checkpoint_ns": ""}}
+    written = await saver.aput(config, _checkpoint(step), {"step": step}, {"step": f"{step:032}.0"})
+    read = await saver.aget_tuple(written)
+    assert read is not None and read.checkpoint["channel_values"] == {"step": step}
+
+
+# -- item 10: a core per loop, dropped when its loop ends ----------------------------------------
+
+RUNS = 200
+RSS_SLACK_MIB = 20.0  # generous: 180 more runs kept +8 MiB on 4b9c872 (SQLite), +42 MiB in the issue
+
+
+@pytest.mark.slow
+def test_asyncio_run_after_asyncio_run_keeps_cores_fds_and_memory_bounded(settings: Settings) -> None:
+    # read_wait=0: no projector runs here, so reads go to the log at once
+    saver = SkialithCheckpointer(settings=settings.replace(read_wait=0.0))
+    try:
+        samples: dict[int, tuple[int, int, float]] = {}
+        for i in range(RUNS):
+            asyncio.run(_put_and_get(saver, i))
+            if i + 1 in (20, RUNS):
+                samples[i + 1] = (_live_cores(), _open_fds(), _rss_mib())
+        (cores_20, fds_20, rss_20), (cores_n, fds_n, rss_n) = samples[20], samples[RUNS]
+        # every loop has ended: no core is left (4b9c872 kept all 200, one per run)
+        assert cores_n <= 1, (cores_20, cores_n)
+        assert fds_n <= fds_20 + 2, (fds_20, fds_n)
+        assert rss_n - rss_20 < RSS_SLACK_MIB, (rss_20, rss_n)
+    finally:
+        saver.close()
+
+
+LOOPS = 40
+
+
+def test_event_loops_closed_by_hand_leak_no_file_descriptors(settings: Settings) -> None:
+    """``loop.close()`` without ``shutdown_asyncgens``: the NATS socket, the database connections
+    (and aiosqlite's threads) of the loop's core are closed when the next loop makes its core."""
+    saver = SkialithCheckpointer(settings=settings.replace(read_wait=0.0))
+    try:
+        loop = asyncio.new_event_loop()
+        loop.run_until_complete(_put_and_get(saver, 0))
+        loop.close()
+        fds, threads = _open_fds(), threading.active_count()
+        for i in range(1, LOOPS + 1):
+            loop = asyncio.new_event_loop()
+            loop.run_until_complete(_put_and_get(saver, i))
+            loop.close()
+        # 4b9c872: +2 (MySQL) or +3 (SQLite) descriptors and +1 or +2 threads per loop
+        assert _open_fds() <= fds + 3, (fds, _open_fds())
+        assert threading.active_count() <= threads + 2, (threads, threading.active_count())
+        assert _live_cores() <= 2
+    finally:
+        saver.close()
+    # close() also closes what the last hand-closed loop left open
+    assert _live_cores() == 0
+    assert _open_fds() <= fds, (fds, _open_fds())
+
+
+def test_a_core_closed_by_aclose_is_not_closed_again_at_loop_end(settings: Settings) -> None:
+    saver = SkialithCheckpointer(settings=settings)
+
+    async def main() -> None:
+        await _put_and_get(saver, 1)
+        await saver.aclose()
+        await _put_and_get(saver, 2)  # a new core on the same loop, closed at the loop's end
+
+    try:
+        asyncio.run(main())
+        assert _live_cores() == 0
+    finally:
+        saver.close()
