@@ -14,6 +14,7 @@ from langgraph.checkpoint.base import Checkpoint, empty_checkpoint
 
 from skialith_langgraph import Settings, SkialithCheckpointer
 from skialith_langgraph import checkpointer as checkpointer_module
+from skialith_langgraph import heads as heads_module
 
 
 def _open_fds() -> int:
@@ -109,3 +110,77 @@ def test_a_core_closed_by_aclose_is_not_closed_again_at_loop_end(settings: Setti
         assert _live_cores() == 0
     finally:
         saver.close()
+
+
+# -- item 10: own-writes heads are capped by bytes ---------------------------------------------
+
+CAP = 8 * 2**20  # a small cap for the test; the default (heads.MAX_HEAD_BYTES) is 64 MiB
+STATE = 2**20  # ~1 MiB per thread's state
+
+
+def _held(saver: SkialithCheckpointer) -> int:
+    """The bytes the heads of the running loop's core hold, counted from their contents."""
+    total = 0
+    for core in list(saver._cores.values()):
+        for head in list(core.heads._heads.values()):
+            for ns in head.ns.values():
+                total += len(ns.checkpoint[1]) + len(ns.metadata[1])
+                total += sum(len(data) for _, data in ns.blobs.values())
+            for stored in head.writes.values():
+                total += sum(len(value[1]) for _, _, value, _ in stored.values())
+    return total
+
+
+def _big_checkpoint(thread: int, size: int) -> tuple[Checkpoint, dict[str, str]]:
+    checkpoint = empty_checkpoint()
+    versions = {"blob": f"{1:032}.0", "n": f"{1:032}.0"}
+    checkpoint["channel_values"] = {"blob": bytes([thread % 256]) * size, "n": thread}
+    checkpoint["channel_versions"] = dict(versions)
+    return checkpoint, versions
+
+
+async def test_heads_hold_at_most_their_byte_cap_and_evicted_threads_read_right(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(heads_module, "MAX_HEAD_BYTES", CAP, raising=False)
+    saver = SkialithCheckpointer(settings=settings.replace(read_wait=0.0))
+    threads = 20
+    try:
+        held = []
+        for t in range(threads):
+            config: RunnableConfig = {"configurable": {"thread_id": f"big-{t}", "checkpoint_ns": ""}}
+            assert await saver.aget_tuple(config) is None  # a fresh thread: this process starts its head
+            checkpoint, versions = _big_checkpoint(t, STATE)
+            await saver.aput(config, checkpoint, {"step": t}, versions)
+            await saver.aput_writes(
+                {"configurable": {**config["configurable"], "checkpoint_id": checkpoint["id"]}},
+                [("n", t)],
+                f"task-{t}",
+            )
+            held.append(_held(saver))
+        # 4b9c872 kept every head: ~20 MiB here (401 MiB for 400 threads in the issue)
+        assert max(held) <= CAP, [h // 2**20 for h in held]
+        core = next(iter(saver._cores.values()))
+        assert core.heads.nbytes >= _held(saver)  # the count includes the contents (and some overhead)
+        assert core.heads.nbytes <= CAP
+        assert len(core.heads) < threads  # some heads were dropped
+        # every thread reads right, whether from its head or (dropped) from the log
+        for t in reversed(range(threads)):
+            config = {"configurable": {"thread_id": f"big-{t}", "checkpoint_ns": ""}}
+            tup = await saver.aget_tuple(config)
+            assert tup is not None
+            assert tup.checkpoint["channel_values"] == {"blob": bytes([t % 256]) * STATE, "n": t}
+            assert tup.pending_writes == [(f"task-{t}", "n", t)]
+        assert saver.read_stats.head > 0 and saver.read_stats.log > 0, saver.read_stats
+
+        # one head bigger than the cap on its own is not kept, and its thread still reads right
+        config = {"configurable": {"thread_id": "huge", "checkpoint_ns": ""}}
+        assert await saver.aget_tuple(config) is None
+        checkpoint, versions = _big_checkpoint(7, CAP + STATE)
+        await saver.aput(config, checkpoint, {"step": 0}, versions)
+        assert core.heads.get("huge") is None
+        assert core.heads.nbytes <= CAP
+        tup = await saver.aget_tuple(config)
+        assert tup is not None and tup.checkpoint["channel_values"]["blob"] == bytes([7]) * (CAP + STATE)
+    finally:
+        await saver.aclose()
