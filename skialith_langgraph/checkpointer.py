@@ -36,7 +36,7 @@ from .heads import MAX_GAPS, Heads, ThreadHead
 from .log import ExpectationFailed, Log
 from .readmodel import PROJECTION, ReadModel, queries
 from .subjects import check_length, token
-from .views import MODEL_ERRORS, ReadStats, Scratch, consistent_view, model_failed
+from .views import MODEL_ERRORS, ReadStats, Scratch, consistent_view, model_answered, model_failed
 
 logger = logging.getLogger(__name__)
 
@@ -386,6 +386,7 @@ class _Core:
             except MODEL_ERRORS as exc:
                 await model_failed(model, conn, exc)
                 return _MISS
+        model_answered(model)
         self.stats.database += 1
         return found
 

@@ -44,12 +44,23 @@ MODEL_ERRORS = (ReadModelError, SQLAlchemyError, TimeoutError)  # the read model
 
 
 async def model_failed(model: ReadModel, conn: AsyncConnection | None, exc: BaseException) -> None:
-    """After a read-model failure: skip the database for a while and drop the connection."""
-    model.mark_down()
+    """After a read-model failure: skip the database for a while and drop the connection.
+
+    Logs one warning per outage (its first failure), the other failures at DEBUG; see
+    :func:`model_answered` for the line that ends it.
+    """
+    first = model.mark_down()
     if conn is not None:
         with contextlib.suppress(Exception):
             await conn.invalidate()  # its socket may be stuck: keep it out of the pool
-    logger.warning("read model unavailable (%r); serving the read from the log", exc)
+    level = logging.WARNING if first else logging.DEBUG
+    logger.log(level, "read model %s unavailable (%r); serving reads from the log", model.url, exc)
+
+
+def model_answered(model: ReadModel) -> None:
+    """After the read model answered: if that ends an outage, say so once."""
+    if model.mark_up():
+        logger.info("read model %s answers again; serving reads from it", model.url)
 
 
 @asynccontextmanager
@@ -95,6 +106,7 @@ async def consistent_view(
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 0.02)
                     caught_up = await watermark(candidate, name) >= target
+            model_answered(model)
             if caught_up:
                 conn = candidate
             else:

@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import os
 import threading
+import time
 
 import pytest
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import Checkpoint, empty_checkpoint
+from sqlalchemy.engine import make_url
+from tcp_proxy import TcpProxy
 
-from skialith_langgraph import Settings, SkialithCheckpointer
+from skialith_langgraph import Projector, Settings, SkialithCheckpointer
 from skialith_langgraph import checkpointer as checkpointer_module
 from skialith_langgraph import heads as heads_module
+from skialith_langgraph.readmodel import DOWN_PAUSE
 
 
 def _open_fds() -> int:
@@ -184,3 +189,75 @@ async def test_heads_hold_at_most_their_byte_cap_and_evicted_threads_read_right(
         assert tup is not None and tup.checkpoint["channel_values"]["blob"] == bytes([7]) * (CAP + STATE)
     finally:
         await saver.aclose()
+
+
+# -- item 11: a database outage logs one warning, not one per read --------------------------------
+
+OUTAGE_READS = 30  # reads during the cut, over more than DOWN_PAUSE, so the database is retried
+
+
+@pytest.mark.mysql
+async def test_a_database_outage_logs_one_warning_and_reads_return_to_the_database_after_it(
+    nats_url: str, mysql_url: str, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    target = make_url(mysql_url)
+    base = Settings(
+        nats_url=nats_url,
+        database_url=mysql_url,
+        stream=f"SK{unique}".upper(),
+        subject_prefix=f"sk{unique}",
+        connect_timeout=2.0,
+        read_wait=0.5,
+    )
+    projector = Projector(base, batch_size=20, fetch_timeout=0.1)  # straight to the database
+    await projector.start()
+    async with TcpProxy(target.host or "127.0.0.1", target.port or 3306) as proxy:
+        through = target.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+        writer = SkialithCheckpointer(settings=base)
+        reader = SkialithCheckpointer(settings=base.replace(database_url=through))  # no heads to lean on
+        config: RunnableConfig = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+        try:
+            written = await writer.aput(config, _checkpoint(1), {"step": 1}, {"step": f"{1:032}.0"})
+            await reader.asetup()
+            caplog.set_level(logging.DEBUG, logger="skialith_langgraph")
+
+            proxy.cut("reset")
+            started = time.monotonic()
+            for _ in range(OUTAGE_READS):
+                tup = await reader.aget_tuple(config)  # answered from the log
+                assert tup is not None and tup.config == written
+                await asyncio.sleep(0.1)
+            assert time.monotonic() - started > DOWN_PAUSE  # the database was tried again meanwhile
+            assert reader.read_stats.log >= OUTAGE_READS, reader.read_stats
+            warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+            # 4b9c872: one warning per read
+            assert len(warnings) == 1, [r.getMessage() for r in warnings]
+            assert "unavailable" in warnings[0].getMessage()
+            assert any(r.levelno == logging.DEBUG and "unavailable" in r.getMessage() for r in caplog.records)
+
+            proxy.restore()
+            served = reader.read_stats.database
+            deadline = time.monotonic() + 15
+            # reads keep coming, more often than DOWN_PAUSE: the database is still tried again
+            # (4b9c872: each read refused by the down mark extended it, so it never was)
+            while reader.read_stats.database == served and time.monotonic() < deadline:
+                tup = await reader.aget_tuple(config)
+                assert tup is not None and tup.config == written
+                await asyncio.sleep(0.1)
+            assert reader.read_stats.database > served, reader.read_stats
+            back = [
+                r for r in caplog.records if r.levelno == logging.INFO and "answers again" in r.getMessage()
+            ]
+            assert len(back) == 1, [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+            assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) == 1
+
+            proxy.cut("reset")  # a second outage warns again, once
+            for _ in range(5):
+                assert await reader.aget_tuple(config) is not None
+            warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+            assert len(warnings) == 2, [r.getMessage() for r in warnings]
+        finally:
+            proxy.restore()
+            await writer.aclose()
+            await reader.aclose()
+            await projector.stop()
