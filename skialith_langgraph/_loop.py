@@ -67,13 +67,23 @@ class LoopThread:
             )
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
-    def close(self) -> None:
+    def close(self, last: Coroutine[Any, Any, Any] | None = None) -> None:
+        """Stop the loop and its thread, after running ``last`` on it (errors ignored)."""
         with self._lock:
             loop, thread = self._loop, self._thread
             self._loop = self._thread = None
         if loop is None or loop.is_closed():
+            if last is not None:
+                last.close()
             return
-        loop.call_soon_threadsafe(loop.stop)
+
+        async def finish() -> None:
+            if last is not None:
+                with contextlib.suppress(Exception):
+                    await last
+            loop.stop()
+
+        asyncio.run_coroutine_threadsafe(finish(), loop)
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
         if not loop.is_running():

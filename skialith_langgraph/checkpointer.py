@@ -10,6 +10,7 @@ import asyncio
 import logging
 import random
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from types import TracebackType
@@ -442,6 +443,13 @@ def _forget(
     return cores.pop(loop, None) is core
 
 
+def _close_loop_thread(loop_thread: LoopThread, cores: dict[asyncio.AbstractEventLoop, _Core]) -> None:
+    """Close the sync face of a checkpointer that was collected without ``close()``."""
+    if loop_thread.started:
+        core = cores.pop(loop_thread.loop, None)
+        loop_thread.close(core.close() if core is not None else None)
+
+
 class SkialithCheckpointer(BaseCheckpointSaver[str]):
     """A LangGraph checkpointer with a write-ahead log on NATS JetStream.
 
@@ -486,6 +494,10 @@ class SkialithCheckpointer(BaseCheckpointSaver[str]):
         # their loop shuts down (see _acore) or, for a loop closed without shutting down, by the
         # next new core (or close/aclose), which closes what the dead one left open
         self._cores: dict[asyncio.AbstractEventLoop, _Core] = {}
+        # a checkpointer dropped without close(): its loop thread would run on, holding the sync
+        # face's NATS connection and engine, one thread per dropped checkpointer
+        finalizer = weakref.finalize(self, _close_loop_thread, self._loop_thread, self._cores)
+        finalizer.atexit = False
 
     @classmethod
     @contextmanager

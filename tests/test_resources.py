@@ -261,3 +261,27 @@ async def test_a_database_outage_logs_one_warning_and_reads_return_to_the_databa
             await writer.aclose()
             await reader.aclose()
             await projector.stop()
+
+
+# -- sibling: a checkpointer dropped without close() ----------------------------------------------
+
+
+def test_a_checkpointer_dropped_without_close_stops_its_loop_thread(settings: Settings) -> None:
+    def use_and_drop(step: int) -> None:
+        saver = SkialithCheckpointer(settings=settings.replace(read_wait=0.0))
+        config: RunnableConfig = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+        written = saver.put(config, _checkpoint(step), {"step": step}, {"step": f"{step:032}.0"})
+        assert saver.get_tuple(written) is not None
+
+    use_and_drop(0)
+    gc.collect()
+    fds, threads = _open_fds(), threading.active_count()
+    for step in range(1, 11):
+        use_and_drop(step)
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while threading.active_count() > threads and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # 4b9c872: each dropped checkpointer kept its loop thread, NATS connection and engine
+    assert threading.active_count() <= threads, (threads, threading.active_count())
+    assert _open_fds() <= fds + 2, (fds, _open_fds())
