@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.pool import StaticPool
 
 from . import codec, identity
-from ._loop import LoopThread
+from ._loop import Connections, LoopThread, close_nats
 from .codec import strict_serde
 from .config import Settings
 from .errors import ConfigError
@@ -39,7 +39,7 @@ from .identity import StreamIdentity
 from .log import ExpectationFailed, Log
 from .readmodel import PROJECTION, ReadModel, queries
 from .subjects import check_length, token
-from .views import MODEL_ERRORS, ReadStats, Scratch, consistent_view, model_failed
+from .views import MODEL_ERRORS, ReadStats, Scratch, consistent_view, model_answered, model_failed
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,9 @@ class _Core:
         self.model = ReadModel.from_url(settings.database_url, connect_timeout=settings.connect_timeout)
         self.heads = Heads()
         self.inflight: dict[tuple[str, str, str], asyncio.Future[None]] = {}
-        self.scratch = Scratch()
+        # the connections of both engines, to close them if the loop is closed under them
+        self.connections = [Connections(self.model.engine)]
+        self.scratch = Scratch(on_create=lambda m: self.connections.append(Connections(m.engine)))
         self.keeper: AsyncIterator[None] | None = None
         self.stream: StreamIdentity | None = None  # the stream the heads were built on
         self._lock = asyncio.Lock()
@@ -92,6 +94,17 @@ class _Core:
             self.log = None
         await self.model.close()
         await self.scratch.close()
+
+    async def close_orphaned(self) -> None:
+        """Close what this core holds after its loop was closed without closing it (a loop made by
+        hand and closed without ``shutdown_asyncgens``): its NATS socket and tasks and its database
+        connections, directly, since nothing can run on that loop any more (see _loop.py). Runs
+        on another, running loop."""
+        log, self.log = self.log, None
+        if log is not None:
+            close_nats(log.nc)
+        for connections in self.connections:
+            await connections.close_orphans()
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -516,6 +529,7 @@ class _Core:
             except MODEL_ERRORS as exc:
                 await model_failed(model, conn, exc)
                 return _MISS
+        model_answered(model)
         self.stats.database += 1
         return found
 
@@ -566,11 +580,30 @@ async def _aclose(items: AsyncIterator[Any]) -> None:
         await aclose()
 
 
-async def _close_at_loop_end(core: _Core) -> AsyncIterator[None]:
+async def _close_at_loop_end(
+    cores: dict[asyncio.AbstractEventLoop, _Core], loop: asyncio.AbstractEventLoop, core: _Core
+) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        _forget(cores, loop, core)
         await core.close()
+
+
+def _forget(
+    cores: dict[asyncio.AbstractEventLoop, _Core], loop: asyncio.AbstractEventLoop, core: _Core
+) -> bool:
+    """Remove ``core`` from ``cores`` if it is still the core of ``loop``; True if this call did."""
+    if cores.get(loop) is not core:
+        return False
+    return cores.pop(loop, None) is core
+
+
+def _close_loop_thread(loop_thread: LoopThread, cores: dict[asyncio.AbstractEventLoop, _Core]) -> None:
+    """Close the sync face of a checkpointer that was collected without ``close()``."""
+    if loop_thread.started:
+        core = cores.pop(loop_thread.loop, None)
+        loop_thread.close(core.close() if core is not None else None)
 
 
 class SkialithCheckpointer(BaseCheckpointSaver[str]):
@@ -612,10 +645,22 @@ class SkialithCheckpointer(BaseCheckpointSaver[str]):
             self.settings = Settings.from_env(**overrides)
         else:
             self.settings = settings.replace(**overrides)
-        self._loop_thread = LoopThread()
         self.read_stats = ReadStats()
         """Where reads were served from (read model or log), across sync and async calls."""
-        self._cores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Core] = weakref.WeakKeyDictionary()
+        self._own_plumbing()
+
+    def _own_plumbing(self) -> None:
+        """A loop thread and cores of this instance's own (``__init__``, and clones)."""
+        self._loop_thread = LoopThread()
+        # one core per loop that used the checkpointer; a core refers back to its loop (futures,
+        # locks, the NATS client), so a weak key would never be dropped: cores are removed when
+        # their loop shuts down (see _acore) or, for a loop closed without shutting down, by the
+        # next new core (or close/aclose), which closes what the dead one left open
+        self._cores: dict[asyncio.AbstractEventLoop, _Core] = {}
+        # a checkpointer dropped without close(): its loop thread would run on, holding the sync
+        # face's NATS connection and engine, one thread per dropped checkpointer
+        finalizer = weakref.finalize(self, _close_loop_thread, self._loop_thread, self._cores)
+        finalizer.atexit = False
 
     @classmethod
     @contextmanager
@@ -634,17 +679,28 @@ class SkialithCheckpointer(BaseCheckpointSaver[str]):
     async def _acore(self) -> _Core:
         """The core of the running loop, created on first use.
 
-        A core is closed when its loop shuts down (``asyncio.run`` and pytest-asyncio call
-        ``shutdown_asyncgens``, which finalizes the keeper generator), so a checkpointer used from
-        many short-lived loops does not leak connections.
+        A core is closed and forgotten when its loop shuts down (``asyncio.run`` and pytest-asyncio
+        call ``shutdown_asyncgens``, which finalizes the keeper generator), so a checkpointer used
+        from many short-lived loops holds only the cores of live loops. A loop closed without
+        shutting down (``loop.close()`` alone) cannot run that close; the next core made on
+        another loop closes what it left open instead.
         """
         loop = asyncio.get_running_loop()
         core = self._cores.get(loop)
         if core is None:
+            await self._close_orphans()
+            core = self._cores.get(loop)
+        if core is None:
             core = self._cores[loop] = _Core(self.settings, self.serde, self.read_stats)
-            core.keeper = _close_at_loop_end(core)
+            core.keeper = _close_at_loop_end(self._cores, loop, core)
             await anext(core.keeper)
         return core
+
+    async def _close_orphans(self) -> None:
+        """Forget the cores of closed loops and close what they left open (on the running loop)."""
+        for loop, core in list(self._cores.items()):
+            if loop.is_closed() and _forget(self._cores, loop, core):
+                await core.close_orphaned()
 
     def _run(self, method: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         async def call() -> Any:
@@ -656,12 +712,12 @@ class SkialithCheckpointer(BaseCheckpointSaver[str]):
         """A clone whose serializer also constructs ``extra_allowlist`` ((module, name) pairs) when
         reading (LangGraph's ``compile`` calls it with the graph's state types when
         ``LANGGRAPH_STRICT_MSGPACK=true``). The clone has its own connections (a core holds its
-        serializer), on the same sync loop thread."""
+        serializer) and its own sync loop thread; close it like any checkpointer."""
         clone = super().with_allowlist(extra_allowlist)
         if clone is self:
             return self
         assert isinstance(clone, SkialithCheckpointer)
-        clone._cores = weakref.WeakKeyDictionary()
+        clone._own_plumbing()
         return clone
 
     def setup(self) -> None:
@@ -674,19 +730,23 @@ class SkialithCheckpointer(BaseCheckpointSaver[str]):
         await (await self._acore()).setup()
 
     def close(self) -> None:
-        """Close the NATS connection and engine of the sync face and stop its loop thread."""
-        if self._loop_thread.started:
+        """Close the NATS connection and engine of the sync face and stop its loop thread (and
+        close what loops closed without shutting down left open)."""
+        if self._loop_thread.started or any(loop.is_closed() for loop in list(self._cores)):
             loop = self._loop_thread.loop
-            core = self._cores.pop(loop, None)
-            if core is not None:
+            core = self._cores.get(loop)
+            if core is not None and _forget(self._cores, loop, core):
                 self._loop_thread.run(core.close(), method="aclose")
+            self._loop_thread.run(self._close_orphans(), method="aclose")
             self._loop_thread.close()
 
     async def aclose(self) -> None:
         """Close the NATS connection and engine used on the current loop (and the sync face's)."""
-        core = self._cores.pop(asyncio.get_running_loop(), None)
-        if core is not None:
+        loop = asyncio.get_running_loop()
+        core = self._cores.get(loop)
+        if core is not None and _forget(self._cores, loop, core):
             await core.close()
+        await self._close_orphans()
         if self._loop_thread.started:
             await asyncio.to_thread(self.close)
 

@@ -36,6 +36,10 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 from .codec import CheckpointMsg, WritesMsg, version_key
 
 MAX_HEADS = 1024
+# bytes of checkpoints, values and writes all heads of one core may hold; least recently used
+# heads are dropped beyond it, and a head bigger than this on its own is not kept
+MAX_HEAD_BYTES = 64 * 2**20
+_ENTRY_BYTES = 64  # a rough cost of one stored entry beyond its bytes (keys, tuples)
 MAX_GAPS = 8  # gaps a head may wait to have checked; beyond that it is dropped
 
 Typed = tuple[str, bytes]
@@ -67,6 +71,21 @@ class ThreadHead:
     # (a, b): sequences of two consecutive publishes of ours, sent back to back, that are not
     # adjacent on the stream; exact only if nothing on the thread lies between (checked by reads)
     gaps: list[tuple[int, int]] = field(default_factory=list)
+    nbytes: int = 0  # what the head holds, as counted by its owner (see Heads)
+    owner: Heads | None = field(default=None, repr=False)
+    thread_id: str = ""
+
+    def _resized(self) -> None:
+        size = 0
+        for ns_head in self.ns.values():
+            size += len(ns_head.checkpoint[1]) + len(ns_head.metadata[1]) + _ENTRY_BYTES
+            size += sum(len(data) + _ENTRY_BYTES for _, data in ns_head.blobs.values())
+        for stored in self.writes.values():
+            size += sum(len(value[1]) + _ENTRY_BYTES for _, _, value, _ in stored.values())
+        if self.owner is not None:
+            self.owner.resized(self, size)
+        else:
+            self.nbytes = size
 
     def apply_checkpoint(self, msg: CheckpointMsg, channel_versions: dict[str, Any]) -> bool:
         """Fold a checkpoint we published into the head; False if the head cannot stay exact."""
@@ -90,6 +109,7 @@ class ThreadHead:
         )
         for key in [k for k in self.writes if k[0] == msg.checkpoint_ns and k[1] < msg.checkpoint_id]:
             del self.writes[key]
+        self._resized()
         return True
 
     def apply_writes(self, msg: WritesMsg) -> None:
@@ -102,6 +122,7 @@ class ThreadHead:
             if idx >= 0 and key in stored:
                 continue  # LangGraph: ordinary writes keep the first value
             stored[key] = (msg.task_id, channel, (typ, data), msg.task_path)
+        self._resized()
 
     def get_tuple(
         self, serde: SerializerProtocol, thread_id: str, ns: str, checkpoint_id: str | None
@@ -139,11 +160,19 @@ class ThreadHead:
 
 
 class Heads:
-    """Heads of the threads one core writes, least recently used dropped first."""
+    """Heads of the threads one core writes, least recently used dropped first: at most
+    ``max_heads`` of them, holding at most ``max_bytes`` together (``MAX_HEAD_BYTES``)."""
 
-    def __init__(self, max_heads: int = MAX_HEADS) -> None:
+    def __init__(self, max_heads: int = MAX_HEADS, max_bytes: int | None = None) -> None:
         self._heads: OrderedDict[str, ThreadHead] = OrderedDict()
         self._max = max_heads
+        self._max_bytes = MAX_HEAD_BYTES if max_bytes is None else max_bytes
+        self._bytes = 0
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes all heads hold (checkpoints, values and writes, roughly counted)."""
+        return self._bytes
 
     def get(self, thread_id: str) -> ThreadHead | None:
         head = self._heads.get(thread_id)
@@ -152,16 +181,38 @@ class Heads:
         return head
 
     def create(self, thread_id: str, global_seq: int) -> ThreadHead:
-        head = self._heads[thread_id] = ThreadHead(seq=0, global_seq=global_seq)
+        self.drop(thread_id)
+        head = self._heads[thread_id] = ThreadHead(
+            seq=0, global_seq=global_seq, owner=self, thread_id=thread_id
+        )
         while len(self._heads) > self._max:
-            self._heads.popitem(last=False)
+            self._evict()
         return head
 
+    def resized(self, head: ThreadHead, nbytes: int) -> None:
+        """Count a head's new size; drop heads, least recently used first, beyond the byte cap."""
+        if self._heads.get(head.thread_id) is not head:
+            head.nbytes = nbytes  # dropped already: counted nowhere
+            return
+        self._bytes += nbytes - head.nbytes
+        head.nbytes = nbytes
+        if nbytes > self._max_bytes:
+            self.drop(head.thread_id)  # too big to keep on its own: its reads take the ordinary path
+        while self._bytes > self._max_bytes and self._heads:
+            self._evict()
+
+    def _evict(self) -> None:
+        _, head = self._heads.popitem(last=False)
+        self._bytes -= head.nbytes
+
     def drop(self, thread_id: str) -> None:
-        self._heads.pop(thread_id, None)
+        head = self._heads.pop(thread_id, None)
+        if head is not None:
+            self._bytes -= head.nbytes
 
     def clear(self) -> None:
         self._heads.clear()
+        self._bytes = 0
 
     def __len__(self) -> int:
         return len(self._heads)

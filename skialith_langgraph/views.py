@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
@@ -45,12 +45,23 @@ MODEL_ERRORS = (ReadModelError, SQLAlchemyError, TimeoutError)  # the read model
 
 
 async def model_failed(model: ReadModel, conn: AsyncConnection | None, exc: BaseException) -> None:
-    """After a read-model failure: skip the database for a while and drop the connection."""
-    model.mark_down()
+    """After a read-model failure: skip the database for a while and drop the connection.
+
+    Logs one warning per outage (its first failure), the other failures at DEBUG; see
+    :func:`model_answered` for the line that ends it.
+    """
+    first = model.mark_down()
     if conn is not None:
         with contextlib.suppress(Exception):
             await conn.invalidate()  # its socket may be stuck: keep it out of the pool
-    logger.warning("read model unavailable (%r); serving the read from the log", exc)
+    level = logging.WARNING if first else logging.DEBUG
+    logger.log(level, "read model %s unavailable (%r); serving reads from the log", model.url, exc)
+
+
+def model_answered(model: ReadModel) -> None:
+    """After the read model answered: if that ends an outage, say so once."""
+    if model.mark_up():
+        logger.info("read model %s answers again; serving reads from it", model.url)
 
 
 @asynccontextmanager
@@ -101,6 +112,7 @@ async def consistent_view(
                     delay = min(delay * 2, 0.02)
                     mark = await _watermark(candidate, model, name, stream)
                     caught_up = mark is not None and mark >= target
+            model_answered(model)
             if caught_up:
                 conn = candidate
             else:
@@ -132,15 +144,18 @@ class Scratch:
     Replays through one scratch model take turns; each starts from empty tables.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_create: Callable[[ReadModel], object] | None = None) -> None:
         self._model: ReadModel | None = None
         self._lock = asyncio.Lock()
+        self._on_create = on_create  # told of each in-memory model made, before it connects
 
     @asynccontextmanager
     async def empty(self) -> AsyncIterator[ReadModel]:
         async with self._lock:
             if self._model is None:
                 self._model = ReadModel.memory()
+                if self._on_create is not None:
+                    self._on_create(self._model)
                 await self._model.setup()
             else:
                 async with self._model.begin() as conn:

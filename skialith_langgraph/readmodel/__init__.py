@@ -83,11 +83,30 @@ class ReadModel:
         self._ready = False
         self._lock = asyncio.Lock()
         self._down_until = 0.0  # monotonic time before which the database is assumed down
+        self._outage = False  # failed since it last answered
 
-    def mark_down(self, seconds: float = DOWN_PAUSE) -> None:
+    def mark_down(self, seconds: float = DOWN_PAUSE) -> bool:
         """Remember that the database failed, so reads go straight to the log for a while
-        instead of each waiting for a connect timeout."""
+        instead of each waiting for a connect timeout.
+
+        A failure while already marked down (a read refused by that mark) does not extend it,
+        so the database is tried again ``seconds`` after it failed however often reads come.
+
+        Returns:
+            True for the first failure since the database last answered (a new outage).
+        """
+        if self.down:
+            return False
         self._down_until = time.monotonic() + seconds
+        first, self._outage = not self._outage, True
+        return first
+
+    def mark_up(self) -> bool:
+        """Remember that the database answered; True if that ends an outage."""
+        if not self._outage:
+            return False
+        self._outage = False
+        return True
 
     @property
     def down(self) -> bool:
