@@ -370,9 +370,10 @@ class _Core:
         superseded leaves the stream. A reader replaying the thread, or a projector that had not
         reached the prune (or starts from scratch), applies the prune and then the kept content
         (idempotent upserts), and ends as one that saw the whole history. The delete tombstone,
-        if any, stays (a lagging projector must still apply it), and so do parts of large
-        messages (a large put in flight may have its parts before the prune and its final
-        message after it).
+        if any, stays (a lagging projector must still apply it). The parts of large messages go
+        too: a large put in flight with its parts before the prune and its final message after
+        it finds the prune between the two and publishes itself again whole
+        (``Log._deleted_between``).
 
         When something else is written on the thread meanwhile, the chain stops and nothing is
         purged: the older messages still hold the kept content (correct, only less compact).
@@ -409,6 +410,9 @@ class _Core:
             log.subjects.writes(tk),
             replay,
             log.subjects.thread_op(tk, "prune"),
+            # a large put whose parts came before the prune and its final message after it sees the
+            # prune between the two (Log._deleted_between) and publishes itself again whole
+            log.subjects.thread_parts(tk),
         ):
             await log.purge(subject, before_seq=pruned_at)
 

@@ -267,7 +267,7 @@ class Log:
             if not await self._deleted_between(subject, first, seq):
                 return seq
             logger.info(
-                "a delete of the thread of %r landed between the parts of seq=%d; publishing again",
+                "a delete or prune of the thread of %r landed between the parts of seq=%d; publishing again",
                 subject,
                 seq,
             )
@@ -314,12 +314,14 @@ class Log:
         return first, await self._publish(subject, b"", _expect(headers, expect))
 
     async def _deleted_between(self, subject: str, first: int, last: int) -> bool:
-        """Whether a delete of the thread ``subject`` belongs to was stored between two sequences."""
+        """Whether an operation that purges the thread ``subject`` belongs to (a delete, or a prune,
+        which trims what came before it) was stored between two sequences: the parts before it may
+        be gone."""
         tokens = subject.split(".")
         if len(tokens) < 4 or tokens[0] != self.subjects.prefix or tokens[1] != "t":
             return False  # not a thread's subject: nothing purges it
-        tombstone = await self.next_seq(self.subjects.thread_op(tokens[2], "delete"), after=first)
-        return 0 < tombstone < last
+        op = await self.next_seq(self.subjects.thread_op(tokens[2], "*"), after=first)
+        return 0 < op < last
 
     async def _publish(self, subject: str, body: bytes, headers: dict[str, str]) -> int:
         """One publish; the stream sequence, or 0 when JetStream dropped it as a duplicate."""

@@ -131,6 +131,10 @@ class Subjects:
     def thread_op(self, thread_key: str, op: str) -> str:
         return f"{self.prefix}.t.{thread_key}.x.{op}"
 
+    def thread_parts(self, thread_key: str) -> str:
+        """The parts of every large body published on a thread (a wildcard)."""
+        return f"{self.prefix}.t.{thread_key}.k.>"
+
     def part_base(self, subject: str, digest: str) -> str:
         """Base subject of the parts of a large body published on ``subject``."""
         parts = subject.split(".")

@@ -8,6 +8,7 @@ projector that starts from scratch after the prune ends with the rows of one tha
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -22,7 +23,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from support import dump, wait_for_watermark
 
 from skialith_langgraph import Projector, Settings, SkialithCheckpointer
-from skialith_langgraph.log import Log
+from skialith_langgraph.log import Header, Log
 from skialith_langgraph.readmodel import ReadModel
 from skialith_langgraph.subjects import token
 from skialith_langgraph.traces import TraceIngest
@@ -243,3 +244,85 @@ async def test_prune_does_not_purge_when_the_thread_is_written_meanwhile(
     finally:
         await writer.aclose()
         await other.aclose()
+
+
+BIG = 5000  # bytes: several parts at chunk_size=1024
+
+
+def big_checkpoint(value: Any, version: str) -> Any:
+    cp = empty_checkpoint()
+    cp["channel_values"] = {"v": value}
+    cp["channel_versions"] = {"v": version}
+    return cp
+
+
+async def test_prune_trims_the_parts_of_large_values_it_superseded(settings: Settings, log: Log) -> None:
+    """The parts of large values the prune superseded leave the stream too: what remains on the
+    thread's part subjects is what the kept checkpoint needs."""
+    settings = settings.replace(chunk_size=1024)
+    async with SkialithCheckpointer(settings=settings) as saver:
+        saved = config("t")
+        for i in range(10):
+            value = bytes([i]) * BIG
+            saved = await saver.aput(saved, big_checkpoint(value, f"{i + 1}"), {"step": i}, {"v": f"{i + 1}"})
+        tk = token("t", field="thread_id")
+        parts = log.subjects.thread_parts(tk)
+        before = await log.js.stream_info(log.settings.stream, subjects_filter=parts)
+        await saver.aprune(["t"], strategy="keep_latest")
+        after = await log.js.stream_info(log.settings.stream, subjects_filter=parts)
+        n_before = sum((before.state.subjects or {}).values())
+        n_after = sum((after.state.subjects or {}).values())
+        assert n_before >= 10 * 5 and n_after <= 2 * 5, (n_before, n_after)  # the kept value, at most twice
+    lone = settings.replace(database_url="sqlite+aiosqlite://", read_wait=0.0)
+    async with SkialithCheckpointer(settings=lone) as reader:
+        tup = await reader.aget_tuple(config("t"))
+        assert tup is not None and tup.checkpoint["channel_values"] == {"v": bytes([9]) * BIG}
+
+
+@pytest.mark.parametrize("projector_running", [False, True], ids=["log", "model"])
+async def test_a_prune_landing_between_the_parts_of_a_put_leaves_the_put_whole(
+    settings: Settings, projector_running: bool
+) -> None:
+    """A large put whose parts are stored before a prune and whose final message after it (so the
+    prune's trim purges those parts) publishes itself again whole, as it does for a delete."""
+    settings = settings.replace(chunk_size=1024)
+    big = b"x" * BIG
+    async with (
+        SkialithCheckpointer(settings=settings) as writer,
+        SkialithCheckpointer(settings=settings) as pruner,
+    ):
+        first = await writer.aput(config("t"), big_checkpoint("small", "1"), {"step": 0}, {"v": "1"})
+        core = writer._cores[next(iter(writer._cores))]
+        wlog = core.log
+        assert wlog is not None
+        publish = wlog._publish
+        at_final, release = asyncio.Event(), asyncio.Event()
+
+        async def held(subject: str, body: bytes, headers: dict[str, str]) -> int:
+            if Header.PARTS.value in headers and not release.is_set():
+                at_final.set()  # the parts are stored; hold the message naming them
+                await release.wait()
+            return await publish(subject, body, headers)
+
+        wlog._publish = held  # type: ignore[method-assign]
+        put = asyncio.create_task(writer.aput(first, big_checkpoint(big, "2"), {"step": 1}, {"v": "2"}))
+        await asyncio.wait_for(at_final.wait(), 30)
+        await pruner.aprune(["t"], strategy="keep_latest")  # trims what came before it: the parts too
+        release.set()
+        stored = await put
+    projector = Projector(settings, fetch_timeout=0.1) if projector_running else None
+    if projector is not None:
+        await projector.start()
+    try:
+        rs = settings.replace(read_wait=30.0 if projector_running else 0.0)
+        async with SkialithCheckpointer(settings=rs) as reader:
+            tup = await reader.aget_tuple(config("t"))
+            assert tup is not None and tup.checkpoint["id"] == stored["configurable"]["checkpoint_id"]
+            assert tup.checkpoint["channel_values"] == {"v": big}
+            if projector_running:
+                assert reader.read_stats.database >= 1 and reader.read_stats.log == 0
+            else:
+                assert reader.read_stats.log >= 1
+    finally:
+        if projector is not None:
+            await projector.stop()
