@@ -29,6 +29,7 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
 from .errors import CodecError, ConfigError
+from .subjects import TEXT_MAX
 
 FORMAT = 1
 
@@ -237,15 +238,15 @@ def check_type(typ: str, *, field: str) -> str:
     return typ
 
 
-def _str(v: Any, what: str, limit: int | None = None) -> str:
+def _str(v: Any, what: str, limit: int = TEXT_MAX) -> str:
     if type(v) is not str:
         raise CodecError(f"field {what!r} must be a str, got {type(v).__name__}")
-    if limit is not None and len(v) > limit:
+    if len(v) > limit:
         raise CodecError(f"field {what!r} is {len(v)} characters long; at most {limit} are stored")
     return v
 
 
-def _opt_str(v: Any, what: str, limit: int | None = None) -> str | None:
+def _opt_str(v: Any, what: str, limit: int = TEXT_MAX) -> str | None:
     return None if v is None else _str(v, what, limit)
 
 

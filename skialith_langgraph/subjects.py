@@ -32,6 +32,10 @@ from .errors import SubjectError
 
 TOKEN_MAX_RAW = 90  # bytes of UTF-8 kept verbatim (base64) before hashing
 TOKEN_MAX_LEN = 1 + (TOKEN_MAX_RAW * 4 + 2) // 3  # 121 characters
+# characters of an id stored verbatim beside its token (thread ids, namespaces, agent ids): a
+# longer one is refused before anything is published, and a forged message carrying one is set
+# aside by the projector, since a row that large could exceed the database's packet size
+TEXT_MAX = 65536
 _HASHED_LEN = 1 + 43
 
 
@@ -54,6 +58,11 @@ def token(value: str, *, field: str) -> str:
     """
     if not isinstance(value, str):
         raise SubjectError(f"{field} must be a str, got {type(value).__name__}: {value!r}", field=field)
+    if len(value) > TEXT_MAX:
+        raise SubjectError(
+            f"{field} is {len(value)} characters long; at most {TEXT_MAX} are supported: {value[:40]!r}...",
+            field=field,
+        )
     try:
         raw = value.encode("utf-8")
     except UnicodeEncodeError as exc:

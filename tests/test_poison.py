@@ -33,7 +33,7 @@ from skialith_langgraph import Projector, Settings, SkialithAgent, SkialithCheck
 from skialith_langgraph.log import Log
 from skialith_langgraph.readmodel import ReadModel
 from skialith_langgraph.readmodel.tables import checkpoints, dead_letters
-from skialith_langgraph.subjects import token
+from skialith_langgraph.subjects import TEXT_MAX, token
 from skialith_langgraph.traces import TraceIngest
 
 SECRET = "s3cr3t-user-data"  # in every poison body: it must never reach the log
@@ -384,3 +384,21 @@ async def test_the_projector_cli_starts_and_runs_past_a_malformed_parts_header(
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+async def test_a_thread_id_over_the_text_limit_is_refused_before_publishing(settings: Settings) -> None:
+    huge = "t" * (TEXT_MAX + 1)
+    before = await _last_seq(settings)
+    async with SkialithCheckpointer(settings=settings) as saver:
+        with pytest.raises(ValueError, match="thread_id"):
+            await saver.aput(
+                {"configurable": {"thread_id": huge, "checkpoint_ns": ""}}, _cp(), {"step": 0}, {}
+            )
+    assert await _last_seq(settings) == before
+
+
+async def test_a_forged_thread_id_over_the_text_limit_is_set_aside(
+    settings: Settings, model: ReadModel, projector: Projector, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = await _publish_raw(settings, _forged_checkpoint(t="t" * (TEXT_MAX + 1) + SECRET))
+    await _check_set_aside(settings, model, projector, caplog, bad, reason="CodecError")
