@@ -48,3 +48,15 @@ def test_all_is_sorted_and_complete() -> None:
     error_classes = {n for n, v in vars(errors).items() if isinstance(v, type) and issubclass(v, Exception)}
     assert error_classes <= set(names)
     assert {"Projector", "Settings", "SkialithCheckpointer"} <= set(names)
+
+
+def test_the_license_file_matches_readme_and_pyproject() -> None:
+    license_text = (ROOT / "LICENSE").read_text()
+    assert license_text.startswith("Business Source License 1.1")
+    assert 'license = { text = "BUSL-1.1" }' in (ROOT / "pyproject.toml").read_text()
+    assert "Business Source License 1.1 ([LICENSE](LICENSE))" in README
+
+
+def test_readme_speaks_to_users_not_to_the_project_s_own_process() -> None:
+    for phrase in ("the seed", "the issue", "issue's"):
+        assert phrase not in README.lower(), phrase
