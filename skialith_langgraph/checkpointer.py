@@ -524,7 +524,13 @@ class _Core:
                         conn, thread_id, ns, checkpoint_id, PROJECTION, (stream.stream, stream.created)
                     )
                     if mark is None:  # not filled from this stream, or not yet: see identity.judge
-                        mark = await identity.judge(conn, model, PROJECTION, stream)
+                        if await identity.judge(conn, model, PROJECTION, stream) is None:
+                            return _MISS
+                        # the projector claimed the read model since the row was read: its
+                        # watermark and the row must come from one statement again
+                        row, mark = await queries.head_row(
+                            conn, thread_id, ns, checkpoint_id, PROJECTION, (stream.stream, stream.created)
+                        )
                     if mark is None or mark < target:
                         return _MISS
                     found = (

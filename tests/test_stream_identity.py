@@ -329,3 +329,32 @@ async def test_a_read_model_of_an_older_version_is_adopted_or_refused(settings: 
         assert await _watermark(settings) == mark
     finally:
         await model.close()
+
+
+async def test_a_read_racing_the_projectors_first_claim_sees_the_write(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first read of a fresh read model looks for the row before the projector has claimed the
+    read model; if the projector claims it and applies the write before the read judges the
+    watermark, the read must not pair the watermark it judged with the row it looked for before."""
+    from skialith_langgraph import identity
+
+    async with SkialithCheckpointer(settings=settings) as writer:
+        stored = await writer.aput(_config("t"), empty_checkpoint(), {"source": "input", "step": -1}, {})
+    last = await _stream_last_seq(settings)
+    judge = identity.judge
+    projector = Projector(settings, fetch_timeout=0.2)
+
+    async def late_judge(*args: Any, **kwargs: Any) -> Any:
+        if not projector.running:  # the projector claims and applies between the row and the judge
+            await projector.start()
+            await wait_for_watermark(projector._model, last)  # type: ignore[arg-type]
+        return await judge(*args, **kwargs)
+
+    monkeypatch.setattr(identity, "judge", late_judge)
+    try:
+        async with SkialithCheckpointer(settings=settings.replace(read_wait=5.0)) as reader:
+            found = await reader.aget_tuple(stored)
+            assert found is not None and found.config == stored
+    finally:
+        await projector.stop()
