@@ -891,6 +891,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_retention_flags(proj)
     proj.set_defaults(run=_projector, default_log_level="INFO")
 
+    demo = commands.add_parser(
+        "demo",
+        parents=[common],
+        formatter_class=fmt,
+        help="kill -9 an agent between two LangGraph nodes and resume it",
+        description=(
+            "Run a four-node LangGraph pipeline in a child process, kill it with SIGKILL after the "
+            "second node's checkpoint is acknowledged, and resume the thread here: the first two "
+            "nodes do not run again. If nothing answers at the NATS URL, an embedded NATS server "
+            "and projector are started in a temporary directory and stopped at the end."
+        ),
+    )
+    demo.add_argument(
+        "--nats-url", default=None, help=f"NATS URL (default: $SKIALITH_NATS_URL, else {DEFAULT_NATS_URL})"
+    )
+    demo.add_argument(
+        "--database-url",
+        default=None,
+        help="read model URL (default: $SKIALITH_DATABASE_URL, else the default SQLite file, or a "
+        "temporary one with the embedded server)",
+    )
+    demo.set_defaults(run=_demo, default_log_level="WARNING")
+
     gc = commands.add_parser(
         "gc",
         parents=[common],
@@ -942,29 +965,6 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--dry-run", action="store_true", help="change nothing; print what would be done")
     gc.add_argument("--json", action="store_true", help="print the report as one JSON object")
     gc.set_defaults(run=_gc, default_log_level="WARNING")
-
-    demo = commands.add_parser(
-        "demo",
-        parents=[common],
-        formatter_class=fmt,
-        help="kill -9 an agent between two LangGraph nodes and resume it",
-        description=(
-            "Run a four-node LangGraph pipeline in a child process, kill it with SIGKILL after the "
-            "second node's checkpoint is acknowledged, and resume the thread here: the first two "
-            "nodes do not run again. If nothing answers at the NATS URL, an embedded NATS server "
-            "and projector are started in a temporary directory and stopped at the end."
-        ),
-    )
-    demo.add_argument(
-        "--nats-url", default=None, help=f"NATS URL (default: $SKIALITH_NATS_URL, else {DEFAULT_NATS_URL})"
-    )
-    demo.add_argument(
-        "--database-url",
-        default=None,
-        help="read model URL (default: $SKIALITH_DATABASE_URL, else the default SQLite file, or a "
-        "temporary one with the embedded server)",
-    )
-    demo.set_defaults(run=_demo, default_log_level="WARNING")
     return parser
 
 
