@@ -257,16 +257,23 @@ class _Core:
             f for (t, n, c), f in self.inflight.items() if t == thread_id and n == ns and c < checkpoint_id
         ]
 
-    async def _publish_thread_op(self, thread_id: str, op: str, msg: codec.Msg) -> int:
+    async def _publish_thread_op(
+        self, thread_id: str, op: str, msg: codec.Msg, expect_seq: int | None = None
+    ) -> int:
         self.heads.drop(thread_id)
         log = await self._log()
-        subject = log.subjects.thread_op(token(thread_id, field="thread_id"), op)
+        tk = token(thread_id, field="thread_id")
+        subject = log.subjects.thread_op(tk, op)
         body = codec.dumps(msg)
-        return await log.publish(subject, body, codec.msg_id(subject, body))
+        expect = None if expect_seq is None else (expect_seq, log.subjects.thread(tk))
+        return await log.publish(subject, body, codec.msg_id(subject, body), expect=expect)
 
-    async def delete_thread(self, thread_id: str) -> None:
+    async def delete_thread(self, thread_id: str, *, expect_seq: int | None = None) -> None:
+        """Publish a tombstone and purge what it deletes. With ``expect_seq`` (the retention
+        sweeper's), only if the thread's last message still has that sequence: otherwise
+        :class:`ExpectationFailed` and nothing is deleted (a write landed after it was judged idle)."""
         thread_id = _thread_id(thread_id)
-        seq = await self._publish_thread_op(thread_id, "delete", codec.DeleteThreadMsg(thread_id))
+        seq = await self._publish_thread_op(thread_id, "delete", codec.DeleteThreadMsg(thread_id), expect_seq)
         log = await self._log()
         # the delete itself stays as a tombstone; what it deletes leaves the stream
         await log.purge(log.subjects.thread(token(thread_id, field="thread_id")), before_seq=seq)
@@ -308,9 +315,14 @@ class _Core:
                 continue
             await self._prune_keep_latest(thread_id)
 
-    async def _prune_keep_latest(self, thread_id: str) -> None:
+    async def _prune_keep_latest(
+        self, thread_id: str, keep: int = 1, *, attempts: int = PRUNE_ATTEMPTS
+    ) -> int:
         """Publish a prune whose keep-set is exactly what the thread held when it is stored, then
-        trim the thread's older messages from the stream (see :meth:`_trim`).
+        trim the thread's older messages from the stream (see :meth:`_trim`). ``keep``: the latest
+        checkpoints kept per namespace (the retention sweeper's keep-last-N; ``prune`` keeps 1).
+        Returns how many checkpoints it removed; with ``keep > 1`` and none to remove, publishes
+        nothing.
 
         The plan is read at the thread's last sequence and published with that sequence as an
         expectation, so JetStream stores it only if nothing was written on the thread in between:
@@ -321,7 +333,7 @@ class _Core:
         tk = token(thread_id, field="thread_id")
         thread_filter = log.subjects.thread(tk)
         subject = log.subjects.thread_op(tk, "prune")
-        for attempt in range(PRUNE_ATTEMPTS):
+        for attempt in range(attempts):
             thread_seq, global_seq = await log.last_seqs(thread_filter, log.subjects.global_ops)
             async with consistent_view(
                 log,
@@ -332,7 +344,10 @@ class _Core:
                 scratch=self.scratch,
                 target=max(thread_seq, global_seq),
             ) as conn:
-                plan = await queries.prune_plan(conn, self.serde, thread_id, "keep_latest")
+                plan = await queries.prune_plan(conn, self.serde, thread_id, "keep_latest", keep=keep)
+                removed = await queries.checkpoint_count(conn, thread_id) - len(set(plan.keep))
+                if keep > 1 and removed <= 0:
+                    return 0
                 kept = await queries.export_kept(conn, plan)
             self.heads.drop(thread_id)
             body = codec.dumps(plan)
@@ -344,9 +359,9 @@ class _Core:
                 await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
                 continue
             await self._trim(log, thread_id, tk, pruned_at, global_seq, kept)
-            return
+            return removed
         raise ExpectationFailed(
-            f"prune of thread {thread_id!r} gave up after {PRUNE_ATTEMPTS} attempts: the thread was "
+            f"prune of thread {thread_id!r} gave up after {attempts} attempts: the thread was "
             "written between each plan and its publish; nothing was pruned, retry when it is quieter",
             url=log.url,
             subject=subject,

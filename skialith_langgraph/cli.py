@@ -6,6 +6,7 @@
   dies with it, and a second ``up`` on the same data directory is refused.
 * ``skialith projector`` runs the projector alone (``--rebuild`` rebuilds the read model from the
   stream), with progress in the log and, on request, Prometheus metrics.
+* ``skialith gc`` runs one retention pass (idle TTL, keep-last-N; ``--dry-run``).
 * ``skialith demo`` kills an agent with kill -9 between two nodes and resumes it.
 """
 
@@ -15,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import json
 import logging
 import os
 import secrets
@@ -48,6 +50,7 @@ from .metrics import DEFAULT_HOST, MetricsServer, ProgressProbe, render_metrics
 from .projector import DEFAULT_BATCH_SIZE, Projector
 from .readmodel import ReadModel, safe_url
 from .readmodel.tables import metadata
+from .retention import DEFAULT_SWEEP_INTERVAL, DEFAULT_SWEEP_LIMIT, Sweeper
 from .server import LOCAL_HOSTS, RANDOM_PORT, NatsServer, StoreInUseError
 from .traces import TraceIngest
 
@@ -142,8 +145,17 @@ class EmbeddedStack:
         sync_always: fsync every JetStream write.
     """
 
-    def __init__(self, home: Path, port: int, database_url: str | None, *, sync_always: bool = False) -> None:
+    def __init__(
+        self,
+        home: Path,
+        port: int,
+        database_url: str | None,
+        *,
+        sync_always: bool = False,
+        overrides: dict[str, Any] | None = None,
+    ) -> None:
         self.home = home.resolve()
+        self.overrides = dict(overrides or {})  # other Settings fields (retention, stream limits)
         self.port = port
         self.database_url = _resolve_database_url(database_url, self.home)
         self.token_file = self.home / NATS_TOKEN_FILE
@@ -197,7 +209,10 @@ class EmbeddedStack:
             raise
         try:
             settings = Settings.from_env(
-                nats_url=self.server.url, database_url=self.database_url, nats_token=self.token
+                nats_url=self.server.url,
+                database_url=self.database_url,
+                nats_token=self.token,
+                **self.overrides,
             )
             self.projector = Projector(settings)
             await self.projector.start()
@@ -360,16 +375,57 @@ def _connect_banner(stack: EmbeddedStack) -> list[str]:
     return lines
 
 
+def _retention_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The retention and stream-limit flags of ``up``/``projector`` as Settings overrides."""
+    return {
+        "retention_idle_ttl": args.retention_idle_ttl,
+        "retention_keep_last": args.retention_keep_last,
+        "stream_max_age": args.stream_max_age,
+        "stream_max_bytes": args.stream_max_bytes,
+    }
+
+
+@contextlib.asynccontextmanager
+async def _sweeping(settings: Settings, interval: float) -> AsyncIterator[None]:
+    """Run the retention sweeper every ``interval`` seconds while the block runs, if a policy is on."""
+    sweeper = Sweeper(settings)
+    if not sweeper.active:
+        yield
+        return
+    _out(
+        f"retention: idle TTL {sweeper.idle_ttl or 'off'} s, keep last {sweeper.keep_last or 'all'}, "
+        f"a pass every {interval} s"
+    )
+    done = asyncio.Event()
+    task = asyncio.create_task(sweeper.run(done, interval=interval))
+    try:
+        yield
+    finally:
+        done.set()
+        with contextlib.suppress(Exception):
+            await task
+        await sweeper.close()
+
+
 async def _up(args: argparse.Namespace) -> int:
     port = RANDOM_PORT if args.nats_port == 0 else args.nats_port
-    stack = EmbeddedStack(Path(args.home), port, args.database_url, sync_always=args.sync_always)
+    stack = EmbeddedStack(
+        Path(args.home),
+        port,
+        args.database_url,
+        sync_always=args.sync_always,
+        overrides=_retention_overrides(args),
+    )
     async with _stop_signals() as stop:
         await stack.start()
         try:
             for line in _connect_banner(stack):
                 _out(line)
             assert stack.projector is not None
-            async with _probe(stack.settings, stack.projector) as probe:
+            async with (
+                _probe(stack.settings, stack.projector) as probe,
+                _sweeping(stack.settings, args.sweep_interval),
+            ):
                 await _serve(stack.projector, stop, probe, args.progress_interval, quiet_idle=True)
         finally:
             await stack.stop()
@@ -447,6 +503,7 @@ async def _projector(args: argparse.Namespace) -> int:
         database_url=args.database_url,
         stream=args.stream,
         subject_prefix=args.subject_prefix,
+        **_retention_overrides(args),
     )
     projector = Projector(settings, replica=args.replica, batch_size=args.batch_size)
     async with _stop_signals() as stop:
@@ -482,7 +539,8 @@ async def _projector(args: argparse.Namespace) -> int:
                 if target is not None:
                     announce = asyncio.create_task(_announce_caught_up(probe, target, started))
                 try:
-                    await _serve(projector, stop, probe, args.progress_interval, quiet_idle=False)
+                    async with _sweeping(settings, args.sweep_interval):
+                        await _serve(projector, stop, probe, args.progress_interval, quiet_idle=False)
                 finally:
                     if announce is not None:
                         announce.cancel()
@@ -494,6 +552,40 @@ async def _projector(args: argparse.Namespace) -> int:
             await _stop_projector(projector)
     stats = projector.stats
     _out(f"projector stopped: applied={stats.applied} batches={stats.batches} watermark={stats.last_seq}")
+    return 0
+
+
+# -- skialith gc ----------------------------------------------------------------------------------
+
+
+async def _gc(args: argparse.Namespace) -> int:
+    settings = Settings.from_env(
+        nats_url=args.nats_url,
+        database_url=args.database_url,
+        stream=args.stream,
+        subject_prefix=args.subject_prefix,
+    )
+    sweeper = Sweeper(settings, idle_ttl=args.idle_ttl, keep_last=args.keep_last, limit=args.limit)
+    if not sweeper.active:
+        raise CliError(
+            "no retention policy is on: give --idle-ttl SECONDS and/or --keep-last N "
+            "(or set SKIALITH_RETENTION_IDLE_TTL / SKIALITH_RETENTION_KEEP_LAST)"
+        )
+    try:
+        report = await sweeper.sweep(dry_run=args.dry_run)
+    finally:
+        await sweeper.close()
+    if args.json:
+        _out(json.dumps(report.as_dict()))
+        return 0
+    for line in report.lines():
+        _out(line)
+    verb = "would delete" if args.dry_run else "deleted"
+    _out(
+        f"gc: {verb} {len(report.deleted)} idle thread(s) and "
+        f"{'would prune' if args.dry_run else 'pruned'} {sum(n for _, n in report.pruned)} checkpoint(s) "
+        f"of {len(report.pruned)} thread(s); skipped {len(report.skipped)}"
+    )
     return 0
 
 
@@ -601,6 +693,63 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _add_retention_flags(parser: argparse.ArgumentParser) -> None:
+    """Retention and stream limits of ``up`` and ``projector`` (see docs/retention.md)."""
+    parser.add_argument(
+        "--retention-idle-ttl",
+        type=_non_negative_float,
+        default=None,
+        metavar="SECONDS",
+        help="delete threads idle this long, every --sweep-interval (default: "
+        "$SKIALITH_RETENTION_IDLE_TTL, else 0: off)",
+    )
+    parser.add_argument(
+        "--retention-keep-last",
+        type=_non_negative_int,
+        default=None,
+        metavar="N",
+        help="prune each thread to its N latest checkpoints per namespace, every --sweep-interval "
+        "(default: $SKIALITH_RETENTION_KEEP_LAST, else 0: keep all)",
+    )
+    parser.add_argument(
+        "--sweep-interval",
+        type=_positive_float,
+        default=DEFAULT_SWEEP_INTERVAL,
+        metavar="SECONDS",
+        help="seconds between retention passes (only when a retention policy is on)",
+    )
+    parser.add_argument(
+        "--stream-max-age",
+        type=_non_negative_float,
+        default=None,
+        metavar="SECONDS",
+        help="JetStream drops messages older than this, applied or not (default: "
+        "$SKIALITH_STREAM_MAX_AGE, else 0: unlimited; see docs/retention.md)",
+    )
+    parser.add_argument(
+        "--stream-max-bytes",
+        type=_non_negative_int,
+        default=None,
+        metavar="BYTES",
+        help="cap on the stream's size; when full, writes fail (default: $SKIALITH_STREAM_MAX_BYTES, "
+        "else 0: unlimited)",
+    )
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows a default only where the help text does not already explain it."""
 
@@ -679,6 +828,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_PROGRESS_INTERVAL,
         help="seconds between progress log lines (only when something changed)",
     )
+    _add_retention_flags(up)
     up.set_defaults(run=_up, default_log_level="INFO")
 
     proj = commands.add_parser(
@@ -738,6 +888,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="drop the read-model tables and the durable consumers of every replica, then project the "
         "whole stream again from sequence 1 (stop the other replicas first)",
     )
+    _add_retention_flags(proj)
     proj.set_defaults(run=_projector, default_log_level="INFO")
 
     demo = commands.add_parser(
@@ -762,6 +913,58 @@ def build_parser() -> argparse.ArgumentParser:
         "temporary one with the embedded server)",
     )
     demo.set_defaults(run=_demo, default_log_level="WARNING")
+
+    gc = commands.add_parser(
+        "gc",
+        parents=[common],
+        formatter_class=fmt,
+        help="one retention pass: delete idle threads, prune old checkpoints (--dry-run: only show)",
+        description=(
+            "Delete threads whose last write is older than --idle-ttl, and prune threads to their "
+            "--keep-last latest checkpoints per namespace, through the log (the projector applies "
+            "it; the stream is purged). A thread written during the pass is kept. Prints what it "
+            "deleted and pruned, or with --dry-run what it would."
+        ),
+    )
+    gc.add_argument(
+        "--nats-url", default=None, help=f"NATS URL (default: $SKIALITH_NATS_URL, else {DEFAULT_NATS_URL})"
+    )
+    gc.add_argument(
+        "--database-url",
+        default=None,
+        help=f"read model URL (default: $SKIALITH_DATABASE_URL, else {DEFAULT_DATABASE_URL})",
+    )
+    gc.add_argument(
+        "--stream", default=None, help=f"stream name (default: $SKIALITH_STREAM, else {DEFAULT_STREAM})"
+    )
+    gc.add_argument(
+        "--subject-prefix",
+        default=None,
+        help=f"first subject token (default: $SKIALITH_SUBJECT_PREFIX, else {DEFAULT_SUBJECT_PREFIX})",
+    )
+    gc.add_argument(
+        "--idle-ttl",
+        type=_non_negative_float,
+        default=None,
+        metavar="SECONDS",
+        help="delete threads idle this long (default: $SKIALITH_RETENTION_IDLE_TTL, else off)",
+    )
+    gc.add_argument(
+        "--keep-last",
+        type=_non_negative_int,
+        default=None,
+        metavar="N",
+        help="keep the N latest checkpoints per namespace (default: $SKIALITH_RETENTION_KEEP_LAST, else all)",
+    )
+    gc.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=DEFAULT_SWEEP_LIMIT,
+        help="threads looked at per policy in this pass",
+    )
+    gc.add_argument("--dry-run", action="store_true", help="change nothing; print what would be done")
+    gc.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    gc.set_defaults(run=_gc, default_log_level="WARNING")
     return parser
 
 

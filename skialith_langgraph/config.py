@@ -31,6 +31,8 @@ DEFAULT_PUBLISH_TIMEOUT = 5.0  # seconds
 DEFAULT_READ_WAIT = 0.5  # seconds a read waits for the projector before reading the log
 DEFAULT_DUPLICATE_WINDOW = 120.0  # seconds, JetStream's own default
 DEFAULT_CHUNK_SIZE = 512 * 1024  # bytes; bodies above this travel in chunks
+# a stream_max_bytes below this is refused: a few large checkpoints would fill it (see docs/retention.md)
+MIN_STREAM_MAX_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +52,15 @@ class Settings:
         nats_token: the token NATS requires (``skialith up`` generates one); ``None``: read
             ``./.skialith/nats.token`` if every server of ``nats_url`` is local. Never shown
             in ``repr``.
+        retention_idle_ttl: seconds after its last write when a thread is deleted by the
+            retention sweeper (``skialith gc``, or ``up``/``projector`` with a sweep interval);
+            0: never.
+        retention_keep_last: checkpoints per namespace the sweeper keeps of each thread (older
+            ones are pruned; ``DeltaChannel`` ancestors of kept ones stay); 0: all.
+        stream_max_age: seconds JetStream keeps a message (applied when Skialith creates or
+            updates the stream); 0: unlimited. Older messages leave the log, applied or not.
+        stream_max_bytes: size cap of the stream in bytes; 0: unlimited. When full, new writes
+            are refused (discard new), never old acknowledged ones dropped.
     """
 
     nats_url: str = DEFAULT_NATS_URL
@@ -62,8 +73,20 @@ class Settings:
     replicas: int = 1
     chunk_size: int = DEFAULT_CHUNK_SIZE
     nats_token: str | None = field(default=None, repr=False)
+    retention_idle_ttl: float = 0.0
+    retention_keep_last: int = 0
+    stream_max_age: float = 0.0
+    stream_max_bytes: int = 0
 
     def __post_init__(self) -> None:
+        for name in ("retention_idle_ttl", "retention_keep_last", "stream_max_age", "stream_max_bytes"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0 (0: off), got {getattr(self, name)!r}")
+        if 0 < self.stream_max_bytes < MIN_STREAM_MAX_BYTES:
+            raise ConfigError(
+                f"stream_max_bytes must be 0 (unlimited) or >= {MIN_STREAM_MAX_BYTES} bytes, got "
+                f"{self.stream_max_bytes!r}: a full stream refuses every write until retention frees space"
+            )
         for name in ("connect_timeout", "publish_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0 seconds, got {getattr(self, name)!r}")

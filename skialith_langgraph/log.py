@@ -23,7 +23,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
-from .config import Settings, safe_nats_url
+from .config import DEFAULT_DUPLICATE_WINDOW, Settings, safe_nats_url
 from .errors import CodecError, ConnectError, LogError, PublishError, StreamNotFoundError
 from .identity import StreamIdentity, StreamWatch
 from .subjects import Subjects
@@ -178,12 +178,18 @@ class Log:
         return self.settings.nats_url
 
     async def ensure_stream(self) -> None:
-        """Create the stream if missing (idempotent, cheap)."""
+        """Create the stream if missing, with the limits of the settings; on an existing stream,
+        apply a limit the settings set (non-zero) and the stream does not have yet (idempotent, cheap).
+
+        A limit of 0 leaves an existing stream's limit as it is (every client calls this; one
+        without the operator's settings must not lift the operator's limits). See docs/retention.md.
+        """
         if self._ready:
             return
         name = self.settings.stream
         try:
-            await self.js.stream_info(name)
+            info = await self.js.stream_info(name)
+            await self._apply_limits(info.config)
         except nats.js.errors.NotFoundError:
             config = StreamConfig(
                 name=name,
@@ -193,11 +199,13 @@ class Log:
                 discard=DiscardPolicy.OLD,
                 num_replicas=self.settings.replicas,
                 allow_direct=True,
-                duplicate_window=120.0,
+                duplicate_window=DEFAULT_DUPLICATE_WINDOW,
             )
+            self._limit(config)
             try:
                 await self.js.add_stream(config)
                 logger.info("created stream %s for %s", name, self.subjects.all)
+                self._warn_limits(config)
             except nats.js.errors.BadRequestError as exc:
                 if "already in use" not in str(exc):
                     raise LogError(
@@ -214,6 +222,66 @@ class Log:
                 url=self.url,
             ) from exc
         self._ready = True
+
+    def _limit(self, config: StreamConfig) -> bool:
+        """Set the limits of the settings on ``config``; whether anything changed.
+
+        ``max_bytes`` goes with discard *new*: a full stream refuses new writes (the writer gets a
+        PublishError) instead of dropping the oldest acknowledged ones, which may be the only copy
+        of a live thread's first checkpoint. The duplicate window may not exceed the max age.
+        """
+        changed = False
+        max_age, max_bytes = self.settings.stream_max_age, self.settings.stream_max_bytes
+        if max_age and config.max_age != max_age:
+            config.max_age = max_age
+            changed = True
+        if max_age and (config.duplicate_window or 0) > max_age:
+            config.duplicate_window = max_age
+            changed = True
+        if max_bytes and (config.max_bytes != max_bytes or config.discard != DiscardPolicy.NEW):
+            config.max_bytes, config.discard = max_bytes, DiscardPolicy.NEW
+            changed = True
+        return changed
+
+    async def _apply_limits(self, config: StreamConfig) -> None:
+        before = (config.max_age, config.max_bytes)
+        if not self._limit(config):
+            return
+        try:
+            await self.js.update_stream(config)
+        except nats.js.errors.APIError as exc:
+            raise LogError(
+                f"cannot set the limits of stream {config.name!r} at {self.url!r} "
+                f"(max age {config.max_age} s, max bytes {config.max_bytes}): {exc}",
+                url=self.url,
+            ) from exc
+        logger.warning(
+            "stream %s: limits changed from max_age=%s s, max_bytes=%s to max_age=%s s, max_bytes=%s",
+            config.name,
+            before[0] or "unlimited",
+            before[1] if before[1] and before[1] > 0 else "unlimited",
+            config.max_age or "unlimited",
+            config.max_bytes if config.max_bytes and config.max_bytes > 0 else "unlimited",
+        )
+        self._warn_limits(config)
+
+    def _warn_limits(self, config: StreamConfig) -> None:
+        if config.max_age:
+            logger.warning(
+                "stream %s keeps messages for %s s only: older ones leave the log whether or not a "
+                "projector applied them. The read model keeps what was applied before, but reads "
+                "served from the log and 'skialith projector --rebuild' no longer see them; keep "
+                "max age above the retention idle TTL and above any projector downtime",
+                config.name,
+                config.max_age,
+            )
+        if config.max_bytes and config.max_bytes > 0:
+            logger.warning(
+                "stream %s holds at most %d bytes: when full, writes fail (discard new) until "
+                "retention frees space",
+                config.name,
+                config.max_bytes,
+            )
 
     async def publish(
         self, subject: str, body: bytes, msg_id: str, *, expect: tuple[int, str] | None = None

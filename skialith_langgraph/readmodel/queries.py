@@ -15,7 +15,19 @@ from typing import Any
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import CheckpointTuple, DeltaChannelHistory, PendingWrite
 from langgraph.checkpoint.serde.base import SerializerProtocol
-from sqlalchemy import Select, and_, bindparam, exists, literal_column, null, or_, select, tuple_, union_all
+from sqlalchemy import (
+    Select,
+    and_,
+    bindparam,
+    exists,
+    func,
+    literal_column,
+    null,
+    or_,
+    select,
+    tuple_,
+    union_all,
+)
 from sqlalchemy.engine import Dialect, Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -447,10 +459,11 @@ async def delta_history(
 
 
 async def prune_plan(
-    conn: AsyncConnection, serde: SerializerProtocol, thread_id: str, strategy: str
+    conn: AsyncConnection, serde: SerializerProtocol, thread_id: str, strategy: str, *, keep: int = 1
 ) -> PruneMsg:
-    """What a prune keeps: per namespace the latest checkpoint and, for ``DeltaChannel``s, the
-    ancestors back to the nearest stored value (snapshot), so the kept head still rebuilds."""
+    """What a prune keeps: per namespace the ``keep`` latest checkpoints and, for
+    ``DeltaChannel``s, the ancestors of each back to the nearest stored value (snapshot), so
+    every kept checkpoint still rebuilds."""
     plan = PruneMsg(thread_id=thread_id)
     if strategy == "delete":
         return plan
@@ -474,23 +487,97 @@ async def prune_plan(
         by_ns.setdefault(r.checkpoint_ns, {})[r.checkpoint_id] = r
     for ns, ckpts in by_ns.items():
         nk = token(ns, field="checkpoint_ns")
-        head = ckpts[max(ckpts)]
-        meta = serde.loads_typed((head.metadata_type, head.metadata)) or {}
-        pending = set((meta.get("counters_since_delta_snapshot") or {}).keys())
-        cursor: Any = head
-        while cursor is not None:
-            plan.keep.append((ns, cursor.checkpoint_id))
-            versions = serde.loads_typed((cursor.type, cursor.checkpoint)).get("channel_versions", {})
-            plan.keep_blobs.extend((ns, ch, version_key(v)) for ch, v in versions.items())
-            if pending:
-                stored = await _blobs_for(
-                    conn, tk, nk, {(ch, version_key(versions[ch])) for ch in pending if ch in versions}
-                )
-                pending -= {ch for (ch, _), blob in stored.items() if blob[0] != "empty"}
-            if not pending:
-                break
-            cursor = ckpts.get(cursor.parent_checkpoint_id) if cursor.parent_checkpoint_id else None
+        kept: set[str] = set()
+        for head_id in sorted(ckpts)[-max(1, keep) :]:
+            await _keep_with_ancestors(conn, serde, plan, tk, nk, ns, ckpts, ckpts[head_id], kept)
     return plan
+
+
+async def _keep_with_ancestors(
+    conn: AsyncConnection,
+    serde: SerializerProtocol,
+    plan: PruneMsg,
+    tk: str,
+    nk: str,
+    ns: str,
+    ckpts: dict[str, Any],
+    head: Any,
+    kept: set[str],
+) -> None:
+    """Keep ``head`` and, for its ``DeltaChannel``s, its ancestors back to a stored snapshot."""
+    meta = serde.loads_typed((head.metadata_type, head.metadata)) or {}
+    pending = set((meta.get("counters_since_delta_snapshot") or {}).keys())
+    cursor: Any = head
+    while cursor is not None:
+        versions = serde.loads_typed((cursor.type, cursor.checkpoint)).get("channel_versions", {})
+        if cursor.checkpoint_id not in kept:  # a chain may reach a checkpoint kept already
+            kept.add(cursor.checkpoint_id)
+            plan.keep.append((ns, cursor.checkpoint_id))
+            plan.keep_blobs.extend((ns, ch, version_key(v)) for ch, v in versions.items())
+        if pending:
+            stored = await _blobs_for(
+                conn, tk, nk, {(ch, version_key(versions[ch])) for ch in pending if ch in versions}
+            )
+            pending -= {ch for (ch, _), blob in stored.items() if blob[0] != "empty"}
+        if not pending:
+            break
+        cursor = ckpts.get(cursor.parent_checkpoint_id) if cursor.parent_checkpoint_id else None
+
+
+async def checkpoint_count(conn: AsyncConnection, thread_id: str) -> int:
+    """How many checkpoints the read model holds for a thread (every namespace)."""
+    tk = token(thread_id, field="thread_id")
+    return int((await conn.execute(select(func.count()).where(_C.thread_key == tk))).scalar_one())
+
+
+async def _thread_ids(conn: AsyncConnection, keys: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for i in range(0, len(keys), PAGE):
+        rows = await conn.execute(
+            select(_C.thread_key, _C.thread_id).where(_C.thread_key.in_(keys[i : i + PAGE])).distinct()
+        )
+        out.update({r.thread_key: r.thread_id for r in rows})
+    return out
+
+
+async def idle_candidates(conn: AsyncConnection, *, before_seq: int, limit: int) -> list[tuple[str, int]]:
+    """Threads whose newest checkpoint row was written before stream sequence ``before_seq``,
+    oldest first, at most ``limit``: (thread_id, that sequence). For the retention sweeper, which
+    checks each on the stream (writes and later messages count too) before deleting it."""
+    newest = func.max(_C.seq).label("newest")
+    rows = (
+        await conn.execute(
+            select(_C.thread_key, newest)
+            .group_by(_C.thread_key)
+            .having(newest < before_seq)
+            .order_by(newest, _C.thread_key)
+            .limit(limit)
+        )
+    ).all()
+    ids = await _thread_ids(conn, [r.thread_key for r in rows])
+    return [(ids[r.thread_key], int(r.newest)) for r in rows if r.thread_key in ids]
+
+
+async def over_keep_last(conn: AsyncConnection, *, keep: int, limit: int) -> list[tuple[str, int]]:
+    """Threads with more than ``keep`` checkpoints in some namespace, at most ``limit``:
+    (thread_id, checkpoints beyond ``keep`` over all namespaces), most first. For the sweeper."""
+    per_ns = (
+        select(_C.thread_key, (func.count() - keep).label("extra"))
+        .group_by(_C.thread_key, _C.ns_key)
+        .having(func.count() > keep)
+        .subquery()
+    )
+    extra = func.sum(per_ns.c.extra).label("extra")
+    rows = (
+        await conn.execute(
+            select(per_ns.c.thread_key, extra)
+            .group_by(per_ns.c.thread_key)
+            .order_by(extra.desc(), per_ns.c.thread_key)
+            .limit(limit)
+        )
+    ).all()
+    ids = await _thread_ids(conn, [r.thread_key for r in rows])
+    return [(ids[r.thread_key], int(r.extra)) for r in rows if r.thread_key in ids]
 
 
 async def export_thread(
