@@ -3,7 +3,7 @@
 The live test starts ``langgraph dev`` on tests/agent_server_app/ against a real nats-server and a
 projector, drives it over HTTP as a client would, and checks every effect in Skialith itself: the
 stream, the read model and a second checkpointer reading the same stream. It needs the
-``agent-server`` extra (``pip install -e '.[test,agent-server]'``) and is skipped without it.
+``agent-server`` extra (which the ``test`` extra includes) and is skipped without it.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select
+from support import wait_for_watermark
 
 from skialith_langgraph import Projector, Settings, SkialithCheckpointer
 from skialith_langgraph.errors import ConfigError
@@ -41,7 +42,6 @@ from skialith_langgraph.server_checkpointer import (
     server_settings,
     server_ttl,
 )
-from tests.support import wait_for_watermark
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = Path(__file__).resolve().parent / "agent_server_app"
@@ -49,7 +49,7 @@ LANGGRAPH = Path(sys.executable).parent / "langgraph"
 HAS_SERVER = importlib.util.find_spec("langgraph_api") is not None and LANGGRAPH.exists()
 needs_server = pytest.mark.skipif(
     not HAS_SERVER,
-    reason="the agent-server extra is not installed (pip install -e '.[test,agent-server]')",
+    reason="langgraph-api is not installed: pip install -e '.[test]' (or '.[agent-server]')",
 )
 
 START_TIMEOUT = 120.0  # seconds for `langgraph dev` to answer /ok (slow on a loaded 2-core machine)
