@@ -165,7 +165,7 @@ def _diagnose(exc: BaseException) -> str | None:
             )
         return f"TLS handshake failed ({reason}); is the server's TLS set up as the client expects?"
     if isinstance(exc, ConnectionRefusedError):
-        return f"connection refused ({text}); is nats-server running there?"
+        return f"connection refused ({text})"
     if isinstance(exc, socket.gaierror):
         return f"cannot resolve the host name ({text})"
     if "tls required" in lower or "secure connection" in lower:
