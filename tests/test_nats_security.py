@@ -34,8 +34,8 @@ from skialith_langgraph.traces import TraceIngest
 
 pytestmark = pytest.mark.nats
 
-PASSWORD = "pw-Secret-4711"  # noqa: S105  (a test secret, grepped for in every output)
-TOKEN = "tok-Secret-0815-abcdefgh"  # noqa: S105
+PASSWORD = "pw-Secret-4711"  # a test secret, grepped for in every output
+TOKEN = "tok-Secret-0815-abcdefgh"
 FAST = 2.5  # seconds an error that waiting does not cure may take (connect_timeout is 10 s)
 
 
