@@ -86,6 +86,7 @@ class _Client(Client):
     """
 
     require_tls = False
+    denied: str | None = None  # the last permissions violation the server reported
 
     def _connect_command(self) -> bytes:
         info = self._server_info or {}
@@ -198,6 +199,8 @@ async def connect(settings: Settings) -> Client:
 
     async def _error_cb(exc: Exception) -> None:
         nonlocal warned  # one warning per outage, the rest at DEBUG
+        if "permissions violation" in str(exc).lower():
+            nc.denied = str(exc)  # a request it dropped times out: say why
         if not failed.done():
             last_error[:] = [f"{type(exc).__name__}: {exc}"]
             cause = _diagnose(exc)
@@ -313,6 +316,16 @@ class Log:
         """The NATS URL as shown in messages: credentials replaced by ``***``."""
         return safe_nats_url(self.settings.nats_url)
 
+    def _denied(self) -> str:
+        """Why a request may have gone unanswered: the server's last permissions violation, if any
+        (it drops a request the user may not publish, so the requester only sees a timeout)."""
+        denied = getattr(self.nc, "denied", None)
+        return (
+            f" The server reported: {denied} (see docs/security.md for the permissions needed)."
+            if denied
+            else ""
+        )
+
     async def ensure_stream(self) -> None:
         """Create the stream if missing (idempotent, cheap)."""
         if self._ready:
@@ -346,7 +359,7 @@ class Log:
         ) as exc:
             raise LogError(
                 f"NATS at {self.url!r} does not answer JetStream requests ({type(exc).__name__}); "
-                "is JetStream enabled? 'skialith up' starts a server with it",
+                f"is JetStream enabled? 'skialith up' starts a server with it.{self._denied()}",
                 url=self.url,
             ) from exc
         self._ready = True
@@ -464,7 +477,8 @@ class Log:
         except nats.errors.TimeoutError as exc:
             raise PublishError(
                 f"no PubAck from NATS at {self.url!r} within {self.settings.publish_timeout} s "
-                f"for {subject!r}; the write may or may not be stored. Is the server up? {_HINT}",
+                f"for {subject!r}; the write may or may not be stored. Is the server up? {_HINT}."
+                f"{self._denied()}",
                 url=self.url,
                 subject=subject,
             ) from exc
@@ -510,7 +524,7 @@ class Log:
         except nats.errors.TimeoutError as exc:
             raise LogError(
                 f"NATS at {self.url!r} did not answer a read within "
-                f"{self.settings.publish_timeout} s; {_HINT}",
+                f"{self.settings.publish_timeout} s; {_HINT}.{self._denied()}",
                 url=self.url,
             ) from exc
         except nats.errors.NoRespondersError as exc:
@@ -593,7 +607,7 @@ class Log:
         except TimeoutError as exc:
             raise LogError(
                 f"NATS at {self.url!r} did not answer a read within "
-                f"{self.settings.publish_timeout} s; {_HINT}",
+                f"{self.settings.publish_timeout} s; {_HINT}.{self._denied()}",
                 url=self.url,
             ) from exc
         out: list[Any] = []
