@@ -254,7 +254,8 @@ async def connect(settings: Settings) -> Client:
                 )
             elif cause.startswith(("connection refused", "cannot resolve")):
                 hint = f"; {_HINT}"
-            raise ConnectError(f"cannot connect to NATS at {shown!r}: {cause}{hint}", url=shown)
+            verb = "reach" if cause.startswith(("connection refused", "cannot resolve")) else "connect to"
+            raise ConnectError(f"cannot {verb} NATS at {shown!r}: {cause}{hint}", url=shown)
         attempt.result()
         return nc
     except (TimeoutError, OSError, nats.errors.Error) as exc:
