@@ -499,11 +499,11 @@ async def _announce_caught_up(probe: ProgressProbe, target: int, started: float)
 
 async def _projector(args: argparse.Namespace) -> int:
     settings = Settings.from_env(
-        nats_url=args.nats_url,
         database_url=args.database_url,
         stream=args.stream,
         subject_prefix=args.subject_prefix,
         **_retention_overrides(args),
+        **nats_overrides(args),
     )
     projector = Projector(settings, replica=args.replica, batch_size=args.batch_size)
     async with _stop_signals() as stop:
@@ -560,10 +560,10 @@ async def _projector(args: argparse.Namespace) -> int:
 
 async def _gc(args: argparse.Namespace) -> int:
     settings = Settings.from_env(
-        nats_url=args.nats_url,
         database_url=args.database_url,
         stream=args.stream,
         subject_prefix=args.subject_prefix,
+        **nats_overrides(args),
     )
     sweeper = Sweeper(settings, idle_ttl=args.idle_ttl, keep_last=args.keep_last, limit=args.limit)
     if not sweeper.active:
@@ -760,6 +760,55 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+_NATS_FLAGS = (
+    # (setting, metavar, help); each flag is --<setting with dashes>, each variable SKIALITH_<SETTING>
+    (
+        "nats_url",
+        "URL",
+        f"NATS URL(s), comma separated (default: $SKIALITH_NATS_URL, else {DEFAULT_NATS_URL})",
+    ),
+    ("nats_user", "USER", "NATS user name (default: $SKIALITH_NATS_USER)"),
+    (
+        "nats_password",
+        "PASSWORD",
+        "password of --nats-user (default: $SKIALITH_NATS_PASSWORD; prefer the variable: other "
+        "local users can read a command line)",
+    ),
+    ("nats_token", "TOKEN", "NATS token (default: $SKIALITH_NATS_TOKEN; prefer the variable)"),
+    (
+        "nats_nkey_seed",
+        "SEED_OR_FILE",
+        "NKey user seed, or better the path of a file holding it (default: $SKIALITH_NATS_NKEY_SEED)",
+    ),
+    ("nats_creds", "FILE", "NATS .creds file, a user JWT and its seed (default: $SKIALITH_NATS_CREDS)"),
+    (
+        "nats_tls_ca",
+        "FILE",
+        "CA certificate(s) that signed the NATS server's certificate; makes TLS required "
+        "(default: $SKIALITH_NATS_TLS_CA)",
+    ),
+    ("nats_tls_cert", "FILE", "client certificate for mutual TLS (default: $SKIALITH_NATS_TLS_CERT)"),
+    ("nats_tls_key", "FILE", "key of --nats-tls-cert (default: $SKIALITH_NATS_TLS_KEY)"),
+)
+
+
+def add_nats_flags(parser: argparse.ArgumentParser) -> None:
+    """Add the NATS connection flags (URL, credentials, TLS files) to a command that connects.
+
+    Each flag overrides its ``SKIALITH_*`` variable; read them back with :func:`nats_overrides`.
+    """
+    group = parser.add_argument_group("NATS connection (see docs/security.md)")
+    for name, metavar, help_text in _NATS_FLAGS:
+        group.add_argument(
+            f"--{name.replace('_', '-')}", dest=name, default=None, metavar=metavar, help=help_text
+        )
+
+
+def nats_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The NATS settings given as flags (``None`` where not given), for :meth:`Settings.from_env`."""
+    return {name: getattr(args, name, None) for name, _, _ in _NATS_FLAGS}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``skialith`` command."""
     common = argparse.ArgumentParser(add_help=False)
@@ -780,7 +829,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "Quick start: run 'skialith up' in one shell, then use SkialithCheckpointer() in Python. "
             "Environment: SKIALITH_NATS_URL, SKIALITH_NATS_TOKEN, SKIALITH_DATABASE_URL, SKIALITH_STREAM, "
-            "SKIALITH_SUBJECT_PREFIX."
+            "SKIALITH_SUBJECT_PREFIX; NATS credentials and TLS: SKIALITH_NATS_USER, SKIALITH_NATS_PASSWORD, "
+            "SKIALITH_NATS_NKEY_SEED, SKIALITH_NATS_CREDS, SKIALITH_NATS_TLS_CA, SKIALITH_NATS_TLS_CERT, "
+            "SKIALITH_NATS_TLS_KEY (docs/security.md)."
         ),
     )
     parser.add_argument("--version", action="version", version=f"skialith-langgraph {__version__}")
@@ -843,9 +894,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--progress-interval seconds; --metrics-port serves Prometheus metrics."
         ),
     )
-    proj.add_argument(
-        "--nats-url", default=None, help=f"NATS URL (default: $SKIALITH_NATS_URL, else {DEFAULT_NATS_URL})"
-    )
+    add_nats_flags(proj)
     proj.add_argument(
         "--database-url",
         default=None,
@@ -858,7 +907,8 @@ def build_parser() -> argparse.ArgumentParser:
     proj.add_argument(
         "--subject-prefix",
         default=None,
-        help=f"first subject token (default: $SKIALITH_SUBJECT_PREFIX, else {DEFAULT_SUBJECT_PREFIX})",
+        help="first subject token(s), e.g. acme.prod.skialith "
+        f"(default: $SKIALITH_SUBJECT_PREFIX, else {DEFAULT_SUBJECT_PREFIX})",
     )
     proj.add_argument(
         "--replica",
@@ -926,9 +976,7 @@ def build_parser() -> argparse.ArgumentParser:
             "deleted and pruned, or with --dry-run what it would."
         ),
     )
-    gc.add_argument(
-        "--nats-url", default=None, help=f"NATS URL (default: $SKIALITH_NATS_URL, else {DEFAULT_NATS_URL})"
-    )
+    add_nats_flags(gc)
     gc.add_argument(
         "--database-url",
         default=None,

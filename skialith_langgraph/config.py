@@ -3,7 +3,12 @@
 The defaults match what ``skialith up`` starts: an embedded nats-server on
 127.0.0.1:4322 (4222 is often taken by a system NATS) and SQLite under ``./.skialith/``.
 That server requires the token ``skialith up`` keeps in ``./.skialith/nats.token``; a client
-with no ``nats_token`` of its own reads that file when every server in its URL is local.
+with no credentials of its own reads that file when every server in its URL is local.
+
+Any other NATS server is reached with the credentials and TLS files given here (user and
+password, token, NKey seed, creds file; a CA, a client certificate and key): see docs/security.md.
+Settings are checked when they are built, before anything connects. Secrets never appear in
+``repr``, in log lines or in error messages (:func:`safe_nats_url`).
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, SubjectError
+from .subjects import check_prefix
 
 DEFAULT_NATS_PORT = 4322
 DEFAULT_NATS_URL = f"nats://127.0.0.1:{DEFAULT_NATS_PORT}"
@@ -35,7 +41,7 @@ DEFAULT_CHUNK_SIZE = 512 * 1024  # bytes; bodies above this travel in chunks
 MIN_STREAM_MAX_BYTES = 64 * 1024 * 1024
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class Settings:
     """Where Skialith connects and how it behaves.
 
@@ -43,7 +49,8 @@ class Settings:
         nats_url: NATS server URL(s), comma separated.
         database_url: SQLAlchemy async URL of the read model.
         stream: JetStream stream name.
-        subject_prefix: first token of every subject.
+        subject_prefix: the first token(s) of every subject, e.g. ``skialith`` or
+            ``acme.prod.skialith`` (NATS permissions are written on such hierarchies).
         connect_timeout: seconds to wait for NATS or the database at start-up.
         publish_timeout: seconds to wait for a PubAck before raising PublishError.
         read_wait: seconds a read waits for the projector before reading the log itself.
@@ -61,6 +68,14 @@ class Settings:
             updates the stream); 0: unlimited. Older messages leave the log, applied or not.
         stream_max_bytes: size cap of the stream in bytes; 0: unlimited. When full, new writes
             are refused (discard new), never old acknowledged ones dropped.
+        nats_user: NATS user name (or give ``nats://user:password@host`` in ``nats_url``).
+        nats_password: the password of ``nats_user``. Never shown.
+        nats_nkey_seed: an NKey user seed (``SU...``) or the path of a file holding one. Never shown.
+        nats_creds: path of a ``.creds`` file (a user JWT and its NKey seed, as ``nsc`` writes).
+        nats_tls_ca: path of the CA certificate(s) (PEM) that signed the server's certificate;
+            setting it (or any ``nats_tls_*``, or a ``tls://`` URL) makes TLS required.
+        nats_tls_cert: path of this client's certificate (PEM), for servers that verify clients.
+        nats_tls_key: path of the key of ``nats_tls_cert`` (PEM).
     """
 
     nats_url: str = DEFAULT_NATS_URL
@@ -77,6 +92,26 @@ class Settings:
     retention_keep_last: int = 0
     stream_max_age: float = 0.0
     stream_max_bytes: int = 0
+    nats_user: str | None = None
+    nats_password: str | None = field(default=None, repr=False)
+    nats_nkey_seed: str | None = field(default=None, repr=False)
+    nats_creds: str | None = None
+    nats_tls_ca: str | None = None
+    nats_tls_cert: str | None = None
+    nats_tls_key: str | None = None
+
+    def __repr__(self) -> str:
+        shown = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not f.repr:
+                value = None if value is None else "***"
+            elif f.name == "nats_url":
+                value = safe_nats_url(value)
+            elif f.name == "database_url":
+                value = safe_database_url(value)
+            shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
 
     def __post_init__(self) -> None:
         for name in ("retention_idle_ttl", "retention_keep_last", "stream_max_age", "stream_max_bytes"):
@@ -96,8 +131,48 @@ class Settings:
             raise ConfigError(f"replicas must be 1, 3 or 5, got {self.replicas!r}")
         if self.chunk_size < 1024:
             raise ConfigError(f"chunk_size must be >= 1024 bytes, got {self.chunk_size!r}")
-        if not self.stream.isidentifier():
+        if not isinstance(self.stream, str) or not self.stream.isidentifier():
             raise ConfigError(f"stream must be a plain name like 'SKIALITH', got {self.stream!r}")
+        try:
+            check_prefix(self.subject_prefix)
+        except SubjectError as exc:
+            raise ConfigError(str(exc)) from exc
+        self._check_nats_auth()
+
+    def _check_nats_auth(self) -> None:
+        """Refuse credentials that contradict each other (nats-py would silently pick one)."""
+        if self.nats_password and not self.nats_user:
+            raise ConfigError("nats_password is set without nats_user; set SKIALITH_NATS_USER too")
+        in_url = any("@" in raw.partition("://")[2] for raw in self.nats_url.split(","))
+        given = [
+            name
+            for name, value in (
+                ("nats_user", self.nats_user),
+                ("nats_token", self.nats_token),
+                ("nats_nkey_seed", self.nats_nkey_seed),
+                ("nats_creds", self.nats_creds),
+            )
+            if value
+        ]
+        if in_url:
+            given.insert(0, "credentials in nats_url")
+        if len(given) > 1:
+            raise ConfigError(
+                f"give NATS one way to authenticate, got {' and '.join(given)}; keep one of them"
+            )
+        if bool(self.nats_tls_cert) != bool(self.nats_tls_key):
+            raise ConfigError(
+                "nats_tls_cert and nats_tls_key go together (a client certificate and its key); "
+                f"got only {'nats_tls_cert' if self.nats_tls_cert else 'nats_tls_key'}"
+            )
+
+    @property
+    def nats_tls_required(self) -> bool:
+        """Whether the connection must be encrypted: a ``tls://`` URL or any ``nats_tls_*`` setting."""
+        urls = [raw.strip().lower() for raw in self.nats_url.split(",")]
+        return any(u.startswith("tls://") for u in urls) or any(
+            (self.nats_tls_ca, self.nats_tls_cert, self.nats_tls_key)
+        )
 
     def nats_auth_token(self) -> str | None:
         """The token to present to NATS: ``nats_token``, else the one ``skialith up`` keeps in
@@ -107,6 +182,8 @@ class Settings:
         """
         if self.nats_token:
             return self.nats_token
+        if self.nats_user or self.nats_nkey_seed or self.nats_creds:
+            return None  # other credentials
         if "@" in self.nats_url or not all(host in _LOCAL_HOSTS for host in nats_hosts(self.nats_url)):
             return None  # credentials in the URL, or a server elsewhere
         try:
@@ -172,6 +249,16 @@ def safe_nats_url(nats_url: str) -> str:
         creds, at, where = rest.rpartition("@")
         shown.append(f"{scheme}{sep}***@{where}" if at and creds else raw)
     return ",".join(shown)
+
+
+def safe_database_url(url: str) -> str:
+    """``url`` with the password of its user replaced by ``***`` (the user name is kept)."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, where = rest.rpartition("@")
+    user, colon, _password = creds.partition(":")
+    if not (sep and at and colon):
+        return url
+    return f"{scheme}{sep}{user}:***@{where}"
 
 
 def _convert(type_name: Any, raw: str) -> Any:

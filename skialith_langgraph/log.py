@@ -11,6 +11,8 @@ import hashlib
 import json
 import logging
 import os
+import socket
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -24,7 +26,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
 from .config import DEFAULT_DUPLICATE_WINDOW, Settings, safe_nats_url
-from .errors import CodecError, ConnectError, LogError, PublishError, StreamNotFoundError
+from .errors import CodecError, ConfigError, ConnectError, LogError, PublishError, StreamNotFoundError
 from .identity import StreamIdentity, StreamWatch
 from .subjects import Subjects
 
@@ -69,24 +71,143 @@ PUBLISH_ATTEMPTS = 5  # publishes of one body before giving up (duplicates, a de
 _HINT = "start it with 'skialith up' or point SKIALITH_NATS_URL at a running nats-server with JetStream"
 
 
-async def connect(settings: Settings) -> Client:
-    """Connect to NATS within ``settings.connect_timeout`` seconds, with its token if it needs one.
+class TlsNotOfferedError(nats.errors.Error):
+    """The server does not offer TLS but the settings require it: nothing was sent to it."""
+
+    def __str__(self) -> str:
+        return "nats: the server does not offer TLS"
+
+
+class _Client(Client):
+    """nats-py's client, refusing to send CONNECT (the credentials) without TLS when TLS is required.
+
+    nats-py upgrades a connection to TLS only when the server's INFO asks for it, so a ``tls://``
+    URL pointing at a plaintext server would connect in the clear and send the password there.
+    """
+
+    require_tls = False
+    denied: str | None = None  # the last permissions violation the server reported
+
+    def _connect_command(self) -> bytes:
+        info = self._server_info or {}
+        if self.require_tls and not info.get("tls_required") and not self.options.get("tls_handshake_first"):
+            raise TlsNotOfferedError()
+        command: bytes = super()._connect_command()
+        return command
+
+
+def _connect_options(settings: Settings) -> dict[str, Any]:
+    """nats-py's connect options for the credentials and TLS files of ``settings``.
 
     Raises:
-        ConnectError: no server answered, or the server refused the credentials (at once, not
-            after the timeout); the message names the URL (credentials masked) and what to do.
+        ConfigError: a file named by the settings cannot be read, or is not what it should be.
+    """
+    options: dict[str, Any] = {}
+    if settings.nats_user:
+        options["user"], options["password"] = settings.nats_user, settings.nats_password or ""
+    token = settings.nats_auth_token()
+    if token:
+        options["token"] = token
+    if settings.nats_creds:
+        _readable(settings.nats_creds, "nats_creds", "the .creds file")
+        options["user_credentials"] = settings.nats_creds
+    seed = settings.nats_nkey_seed
+    if seed:
+        if seed.startswith("SU") and "/" not in seed and not os.path.exists(seed):
+            options["nkeys_seed_str"] = seed
+        else:
+            _readable(seed, "nats_nkey_seed", "a file holding an NKey user seed (SU...)")
+            options["nkeys_seed"] = seed
+    if settings.nats_tls_ca or settings.nats_tls_cert:
+        try:
+            context = ssl.create_default_context(cafile=settings.nats_tls_ca or None)
+            if settings.nats_tls_cert:
+                context.load_cert_chain(settings.nats_tls_cert, settings.nats_tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"cannot load the NATS TLS files (nats_tls_ca={settings.nats_tls_ca!r}, "
+                f"nats_tls_cert={settings.nats_tls_cert!r}, nats_tls_key={settings.nats_tls_key!r}): "
+                f"{exc}"
+            ) from exc
+        options["tls"] = context
+    return options
+
+
+def _readable(path: str, name: str, what: str) -> None:
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{name} must name {what}; cannot read {path!r}: {exc.strerror or exc}") from exc
+
+
+def _diagnose(exc: BaseException) -> str | None:
+    """What a connection error means when waiting will not change it; ``None`` for the others."""
+    text = str(exc)
+    lower = text.lower()
+    if _AUTH_VIOLATION in lower or isinstance(exc, nats.errors.AuthorizationError):
+        return "authorization violation: the server refused the credentials"
+    if isinstance(exc, TlsNotOfferedError):
+        return (
+            "TLS required (tls:// URL or SKIALITH_NATS_TLS_* set) but the server does not offer TLS; "
+            "nothing was sent. Use a nats:// URL without TLS settings, or enable TLS on the server"
+        )
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (
+            f"TLS: the server's certificate is not trusted ({exc.verify_message}); "
+            "set SKIALITH_NATS_TLS_CA to the CA that signed it"
+        )
+    if isinstance(exc, ssl.SSLError):
+        reason = exc.reason or text
+        if "certificate required" in lower or "CERTIFICATE_REQUIRED" in str(reason):
+            return (
+                f"TLS: the server requires a client certificate ({reason}); "
+                "set SKIALITH_NATS_TLS_CERT and SKIALITH_NATS_TLS_KEY"
+            )
+        return f"TLS handshake failed ({reason}); is the server's TLS set up as the client expects?"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"connection refused ({text})"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host name ({text})"
+    if "tls required" in lower or "secure connection" in lower:
+        return f"the server requires TLS ({text}); use a tls:// URL and SKIALITH_NATS_TLS_CA"
+    return None
+
+
+async def connect(settings: Settings) -> Client:
+    """Connect to NATS within ``settings.connect_timeout`` seconds, with the credentials and TLS
+    files of ``settings`` (or the local token of ``skialith up``).
+
+    Errors that waiting does not cure fail at once, naming the cause: refused credentials
+    ("authorization violation"), a refused TCP connection, a TLS mismatch (a ``tls://`` URL to a
+    plaintext server, an untrusted certificate, a missing client certificate). With several
+    servers, every one must have failed so.
+
+    Raises:
+        ConfigError: a credentials or TLS file cannot be read.
+        ConnectError: no server could be used; the message names the URL (credentials masked),
+            the cause and what to do.
     """
     url = settings.nats_url
     shown = safe_nats_url(url)
-    token = settings.nats_auth_token()
-    denied: asyncio.Future[Exception] = asyncio.get_running_loop().create_future()
-
+    servers = [raw.strip() for raw in url.split(",") if raw.strip()]
+    options = _connect_options(settings)
+    failed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    causes: list[str] = []
+    last_error: list[str] = []
     warned = False
 
     async def _error_cb(exc: Exception) -> None:
         nonlocal warned  # one warning per outage, the rest at DEBUG
-        if _AUTH_VIOLATION in str(exc).lower() and not denied.done():
-            denied.set_result(exc)
+        if "permissions violation" in str(exc).lower():
+            nc.denied = str(exc)  # a request it dropped times out: say why
+        if not failed.done():
+            last_error[:] = [f"{type(exc).__name__}: {exc}"]
+            cause = _diagnose(exc)
+            if cause is not None:
+                causes.append(cause)
+                if cause.startswith("authorization") or len(causes) >= len(servers):
+                    failed.set_result(cause)
         logger.log(logging.DEBUG if warned else logging.WARNING, "NATS %s: %s", shown, exc)
         warned = True
 
@@ -95,42 +216,54 @@ async def connect(settings: Settings) -> Client:
         warned = False
         logger.info("reconnected to NATS %s", shown)
 
+    nc = _Client()
+    nc.require_tls = settings.nats_tls_required
     attempt = asyncio.ensure_future(
         asyncio.wait_for(
-            nats.connect(
-                servers=url.split(","),
+            nc.connect(
+                servers=servers,
                 connect_timeout=max(1, int(settings.connect_timeout)),
                 allow_reconnect=True,
                 max_reconnect_attempts=-1,
-                reconnect_time_wait=0.25,
+                reconnect_time_wait=0.25,  # type: ignore[arg-type]  # annotated int, a float works
                 error_cb=_error_cb,
                 reconnected_cb=_reconnected_cb,
                 name="skialith",
                 skip_subject_validation=True,
-                token=token,
+                **options,
             ),
             timeout=settings.connect_timeout,
         )
     )
     try:
-        waiters: set[asyncio.Future[Any]] = {attempt, denied}
+        waiters: set[asyncio.Future[Any]] = {attempt, failed}
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        if not attempt.done():  # refused: nats-py would retry until the timeout
+        if not attempt.done():  # a cause that waiting does not cure: nats-py would retry until the timeout
             attempt.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await attempt
-            how = "the token it was given" if token else "no token"
-            raise ConnectError(
-                f"NATS at {shown!r} refused the connection (authorization violation) with {how}; "
-                "set SKIALITH_NATS_TOKEN (or Settings(nats_token=...)) to the token of that server, "
-                "e.g. the one 'skialith up' keeps in <home>/nats.token",
-                url=shown,
-            ) from denied.result()
-        return attempt.result()
+            with contextlib.suppress(Exception):
+                await nc.close()
+            cause = failed.result()
+            hint = ""
+            if cause.startswith("authorization"):
+                hint = (
+                    "; give the server's credentials: SKIALITH_NATS_USER and SKIALITH_NATS_PASSWORD, "
+                    "SKIALITH_NATS_TOKEN (e.g. the one 'skialith up' keeps in <home>/nats.token), "
+                    "SKIALITH_NATS_NKEY_SEED or SKIALITH_NATS_CREDS (see docs/security.md)"
+                )
+            elif cause.startswith(("connection refused", "cannot resolve")):
+                hint = f"; {_HINT}"
+            verb = "reach" if cause.startswith(("connection refused", "cannot resolve")) else "connect to"
+            raise ConnectError(f"cannot {verb} NATS at {shown!r}: {cause}{hint}", url=shown)
+        attempt.result()
+        return nc
     except (TimeoutError, OSError, nats.errors.Error) as exc:
+        with contextlib.suppress(Exception):
+            await nc.close()
+        last = f"; last error: {last_error[0]}" if last_error else f" ({type(exc).__name__}: {exc})"
         raise ConnectError(
-            f"cannot reach NATS at {shown!r} within {settings.connect_timeout} s "
-            f"({type(exc).__name__}: {exc}); {_HINT}",
+            f"cannot reach NATS at {shown!r} within {settings.connect_timeout} s{last}; {_HINT}",
             url=shown,
         ) from exc
     finally:
@@ -153,11 +286,17 @@ class Log:
         self._ready = False
         self._identity = StreamWatch(self)
         self._skipped: set[int] = set()  # sequences of messages a read skipped (logged once each)
+        self._prefix_len = len(settings.subject_prefix.split("."))
 
     @classmethod
     async def open(cls, settings: Settings, *, ensure_stream: bool = False) -> Log:
         """Connect (and, if asked, ensure the stream, closing the connection when that fails)."""
-        log = cls(settings, await connect(settings))
+        nc = await connect(settings)
+        try:
+            log = cls(settings, nc)
+        except BaseException:
+            await nc.close()
+            raise
         if ensure_stream:
             try:
                 await log.ensure_stream()
@@ -175,7 +314,18 @@ class Log:
 
     @property
     def url(self) -> str:
-        return self.settings.nats_url
+        """The NATS URL as shown in messages: credentials replaced by ``***``."""
+        return safe_nats_url(self.settings.nats_url)
+
+    def _denied(self) -> str:
+        """Why a request may have gone unanswered: the server's last permissions violation, if any
+        (it drops a request the user may not publish, so the requester only sees a timeout)."""
+        denied = getattr(self.nc, "denied", None)
+        return (
+            f" The server reported: {denied} (see docs/security.md for the permissions needed)."
+            if denied
+            else ""
+        )
 
     async def ensure_stream(self) -> None:
         """Create the stream if missing, with the limits of the settings; on an existing stream,
@@ -218,7 +368,7 @@ class Log:
         ) as exc:
             raise LogError(
                 f"NATS at {self.url!r} does not answer JetStream requests ({type(exc).__name__}); "
-                "is JetStream enabled? 'skialith up' starts a server with it",
+                f"is JetStream enabled? 'skialith up' starts a server with it.{self._denied()}",
                 url=self.url,
             ) from exc
         self._ready = True
@@ -385,10 +535,10 @@ class Log:
         """Whether an operation that purges the thread ``subject`` belongs to (a delete, or a prune,
         which trims what came before it) was stored between two sequences: the parts before it may
         be gone."""
-        tokens = subject.split(".")
-        if len(tokens) < 4 or tokens[0] != self.subjects.prefix or tokens[1] != "t":
+        thread_key = self.subjects.thread_token(subject)
+        if thread_key is None:
             return False  # not a thread's subject: nothing purges it
-        op = await self.next_seq(self.subjects.thread_op(tokens[2], "*"), after=first)
+        op = await self.next_seq(self.subjects.thread_op(thread_key, "*"), after=first)
         return 0 < op < last
 
     async def _publish(self, subject: str, body: bytes, headers: dict[str, str]) -> int:
@@ -398,7 +548,8 @@ class Log:
         except nats.errors.TimeoutError as exc:
             raise PublishError(
                 f"no PubAck from NATS at {self.url!r} within {self.settings.publish_timeout} s "
-                f"for {subject!r}; the write may or may not be stored. Is the server up? {_HINT}",
+                f"for {subject!r}; the write may or may not be stored. Is the server up? {_HINT}."
+                f"{self._denied()}",
                 url=self.url,
                 subject=subject,
             ) from exc
@@ -444,7 +595,7 @@ class Log:
         except nats.errors.TimeoutError as exc:
             raise LogError(
                 f"NATS at {self.url!r} did not answer a read within "
-                f"{self.settings.publish_timeout} s; {_HINT}",
+                f"{self.settings.publish_timeout} s; {_HINT}.{self._denied()}",
                 url=self.url,
             ) from exc
         except nats.errors.NoRespondersError as exc:
@@ -527,7 +678,7 @@ class Log:
         except TimeoutError as exc:
             raise LogError(
                 f"NATS at {self.url!r} did not answer a read within "
-                f"{self.settings.publish_timeout} s; {_HINT}",
+                f"{self.settings.publish_timeout} s; {_HINT}.{self._denied()}",
                 url=self.url,
             ) from exc
         out: list[Any] = []
@@ -615,7 +766,7 @@ class Log:
             expected = self.subjects.part_base(subject, "").split(".")
             ok_base = len(tokens) == len(expected) and tokens[:-1] == expected[:-1]
         else:
-            ok_base = len(tokens) >= 3 and tokens[0] == self.subjects.prefix
+            ok_base = base.startswith(f"{self.subjects.prefix}.") and len(tokens) >= self._prefix_len + 2
         if not (
             n_text.isascii()
             and n_text.isdigit()

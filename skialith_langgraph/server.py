@@ -207,6 +207,8 @@ class NatsServer:
         binary: the nats-server executable; found with :func:`nats_server_binary` if ``None``.
         token: clients must present this token (``nats.connect(token=...)``); it goes to a 0600
             config file, never to the command line, and never to ``repr``.
+        config: more nats-server configuration (its own syntax: accounts, TLS, ...), written to
+            the same 0600 config file; host, port and the store directory stay the arguments'.
 
     Raises:
         ConfigError: the port is out of range, the token unusable, or a non-loopback host has
@@ -232,6 +234,7 @@ class NatsServer:
         extra_args: Sequence[str] = (),
         binary: str | os.PathLike[str] | None = None,
         token: str | None = None,
+        config: str | None = None,
     ) -> None:
         if port != RANDOM_PORT and not 1 <= port <= 65535:
             raise ConfigError(f"port must be 1..65535, or -1 for a random free port; got {port!r}")
@@ -251,6 +254,7 @@ class NatsServer:
         self._requested_port = port
         self._port = port
         self._token = token
+        self._config = config
         self._lock = _StoreLock(self.store_dir)
         self._process: subprocess.Popen[bytes] | None = None
         self._finalizer: weakref.finalize[[subprocess.Popen[bytes], float], NatsServer] | None = None
@@ -346,6 +350,8 @@ class NatsServer:
             settings.append("jetstream {\n  sync_interval: always\n}\n")
         if self._token is not None:
             settings.append(f'authorization {{\n  token: "{self._token}"\n}}\n')
+        if self._config is not None:
+            settings.append(self._config.rstrip() + "\n")
         if settings:
             config = self.store_dir / _CONFIG_NAME
             _write_private(config, "".join(settings))

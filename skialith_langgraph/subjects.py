@@ -6,7 +6,8 @@ forms are legal subject tokens (no ``.``, ``*``, ``>`` or whitespace) and at mos
 :data:`TOKEN_MAX_LEN` characters, so the same token doubles as the database key of the id.
 The empty string maps to ``"b"``.
 
-Subject layout under a prefix ``p`` (``skialith`` by default)::
+Subject layout under a prefix ``p`` (``skialith`` by default; it may have several tokens, as
+``acme.prod.skialith``, so that NATS permissions can give each tenant its own hierarchy)::
 
     p.t.<thread>.c                  the checkpoints of a thread (put)
     p.t.<thread>.w                  the writes of its tasks (put_writes)
@@ -94,17 +95,57 @@ def check_length(value: str, *, field: str, limit: int = 255) -> str:
     return value
 
 
-class Subjects:
-    """Builds the subjects of one deployment (one prefix)."""
+PREFIX_MAX_LEN = 100  # characters of a subject prefix
 
-    __slots__ = ("prefix",)
+
+def check_prefix(prefix: str) -> str:
+    """Refuse a subject prefix NATS would not take as literal tokens.
+
+    A prefix is one or more dot-separated tokens (``skialith``, ``acme.prod.skialith``), each
+    non-empty, without wildcards (``*``, ``>``), whitespace or control characters; it may not
+    start with ``$`` (the server's own subjects, ``$JS``, ``$SYS``) or ``_INBOX``.
+
+    Raises:
+        SubjectError: the prefix is not usable (a ``ValueError``, and a ``ConfigError`` sibling).
+    """
+    if not isinstance(prefix, str):
+        raise SubjectError(f"subject_prefix must be a str, got {prefix!r}", field="subject_prefix")
+    tokens = prefix.split(".")
+    bad = [
+        t
+        for t in tokens
+        if not t or not t.isprintable() or any(c in t for c in "*> \t\r\n") or not t.isascii()
+    ]
+    if bad or len(prefix) > PREFIX_MAX_LEN or prefix.startswith(("$", "_INBOX")):
+        raise SubjectError(
+            f"subject_prefix must be dot-separated plain ASCII tokens (no empty token, '*', '>', "
+            f"whitespace, leading '$' or '_INBOX'), at most {PREFIX_MAX_LEN} characters, "
+            f"like 'skialith' or 'acme.prod.skialith'; got {prefix!r}",
+            field="subject_prefix",
+        )
+    return prefix
+
+
+class Subjects:
+    """Builds the subjects of one deployment (one prefix, of one or more tokens)."""
+
+    __slots__ = ("_threads", "prefix")
 
     def __init__(self, prefix: str) -> None:
-        if not prefix or any(c in prefix for c in ".*> \t\r\n"):
-            raise SubjectError(
-                f"subject_prefix must be one plain token, got {prefix!r}", field="subject_prefix"
-            )
-        self.prefix = prefix
+        self.prefix = check_prefix(prefix)
+        self._threads = f"{prefix}.t."
+
+    def thread_token(self, subject: str) -> str | None:
+        """The thread token of a subject under ``p.t.<thread>.``, else ``None``."""
+        if not subject.startswith(self._threads):
+            return None
+        tok, dot, rest = subject[len(self._threads) :].partition(".")
+        return tok if tok and dot and rest else None
+
+    def is_replay(self, subject: str) -> bool:
+        """Whether ``subject`` is a thread's replay subject (``p.t.<thread>.r``)."""
+        tok = self.thread_token(subject)
+        return tok is not None and subject == self.replay(tok)
 
     @property
     def all(self) -> str:
@@ -146,9 +187,9 @@ class Subjects:
 
     def part_base(self, subject: str, digest: str) -> str:
         """Base subject of the parts of a large body published on ``subject``."""
-        parts = subject.split(".")
-        if len(parts) >= 3 and parts[1] == "t":
-            return f"{self.prefix}.t.{parts[2]}.k.{digest}"
+        tok = self.thread_token(subject)
+        if tok is not None:
+            return f"{self.prefix}.t.{tok}.k.{digest}"
         return f"{self.prefix}.k.{digest}"
 
     @property

@@ -84,7 +84,7 @@ from .consumer import DEFAULT_BATCH_SIZE, DEFAULT_FETCH_TIMEOUT, Consumer, Consu
 from .errors import ProjectionError
 from .readmodel.apply import lock_watermark, set_watermark, upsert, watermark
 from .readmodel.tables import agent_traces
-from .subjects import token
+from .subjects import Subjects, token
 
 logger = logging.getLogger(__name__)
 
@@ -640,6 +640,7 @@ class TraceIngest(Consumer[Stamped]):
         # only plain metadata and LangGraph's Send packets, which strict mode still constructs
         self.serde: SerializerProtocol = serde or strict_serde()
         self.stats = TraceIngestStats()
+        self._subjects = Subjects(self.settings.subject_prefix)
 
     @property
     def durable(self) -> str:
@@ -652,8 +653,7 @@ class TraceIngest(Consumer[Stamped]):
 
     def _wants(self, subject: str) -> bool:
         # what a prune stored again (p.t.<thread>.r) was traced when it was first written
-        tokens = subject.split(".")
-        return not (len(tokens) == 4 and tokens[1] == "t" and tokens[3] == "r")
+        return not self._subjects.is_replay(subject)
 
     def _item(self, seq: int, reply: str, msg: Msg) -> Stamped:
         # the server's time, rounded to microseconds as nats-py's Msg.metadata.timestamp rounds it

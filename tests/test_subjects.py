@@ -85,7 +85,18 @@ def test_ids_stored_verbatim_have_a_length_limit_naming_the_field() -> None:
         check_length("x" * 256, field="task_id")
 
 
-@pytest.mark.parametrize("prefix", ["", "a.b", "a*", "a b", ">"])
+@pytest.mark.parametrize("prefix", ["", "a..b", "a.", ".a", "a*", "a.*", "a b", ">", "a.>", "$JS.x", "é"])
 def test_bad_prefix_is_refused(prefix: str) -> None:
     with pytest.raises(ValueError, match="subject_prefix"):
         Subjects(prefix)
+
+
+def test_prefix_of_several_tokens() -> None:
+    s = Subjects("acme.prod.skialith")
+    thread = token("t", field="thread_id")
+    assert s.checkpoint(thread) == f"acme.prod.skialith.t.{thread}.c"
+    assert s.thread_token(s.writes(thread)) == thread
+    assert s.part_base(s.checkpoint(thread), "d") == f"acme.prod.skialith.t.{thread}.k.d"
+    assert s.part_base(s.global_op("runs"), "d") == "acme.prod.skialith.k.d"
+    assert s.is_replay(s.replay(thread)) and not s.is_replay(s.checkpoint(thread))
+    assert s.thread_token("acme.prod.skialith.g.runs") is None
