@@ -184,7 +184,8 @@ async def _last(js: JetStreamContext, kv_stream: str, key: str) -> tuple[int, Ho
 
 
 async def live_leases(js: JetStreamContext, stream: str) -> dict[str, Holder]:
-    """Every lease held now on ``stream``, by key (the durable consumer's name)."""
+    """Every lease held now on ``stream``, by key (the durable consumer's name), but those of gone
+    processes of this host (see :meth:`Holder.stale`)."""
     kv_stream = await _bucket(js, stream, 1, create=False)
     if kv_stream is None:
         return {}
@@ -196,7 +197,7 @@ async def live_leases(js: JetStreamContext, stream: str) -> dict[str, Holder]:
     found: dict[str, Holder] = {}
     for key in keys:
         _, holder = await _last(js, kv_stream, key)
-        if holder is not None:
+        if holder is not None and not holder.stale():
             found[key] = holder
     return found
 
