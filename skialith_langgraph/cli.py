@@ -252,9 +252,9 @@ class EmbeddedStack:
         process = getattr(self.server, "_process", None)  # NatsServer keeps the exit code there
         code = process.poll() if process is not None else None
         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-        what = f"nats-server pid {self._server_pid} ({how}; its log: {self.server.log_file})"
+        what = f"nats-server pid {self._server_pid} died ({how}; its log: {self.server.log_file})"
         while True:
-            logger.error("%s died", what)
+            logger.error("%s", what)
             self._spend("nats-server", what)
             try:
                 # on this (main) thread, as at start: the server dies with the thread that starts it
@@ -268,8 +268,8 @@ class EmbeddedStack:
 
     async def _restart_consumer(self, attr: str, consumer: Consumer[Any], failure: BaseException) -> None:
         role = consumer.role
-        what = f"the {role} {consumer.durable} ({describe(failure)})"
-        logger.error("%s ended", what)
+        what = f"the {role} {consumer.durable} ended ({describe(failure)})"
+        logger.error("%s", what)
         with contextlib.suppress(Exception):
             await consumer.close()
         assert self._settings is not None
@@ -296,8 +296,8 @@ class EmbeddedStack:
         budget = self._budgets[name]
         if not budget.spend():
             raise CliError(
-                f"{what} died; it was restarted {RESTART_LIMIT} times within {RESTART_WINDOW:.0f} s "
-                "already, giving up"
+                f"{what}; it was restarted {RESTART_LIMIT} times within {RESTART_WINDOW:.0f} s already, "
+                "giving up"
             )
         self.restarts[name] += 1
         logger.warning(
@@ -327,7 +327,12 @@ class EmbeddedStack:
                         "the %s %s stopped with an error: %s", consumer.role, consumer.durable, describe(exc)
                     )
                 finally:
-                    await consumer.close()
+                    # after its nats-server died for good a close may fail too: the reason to exit
+                    # is what the caller is raising, not this
+                    try:
+                        await consumer.close()
+                    except Exception as exc:
+                        logger.debug("closing the %s failed: %s", consumer.role, describe(exc))
         finally:
             await asyncio.to_thread(self.server.stop)
 
@@ -446,7 +451,10 @@ async def _probe(settings: Settings, projector: Projector) -> AsyncIterator[Prog
     try:
         yield ProgressProbe(log, model, projector)
     finally:
-        await log.close()
+        try:
+            await log.close()
+        except Exception as exc:  # NATS gone for good: the caller raises why
+            logger.debug("closing the progress probe's NATS connection failed: %s", describe(exc))
         await model.close()
 
 

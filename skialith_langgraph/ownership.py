@@ -327,8 +327,8 @@ class Lease:
             self.revision = 0
             raise LeaseLostError(
                 f"{self.role} replica {self.replica!r} lost its lease (durable consumer {self.key}) to "
-                f"{holder.describe()}: this process was stalled longer than {self.ttl:.0f} s, and another "
-                "with the same replica id started; stopping this one",
+                f"{holder.describe()}: ours had expired (this process was stalled or cut off from NATS for "
+                f"more than {self.ttl:.0f} s) and another with the same replica id took it; stopping",
                 key=self.key,
                 holder=holder,
             )

@@ -50,7 +50,7 @@ def _write(settings: Settings, thread: str) -> str:
 
 async def _foreign_lease(settings: Settings, key: str, *, ttl: float, host: str = "elsewhere") -> None:
     """A lease as a process on another machine would hold it (it never renews it)."""
-    nc = await nats.connect(settings.nats_url)
+    nc = await nats.connect(settings.nats_url, token=settings.nats_token, max_reconnect_attempts=0)
     try:
         js = nc.jetstream()
         value = {"host": host, "pid": 4242, "since": time.time(), "role": "projector", "replica": "0"}
