@@ -1,11 +1,17 @@
-"""The ``skialith`` command: ``up``, ``projector`` and ``demo``. The only place that configures logging.
+"""The ``skialith`` command (up, projector, status, demo); the only place that configures logging.
 
 * ``skialith up`` starts an embedded nats-server (JetStream, data under ``./.skialith/``, 127.0.0.1
   only, a generated token in ``./.skialith/nats.token``) and the projector, prints how to connect,
   and runs until Ctrl-C, SIGTERM or SIGHUP. Its files are private (0700/0600), its nats-server
-  dies with it, and a second ``up`` on the same data directory is refused.
+  dies with it, and a second ``up`` on the same data directory is refused. It supervises what it
+  runs: a nats-server, projector or trace ingest that dies is restarted (at most
+  :data:`RESTART_LIMIT` times within :data:`RESTART_WINDOW` seconds, logged), else ``up`` exits 1
+  naming it.
 * ``skialith projector`` runs the projector alone (``--rebuild`` rebuilds the read model from the
-  stream), with progress in the log and, on request, Prometheus metrics.
+  stream, ``--forget REPLICA`` removes a dead replica's durable consumer), with progress in the log
+  and, on request, Prometheus metrics and health endpoints (``/healthz``, ``/readyz``). A replica id
+  runs once: a second process with it refuses to start (see ``ownership.py``).
+* ``skialith status`` shows the stream, each consumer (live or not, its lag) and the read model.
 * ``skialith gc`` runs one retention pass (idle TTL, keep-last-N; ``--dry-run``).
 * ``skialith demo`` kills an agent with kill -9 between two nodes and resumes it.
 """
@@ -44,9 +50,11 @@ from .config import (
     Settings,
     safe_nats_url,
 )
+from .consumer import Consumer, describe
 from .errors import ConnectError, ReadModelError, SkialithError
 from .log import Log
-from .metrics import DEFAULT_HOST, MetricsServer, ProgressProbe, render_metrics
+from .metrics import DEFAULT_HOST, MetricsServer, ProgressProbe, Readiness, render_metrics
+from .ownership import Holder, collect_status, consumer_names, forget, live_leases
 from .projector import DEFAULT_BATCH_SIZE, Projector
 from .readmodel import ReadModel, safe_url
 from .readmodel.tables import metadata
@@ -59,7 +67,9 @@ logger = logging.getLogger("skialith_langgraph.cli")
 DEFAULT_PROGRESS_INTERVAL = 10.0  # seconds between progress lines
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 PRIVATE_UMASK = 0o077  # what 'up' and 'demo' create is readable by this user only
-_CONSUMER_PAGE = 256  # JetStream lists consumers in pages of this size
+RESTART_LIMIT = 3  # restarts of one component 'skialith up' allows within RESTART_WINDOW
+RESTART_WINDOW = 60.0  # seconds
+SUPERVISE_INTERVAL = 0.5  # seconds between two looks at what 'skialith up' runs
 
 
 class CliError(Exception):
@@ -169,11 +179,15 @@ class EmbeddedStack:
         )
         self.projector: Projector | None = None
         self.traces: TraceIngest | None = None
+        self.restarts: dict[str, int] = {"nats-server": 0, "projector": 0, "trace ingest": 0}
+        self._budgets = {name: _RestartBudget() for name in self.restarts}
+        self._server_pid: int | None = None
+        self._settings: Settings | None = None
 
     @property
     def settings(self) -> Settings:
-        assert self.projector is not None, "start() first"
-        return self.projector.settings
+        assert self._settings is not None, "start() first"
+        return self._settings
 
     async def start(self) -> None:
         """Start nats-server, then the projector (which ensures the stream and the tables) and the
@@ -197,6 +211,7 @@ class EmbeddedStack:
             self.token_file.chmod(0o600)
             # on this (main) thread: the server dies with the thread that starts it
             self.server.start()
+            self._server_pid = self.server.pid
         except StoreInUseError as exc:
             raise CliError(_store_in_use_message(self.home, exc.holder or "another process")) from exc
         except ConnectError as exc:
@@ -214,6 +229,7 @@ class EmbeddedStack:
                 nats_token=self.token,
                 **self.overrides,
             )
+            self._settings = settings
             self.projector = Projector(settings)
             await self.projector.start()
             self.traces = TraceIngest(settings)
@@ -222,17 +238,136 @@ class EmbeddedStack:
             await self.stop()
             raise
 
+    @property
+    def consumers(self) -> list[Consumer[Any]]:
+        """The projector and the trace ingest running now."""
+        return [c for c in (self.projector, self.traces) if c is not None]
+
+    def server_problem(self) -> str | None:
+        """``None`` while our nats-server runs, else what happened to it (for ``/readyz``)."""
+        return None if self.server.running else f"nats-server pid {self._server_pid} is not running"
+
+    async def supervise(self) -> None:
+        """Restart what died: the nats-server, the projector, the trace ingest (bounded, logged).
+
+        Raises:
+            CliError: one died more than :data:`RESTART_LIMIT` times within :data:`RESTART_WINDOW`
+                seconds, or cannot be started again; the message names it.
+        """
+        if not self.server.running:
+            await self._restart_server()
+        for attr in ("projector", "traces"):
+            consumer: Consumer[Any] | None = getattr(self, attr)
+            failure = _consumer_failure(consumer) if consumer is not None else None
+            if consumer is not None and failure is not None:
+                await self._restart_consumer(attr, consumer, failure)
+
+    async def _restart_server(self) -> None:
+        process = getattr(self.server, "_process", None)  # NatsServer keeps the exit code there
+        code = process.poll() if process is not None else None
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        what = f"nats-server pid {self._server_pid} died ({how}; its log: {self.server.log_file})"
+        while True:
+            logger.error("%s", what)
+            self._spend("nats-server", what)
+            try:
+                # on this (main) thread, as at start: the server dies with the thread that starts it
+                self.server.restart()
+            except SkialithError as exc:
+                what = f"nats-server could not be started again ({exc})"
+                continue
+            self._server_pid = self.server.pid
+            logger.warning("restarted nats-server: pid %s on %s", self._server_pid, self.server.url)
+            return
+
+    async def _restart_consumer(self, attr: str, consumer: Consumer[Any], failure: BaseException) -> None:
+        role = consumer.role
+        what = f"the {role} {consumer.durable} ended ({describe(failure)})"
+        logger.error("%s", what)
+        with contextlib.suppress(Exception):
+            await consumer.close()
+        assert self._settings is not None
+        while True:
+            attempt = self._spend(role, what)
+            await asyncio.sleep(min(2.0 ** (attempt - 1), 8.0))  # 1, 2, 4 s: e.g. a lease may expire
+            fresh: Consumer[Any] = (
+                Projector(self._settings) if attr == "projector" else TraceIngest(self._settings)
+            )
+            try:
+                await fresh.start()
+            except Exception as exc:
+                with contextlib.suppress(Exception):
+                    await fresh.close()
+                what = f"the {role} {consumer.durable} could not be started again ({describe(exc)})"
+                logger.error("%s", what)
+                continue
+            setattr(self, attr, fresh)
+            logger.warning("restarted the %s %s", role, fresh.durable)
+            return
+
+    def _spend(self, name: str, what: str) -> int:
+        """Count a restart of ``name``; raise CliError naming ``what`` beyond the bound."""
+        budget = self._budgets[name]
+        if not budget.spend():
+            raise CliError(
+                f"{what}; it was restarted {RESTART_LIMIT} times within {RESTART_WINDOW:.0f} s already, "
+                "giving up"
+            )
+        self.restarts[name] += 1
+        logger.warning(
+            "restarting %s (restart %d of at most %d within %.0f s)",
+            name,
+            budget.recent,
+            RESTART_LIMIT,
+            RESTART_WINDOW,
+        )
+        return budget.recent
+
     async def stop(self) -> None:
-        """Stop the projector (it finishes its batch), then the server. Idempotent."""
+        """Stop the projector (it finishes its batch), then the server. Idempotent.
+
+        A consumer that had failed is closed; its failure was reported by :meth:`supervise`.
+        """
         projector, self.projector = self.projector, None
         traces, self.traces = self.traces, None
         try:
-            if traces is not None:
-                await traces.stop()
-            if projector is not None:
-                await _stop_projector(projector)
+            for consumer in (traces, projector):
+                if consumer is None:
+                    continue
+                try:
+                    await consumer.stop()
+                except Exception as exc:
+                    logger.error(
+                        "the %s %s stopped with an error: %s", consumer.role, consumer.durable, describe(exc)
+                    )
+                finally:
+                    # after its nats-server died for good a close may fail too: the reason to exit
+                    # is what the caller is raising, not this
+                    try:
+                        await consumer.close()
+                    except Exception as exc:
+                        logger.debug("closing the %s failed: %s", consumer.role, describe(exc))
         finally:
             await asyncio.to_thread(self.server.stop)
+
+
+class _RestartBudget:
+    """At most :data:`RESTART_LIMIT` restarts within any :data:`RESTART_WINDOW` seconds."""
+
+    def __init__(self) -> None:
+        self._times: list[float] = []
+
+    @property
+    def recent(self) -> int:
+        return len(self._times)
+
+    def spend(self) -> bool:
+        now = time.monotonic()
+        self._times = [t for t in self._times if now - t < RESTART_WINDOW]
+        if len(self._times) >= RESTART_LIMIT:
+            return False
+        self._times.append(now)
+        return True
 
 
 async def _stop_projector(projector: Projector) -> None:
@@ -249,12 +384,12 @@ async def _stop_projector(projector: Projector) -> None:
         await projector.close()  # stop() skips it when the run task failed
 
 
-def _projector_failure(projector: Projector) -> BaseException | None:
-    """The exception that ended the projector's task, if it ended (Projector has no public probe)."""
-    task: asyncio.Task[None] | None = getattr(projector, "_task", None)
+def _consumer_failure(consumer: Consumer[Any]) -> BaseException | None:
+    """The exception that ended a consumer's task, if it ended (Consumer has no public probe)."""
+    task: asyncio.Task[None] | None = getattr(consumer, "_task", None)
     if task is None or not task.done() or task.cancelled():
         return None
-    return task.exception() or RuntimeError("the projector stopped on its own")
+    return task.exception() or RuntimeError(f"the {consumer.role} stopped on its own")
 
 
 @contextlib.asynccontextmanager
@@ -279,21 +414,28 @@ def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
 
 
 async def _serve(
-    projector: Projector, stop: asyncio.Event, probe: ProgressProbe, interval: float, *, quiet_idle: bool
+    watch: Callable[[], Coroutine[Any, Any, None]],
+    stop: asyncio.Event,
+    probe: ProgressProbe,
+    interval: float,
+    *,
+    quiet_idle: bool,
 ) -> None:
-    """Log progress every ``interval`` seconds until ``stop`` is set or the projector fails.
+    """Call ``watch`` every half second and log progress every ``interval`` seconds, until ``stop``
+    is set or ``watch`` raises.
 
     Raises:
-        CliError: the projector's task ended with an error.
+        CliError: from ``watch``: what it watches ended, and is not restarted.
     """
     last: tuple[int, int] | None = None
     next_report = time.monotonic() + interval
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=min(0.5, interval))
-        failure = _projector_failure(projector)
-        if failure is not None:
-            raise CliError(f"the projector stopped: {type(failure).__name__}: {failure}") from failure
+            await asyncio.wait_for(stop.wait(), timeout=min(SUPERVISE_INTERVAL, interval))
+        if stop.is_set():
+            break
+        await watch()
+        projector = probe.projector
         if stop.is_set() or time.monotonic() < next_report:
             continue
         next_report = time.monotonic() + interval
@@ -323,8 +465,34 @@ async def _probe(settings: Settings, projector: Projector) -> AsyncIterator[Prog
     try:
         yield ProgressProbe(log, model, projector)
     finally:
-        await log.close()
+        try:
+            await log.close()
+        except Exception as exc:  # NATS gone for good: the caller raises why
+            logger.debug("closing the progress probe's NATS connection failed: %s", describe(exc))
         await model.close()
+
+
+@contextlib.asynccontextmanager
+async def _health_server(
+    args: argparse.Namespace, collect: Callable[[], Coroutine[Any, Any, str]], readiness: Readiness
+) -> AsyncIterator[MetricsServer | None]:
+    """Serve /metrics, /healthz and /readyz on ``--metrics-port`` (nothing without it)."""
+    if args.metrics_port is None:
+        yield None
+        return
+    server = MetricsServer(collect, host=args.metrics_host, port=args.metrics_port, ready=readiness.check)
+    try:
+        await server.start()
+    except OSError as exc:
+        raise CliError(
+            f"cannot serve metrics on {args.metrics_host}:{args.metrics_port} ({exc}); "
+            "choose another --metrics-port"
+        ) from exc
+    _out(f"metrics: {server.url} (health: /healthz, /readyz)")
+    try:
+        yield server
+    finally:
+        await server.close()
 
 
 def _out(text: str = "") -> None:
@@ -421,12 +589,25 @@ async def _up(args: argparse.Namespace) -> int:
         try:
             for line in _connect_banner(stack):
                 _out(line)
-            assert stack.projector is not None
-            async with (
-                _probe(stack.settings, stack.projector) as probe,
-                _sweeping(stack.settings, args.sweep_interval),
-            ):
-                await _serve(stack.projector, stop, probe, args.progress_interval, quiet_idle=True)
+            assert stack.projector is not None and stack.traces is not None
+            async with _probe(stack.settings, stack.projector) as probe:
+                traces = ProgressProbe(probe.log, probe.model, stack.traces)
+
+                async def watch() -> None:
+                    await stack.supervise()
+                    if stack.projector is not None:
+                        probe.projector = stack.projector
+                    if stack.traces is not None:
+                        traces.projector = stack.traces
+
+                readiness = Readiness(
+                    lambda: stack.consumers, probe.model, {"nats-server": stack.server_problem}
+                )
+                async with (
+                    _health_server(args, lambda: render_metrics([probe, traces], stack.restarts), readiness),
+                    _sweeping(stack.settings, args.sweep_interval),
+                ):
+                    await _serve(watch, stop, probe, args.progress_interval, quiet_idle=True)
         finally:
             await stack.stop()
     _out("Skialith stopped.")
@@ -443,6 +624,16 @@ async def _rebuild(settings: Settings, projector: Projector) -> int:
         The stream's last sequence: the rebuild is complete once the watermark reaches it.
     """
     shown = safe_url(settings.database_url)
+    log = await Log.open(settings)
+    try:
+        live = await live_leases(log.js, settings.stream)
+    finally:
+        await log.close()
+    if live:
+        raise CliError(
+            f"refusing to rebuild while replicas of stream {settings.stream} are live (the rebuild drops "
+            f"the tables they write): {_describe_live(live)}; stop them first"
+        )
     _out(f"rebuild: dropping the read-model tables in {shown}")
     model = ReadModel.from_url(settings.database_url, connect_timeout=settings.connect_timeout)
     try:
@@ -462,7 +653,9 @@ async def _rebuild(settings: Settings, projector: Projector) -> int:
         await log.ensure_stream()
         # every replica of this projection has its own durable; all must start again from sequence 1
         prefix = projector.durable.removesuffix(projector.replica)
-        durables = {projector.durable} | {n for n in await _consumer_names(log) if n.startswith(prefix)}
+        durables = {projector.durable} | {
+            n for n in await consumer_names(log.js, settings.stream) if n.startswith(prefix)
+        }
         for durable in sorted(durables):
             try:
                 await log.js.delete_consumer(settings.stream, durable)
@@ -474,15 +667,6 @@ async def _rebuild(settings: Settings, projector: Projector) -> int:
         await log.close()
     _out(f"rebuild: projecting stream {settings.stream} from sequence 1 (last sequence now {last})")
     return last
-
-
-async def _consumer_names(log: Log) -> list[str]:
-    names: list[str] = []
-    while True:
-        page = await log.js.consumers_info(log.settings.stream, offset=len(names))
-        names += [str(info.name) for info in page]
-        if len(page) < _CONSUMER_PAGE:
-            return names
 
 
 async def _announce_caught_up(probe: ProgressProbe, target: int, started: float) -> None:
@@ -505,6 +689,8 @@ async def _projector(args: argparse.Namespace) -> int:
         **_retention_overrides(args),
         **nats_overrides(args),
     )
+    if args.forget is not None:
+        return await _forget(settings, args.forget)
     projector = Projector(settings, replica=args.replica, batch_size=args.batch_size)
     async with _stop_signals() as stop:
         started = time.monotonic()
@@ -514,7 +700,6 @@ async def _projector(args: argparse.Namespace) -> int:
         except BaseException:
             await projector.close()
             raise
-        metrics: MetricsServer | None = None
         announce: asyncio.Task[None] | None = None
         try:
             _out(
@@ -522,33 +707,25 @@ async def _projector(args: argparse.Namespace) -> int:
                 f"{safe_nats_url(settings.nats_url)} -> {safe_url(settings.database_url)}"
             )
             async with _probe(settings, projector) as probe:
-                if args.metrics_port is not None:
-                    metrics = MetricsServer(
-                        lambda: render_metrics(projector, probe),
-                        host=args.metrics_host,
-                        port=args.metrics_port,
-                    )
+                readiness = Readiness(lambda: [projector], probe.model)
+                async with _health_server(args, lambda: render_metrics([probe]), readiness):
+                    if target is not None:
+                        announce = asyncio.create_task(_announce_caught_up(probe, target, started))
+
+                    async def watch() -> None:
+                        failure = _consumer_failure(projector)
+                        if failure is not None:
+                            raise CliError(f"the projector stopped: {describe(failure)}") from failure
+
                     try:
-                        await metrics.start()
-                    except OSError as exc:
-                        raise CliError(
-                            f"cannot serve metrics on {args.metrics_host}:{args.metrics_port} ({exc}); "
-                            "choose another --metrics-port"
-                        ) from exc
-                    _out(f"metrics: {metrics.url}")
-                if target is not None:
-                    announce = asyncio.create_task(_announce_caught_up(probe, target, started))
-                try:
-                    async with _sweeping(settings, args.sweep_interval):
-                        await _serve(projector, stop, probe, args.progress_interval, quiet_idle=False)
-                finally:
-                    if announce is not None:
-                        announce.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await announce
+                        async with _sweeping(settings, args.sweep_interval):
+                            await _serve(watch, stop, probe, args.progress_interval, quiet_idle=False)
+                    finally:
+                        if announce is not None:
+                            announce.cancel()
+                            with contextlib.suppress(asyncio.CancelledError):
+                                await announce
         finally:
-            if metrics is not None:
-                await metrics.close()
             await _stop_projector(projector)
     stats = projector.stats
     _out(f"projector stopped: applied={stats.applied} batches={stats.batches} watermark={stats.last_seq}")
@@ -587,6 +764,115 @@ async def _gc(args: argparse.Namespace) -> int:
         f"of {len(report.pruned)} thread(s); skipped {len(report.skipped)}"
     )
     return 0
+
+
+def _describe_live(live: dict[str, Holder]) -> str:
+    return "; ".join(
+        f"{h.role} replica {h.replica!r} ({key}) on {h.describe()}" for key, h in sorted(live.items())
+    )
+
+
+async def _forget(settings: Settings, replica: str) -> int:
+    """Delete the durable consumers (projector and trace ingest) and lease of a replica that is gone.
+
+    Raises:
+        CliError: the replica is live (its lease is held), or it has no consumer on the stream.
+    """
+    durables = [Projector(settings, replica=replica).durable, TraceIngest(settings, replica=replica).durable]
+    log = await Log.open(settings)
+    try:
+        live = {k: h for k, h in (await live_leases(log.js, settings.stream)).items() if k in durables}
+        if live:
+            raise CliError(
+                f"refusing to forget replica {replica!r}: it is live ({_describe_live(live)}); stop it first"
+            )
+        existing = set(await consumer_names(log.js, settings.stream))
+        found = [d for d in durables if d in existing]
+        if not found:
+            others = ", ".join(sorted(existing)) or "none"
+            raise CliError(
+                f"replica {replica!r} has no durable consumer on stream {settings.stream} "
+                f"(its consumers: {others})"
+            )
+        for durable in found:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await log.js.delete_consumer(settings.stream, durable)
+            await forget(log.js, settings.stream, durable)
+            _out(
+                f"forgot replica {replica!r}: deleted the durable consumer {durable} "
+                f"on stream {settings.stream}"
+            )
+    finally:
+        await log.close()
+    return 0
+
+
+# -- skialith status ------------------------------------------------------------------------------
+
+
+def _status_lines(status: dict[str, Any]) -> list[str]:
+    stream = status["stream"]
+    lines = [f"stream    {stream['name']}"]
+    if "error" in stream:
+        lines[0] += f"  (cannot read it: {stream['error']})"
+    else:
+        lines[0] += (
+            f"  created {stream['created']}  messages={stream['messages']} bytes={stream['bytes']} "
+            f"first_seq={stream['first_seq']} last_seq={stream['last_seq']}"
+        )
+    lines.append("consumers")
+    if not status["consumers"]:
+        lines.append("  (none)")
+    header = ("DURABLE", "ROLE", "REPLICA", "LIVE", "HOLDER", "PENDING", "ACK FLOOR", "LAG")
+    rows = [header]
+    for c in status["consumers"]:
+        holder = c["holder"]
+        rows.append(
+            (
+                c["durable"],
+                c["role"],
+                c["replica"],
+                "live" if c["live"] else "not live",
+                f"{holder['host']} pid {holder['pid']} since {holder['since']}" if holder else "-",
+                *("-" if c[k] is None else str(c[k]) for k in ("pending", "ack_floor", "lag")),
+            )
+        )
+    if len(rows) > 1:
+        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+        lines += ["  " + "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    database = status["database"]
+    lines.append(f"database  {database['url']}")
+    if "error" in database:
+        lines.append(f"  cannot read it: {database['error']}")
+    else:
+        recorded = database["stream"]
+        lines.append(
+            f"  filled from stream {recorded['name']} created {recorded['created']}"
+            if recorded
+            else "  filled from no stream yet"
+        )
+        for name, mark in database["watermarks"].items():
+            lines.append(f"  watermark {name}: {mark['last_seq']} (lag {mark['lag']})")
+        lines.append(f"  dead letters: {database['dead_letters_total']}")
+    return lines
+
+
+async def _status(args: argparse.Namespace) -> int:
+    settings = Settings.from_env(
+        database_url=args.database_url,
+        stream=args.stream,
+        subject_prefix=args.subject_prefix,
+        **nats_overrides(args),
+    )
+    status, problems = await collect_status(settings)
+    if args.json:
+        _out(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        for line in _status_lines(status):
+            _out(line)
+    for problem in problems:
+        print(f"skialith status: cannot read {problem}", file=sys.stderr, flush=True)
+    return 1 if problems else 0
 
 
 # -- skialith demo --------------------------------------------------------------------------------
@@ -809,6 +1095,36 @@ def nats_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name, None) for name, _, _ in _NATS_FLAGS}
 
 
+def _connection_flags(parser: argparse.ArgumentParser) -> None:
+    add_nats_flags(parser)
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="SQLAlchemy async URL of the read model "
+        f"(default: $SKIALITH_DATABASE_URL, else {DEFAULT_DATABASE_URL})",
+    )
+    parser.add_argument(
+        "--stream", default=None, help=f"stream name (default: $SKIALITH_STREAM, else {DEFAULT_STREAM})"
+    )
+    parser.add_argument(
+        "--subject-prefix",
+        default=None,
+        help="first subject token(s), e.g. acme.prod.skialith "
+        f"(default: $SKIALITH_SUBJECT_PREFIX, else {DEFAULT_SUBJECT_PREFIX})",
+    )
+
+
+def _metrics_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=None,
+        help="serve Prometheus metrics at http://METRICS_HOST:PORT/metrics and the health probes "
+        "/healthz and /readyz beside them (0: a free port; default: off)",
+    )
+    parser.add_argument("--metrics-host", default=DEFAULT_HOST, help="address of the metrics endpoint")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``skialith`` command."""
     common = argparse.ArgumentParser(add_help=False)
@@ -880,6 +1196,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between progress log lines (only when something changed)",
     )
     _add_retention_flags(up)
+    _metrics_flags(up)
     up.set_defaults(run=_up, default_log_level="INFO")
 
     proj = commands.add_parser(
@@ -894,22 +1211,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--progress-interval seconds; --metrics-port serves Prometheus metrics."
         ),
     )
-    add_nats_flags(proj)
-    proj.add_argument(
-        "--database-url",
-        default=None,
-        help="SQLAlchemy async URL of the read model "
-        f"(default: $SKIALITH_DATABASE_URL, else {DEFAULT_DATABASE_URL})",
-    )
-    proj.add_argument(
-        "--stream", default=None, help=f"stream name (default: $SKIALITH_STREAM, else {DEFAULT_STREAM})"
-    )
-    proj.add_argument(
-        "--subject-prefix",
-        default=None,
-        help="first subject token(s), e.g. acme.prod.skialith "
-        f"(default: $SKIALITH_SUBJECT_PREFIX, else {DEFAULT_SUBJECT_PREFIX})",
-    )
+    _connection_flags(proj)
     proj.add_argument(
         "--replica",
         default="0",
@@ -919,13 +1221,7 @@ def build_parser() -> argparse.ArgumentParser:
     proj.add_argument(
         "--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE, help="messages per fetch"
     )
-    proj.add_argument(
-        "--metrics-port",
-        type=_port,
-        default=None,
-        help="serve Prometheus metrics at http://METRICS_HOST:PORT/metrics (0: a free port; default: off)",
-    )
-    proj.add_argument("--metrics-host", default=DEFAULT_HOST, help="address of the metrics endpoint")
+    _metrics_flags(proj)
     proj.add_argument(
         "--progress-interval",
         type=_positive_float,
@@ -936,10 +1232,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--rebuild",
         action="store_true",
         help="drop the read-model tables and the durable consumers of every replica, then project the "
-        "whole stream again from sequence 1 (stop the other replicas first)",
+        "whole stream again from sequence 1 (refused while other replicas are live)",
+    )
+    proj.add_argument(
+        "--forget",
+        metavar="REPLICA",
+        default=None,
+        help="delete the durable consumers (projector and trace ingest) of replica REPLICA, which is gone "
+        "for good, and exit (refused while it is live)",
     )
     _add_retention_flags(proj)
     proj.set_defaults(run=_projector, default_log_level="INFO")
+
+    status = commands.add_parser(
+        "status",
+        parents=[common],
+        formatter_class=fmt,
+        help="show the stream, each consumer (live or not, its lag), the watermarks and the database",
+        description=(
+            "Show the stream (name, creation time, messages, bytes, first and last sequence), each durable "
+            "consumer (replica, whether a live process holds it and which, pending messages, ack floor, "
+            "lag), the read model's watermarks and dead letters, and the database URL (password hidden). "
+            "Exit code 1 if a part could not be read."
+        ),
+    )
+    _connection_flags(status)
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    status.set_defaults(run=_status, default_log_level="WARNING")
 
     demo = commands.add_parser(
         "demo",

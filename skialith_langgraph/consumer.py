@@ -45,6 +45,7 @@ from .config import Settings
 from .errors import CodecError, LogError, ReadModelError, SkialithError
 from .identity import StreamIdentity, StreamMismatchError, claim
 from .log import Header, Log, MissingPartError
+from .ownership import DEFAULT_LEASE_TTL, Lease
 from .readmodel import ReadModel
 from .readmodel.apply import lock_watermark, upsert, watermark
 from .readmodel.tables import dead_letters
@@ -379,8 +380,12 @@ class Consumer(Generic[Item]):
         batch_size: int,
         fetch_timeout: float,
         linger: float = DEFAULT_LINGER,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
     ) -> None:
         self.settings = settings or Settings.from_env()
+        self.lease_ttl = lease_ttl
+        self._lease: Lease | None = None
+        self._subscribed = False
         self.name = name
         self.replica = replica
         self.batch_size = batch_size
@@ -426,6 +431,19 @@ class Consumer(Generic[Item]):
         if self._log is None:
             self._log = await Log.open(self.settings)
         await self._log.ensure_stream()
+        if self._lease is None:
+            # before the database: a second process with this replica id is refused even while it is down
+            lease = Lease(
+                self._log.js,
+                self.settings.stream,
+                self.durable,
+                role=self.role,
+                replica=self.replica,
+                ttl=self.lease_ttl,
+                replicas=self.settings.replicas,
+            )
+            await lease.acquire()
+            self._lease = lease
         if self._model is None:
             self._model = ReadModel.from_url(
                 self.settings.database_url, connect_timeout=self.settings.connect_timeout
@@ -435,6 +453,9 @@ class Consumer(Generic[Item]):
         self._stream = await claim(self._model, self._log)
 
     async def close(self) -> None:
+        lease, self._lease = self._lease, None
+        if lease is not None and self._log is not None:
+            await lease.release()
         if self._log is not None:
             await self._log.close()
             self._log = None
@@ -468,9 +489,40 @@ class Consumer(Generic[Item]):
         if self._task is not None:
             await asyncio.shield(self._task)
 
+    @property
+    def subscribed(self) -> bool:
+        """Whether the durable consumer is subscribed now (for ``/readyz``)."""
+        return self._subscribed and self.running
+
+    @property
+    def connected(self) -> bool:
+        """Whether the NATS connection is up now (for ``/readyz``)."""
+        return self._log is not None and self._log.nc.is_connected
+
     async def run(self) -> None:
-        """Consume until stopped. Database outages are retried with backoff; nothing is acked early."""
+        """Consume until stopped, renewing this replica's lease meanwhile.
+
+        Raises:
+            LeaseLostError: another process took the lease (the batch in hand is finished first).
+        """
         await self.open()
+        assert self._lease is not None
+        keeper = asyncio.create_task(self._lease.keep(), name=f"{self.durable}-lease")
+        body = asyncio.create_task(self._run())
+        try:
+            await asyncio.wait({keeper, body}, return_when=asyncio.FIRST_COMPLETED)
+            if keeper.done() and not body.done():
+                self._stopping.set()  # the lease is lost: finish the batch in hand, then end
+                await asyncio.wait({body})
+                keeper.result()
+            await body
+        finally:
+            keeper.cancel()
+            body.cancel()
+            await asyncio.gather(keeper, body, return_exceptions=True)
+
+    async def _run(self) -> None:
+        """Consume until stopped. Database outages are retried with backoff; nothing is acked early."""
         assert self._log is not None and self._model is not None
         log, model = self._log, self._model
         logger.info("%s %s consuming %s from %s", self.role, self.durable, self.settings.stream, log.url)
@@ -496,9 +548,11 @@ class Consumer(Generic[Item]):
                 delay = min(delay * 2, RETRY_MAX)
                 continue
             first, delay = False, 0.05
+            self._subscribed = True
             try:
                 await self._consume(log, model, puller)
             finally:
+                self._subscribed = False
                 await puller.close()
 
     async def _subscribe(self, log: Log, start: int) -> Puller:
