@@ -159,6 +159,10 @@ def tenant_account(name: str, user: str, password: str, prefix: str, stream: str
               "{js}.CONSUMER.LIST.{stream}",
               "{js}.CONSUMER.NAMES.{stream}",
               "$JS.ACK.{stream}.>",
+              "{js}.STREAM.INFO.KV_{stream}_leases",
+              "{js}.STREAM.CREATE.KV_{stream}_leases",
+              "{js}.DIRECT.GET.KV_{stream}_leases.>",
+              "$KV.{stream}_leases.>",
             ]
           }}
           subscribe: {{
