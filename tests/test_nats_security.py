@@ -266,7 +266,7 @@ async def test_secrets_are_masked_in_logs_errors_metrics_and_repr(
             model = ReadModel.from_url(settings.database_url)
             try:
                 shown.append(log.url)
-                shown.append(await render_metrics(projector, ProgressProbe(log, model, projector)))
+                shown.append(await render_metrics([ProgressProbe(log, model, projector)]))
             finally:
                 await log.close()
                 await model.close()
