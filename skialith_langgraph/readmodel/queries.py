@@ -225,14 +225,18 @@ def _compiled(dialect: Dialect, name: str, n_pairs: int = 0) -> tuple[str, tuple
 async def _driver_rows(
     conn: AsyncConnection, name: str, params: dict[str, Any], n_pairs: int = 0
 ) -> list[tuple[Any, ...]]:
-    """Run a hot statement on the driver's connection under ``conn`` (aiomysql or aiosqlite)."""
+    """Run a hot statement on the driver's connection under ``conn`` (aiomysql, psycopg or aiosqlite)."""
     sql, names, defaults = _compiled(conn.dialect, name, n_pairs)
-    args = tuple(params[k] if k in params else defaults[k] for k in names)
+    args: tuple[Any, ...] | dict[str, Any]
+    if names:  # positional paramstyle (aiomysql's format, aiosqlite's qmark)
+        args = tuple(params[k] if k in params else defaults[k] for k in names)
+    else:  # named (psycopg's pyformat)
+        args = {k: params.get(k, v) for k, v in defaults.items()}
     if not conn.in_transaction():
         await conn.begin()  # so that closing ``conn`` ends what the driver's statements began
     driver: Any = (await conn.get_raw_connection()).driver_connection
     try:
-        if conn.dialect.name == "mysql":
+        if conn.dialect.name in ("mysql", "postgresql"):
             async with driver.cursor() as cur:
                 await cur.execute(sql, args)
                 return list(await cur.fetchall())

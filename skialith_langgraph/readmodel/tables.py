@@ -22,13 +22,19 @@ from sqlalchemy import (
     Table,
     Text,
 )
-from sqlalchemy.dialects import mysql
+from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.compiler import compiles
 
 metadata = MetaData()
 
-KEY = String(128).with_variant(mysql.VARCHAR(128, charset="ascii", collation="ascii_bin"), "mysql")
+# PostgreSQL compares text by the database's locale unless told otherwise: "C" compares bytes, so
+# keys order as Python orders them (and as on SQLite and MySQL's binary collations)
+KEY = (
+    String(128)
+    .with_variant(mysql.VARCHAR(128, charset="ascii", collation="ascii_bin"), "mysql")
+    .with_variant(postgresql.VARCHAR(128, collation="C"), "postgresql")
+)
 
 
 def nopad_collation(dialect: Dialect) -> str:
@@ -55,6 +61,11 @@ class VerbatimId(String):
 @compiles(VerbatimId, "mariadb")
 def _verbatim_id_mysql(type_: VerbatimId, compiler: Any, **kw: Any) -> str:
     return f"VARCHAR({type_.length}) CHARACTER SET utf8mb4 COLLATE {nopad_collation(compiler.dialect)}"
+
+
+@compiles(VerbatimId, "postgresql")
+def _verbatim_id_postgresql(type_: VerbatimId, compiler: Any, **kw: Any) -> str:
+    return f'VARCHAR({type_.length}) COLLATE "C"'  # bytewise, and PostgreSQL never pads
 
 
 ID = VerbatimId(255)
@@ -124,6 +135,10 @@ projection = Table(
     metadata,
     Column("name", SHORT, primary_key=True),
     Column("last_seq", BigInteger, nullable=False),
+    # epoch seconds (the projector's clock) at which a running consumer last said it is alive: every
+    # few seconds, idle or not; NULL once it stopped. Readers do not wait for a projector that is
+    # not alive (see views.projector_alive).
+    Column("alive_at", TIME, nullable=True),
 )
 
 schema_version = Table(
