@@ -155,8 +155,10 @@ def classify(exc: BaseException, url: str) -> ReadModelError:
             "in the URL (SKIALITH_DATABASE_URL or --database-url), or grant that user access",
             url=url,
         )
-    if code in _MYSQL_UNKNOWN_DB or sqlstate == "3D000" or (
-        "database" in low and any(m in low for m in _PG_UNKNOWN_DB)
+    if (
+        code in _MYSQL_UNKNOWN_DB
+        or sqlstate == "3D000"
+        or ("database" in low and any(m in low for m in _PG_UNKNOWN_DB))
     ):
         return DatabaseNotFoundError(
             f"the database {database!r} does not exist on the server at {url!r} ({detail}); create it "
@@ -194,6 +196,9 @@ class ReadModel:
         self._lock = asyncio.Lock()
         self._down_until = 0.0  # monotonic time before which the database is assumed down
         self._outage = False  # failed since it last answered
+        # per watermark name: (monotonic time read, whether its projector runs); see views.projector_alive
+        self.alive: dict[str, tuple[float, bool]] = {}
+        self.alive_warned: set[str] = set()  # names whose missing projector was warned about
 
     def mark_down(self, seconds: float = DOWN_PAUSE) -> bool:
         """Remember that the database failed, so reads go straight to the log for a while

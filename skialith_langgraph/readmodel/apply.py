@@ -437,13 +437,44 @@ async def set_watermark(conn: AsyncConnection, name: str, seq: int) -> None:
         return
     if conn.dialect.name == "postgresql":
         await conn.exec_driver_sql(
-            f"UPDATE {projection.name} SET last_seq = %(seq)s WHERE name = %(name)s", {"seq": seq, "name": name}
+            f"UPDATE {projection.name} SET last_seq = %(seq)s WHERE name = %(name)s",
+            {"seq": seq, "name": name},
         )
         return
     await conn.execute(upsert(conn.dialect.name, projection, ["last_seq"]), [{"name": name, "last_seq": seq}])
 
 
+# A running consumer records in its watermark row that it is alive, every ALIVE_EVERY seconds, idle or
+# not; readers take one silent for ALIVE_STALE seconds (its clock against theirs) for stopped, and
+# read the log at once instead of waiting for it (see views.consistent_view).
+ALIVE_EVERY = 2.0
+ALIVE_STALE = 15.0
+
+
+async def record_alive(conn: AsyncConnection, name: str, at: float) -> None:
+    """Record that the consumer of watermark ``name`` is alive at ``at`` (epoch seconds)."""
+    row = {"name": name, "last_seq": 0, "alive_at": at}
+    await conn.execute(upsert(conn.dialect.name, projection, ["alive_at"]), [row])
+
+
+async def clear_alive(conn: AsyncConnection, name: str, mine: float) -> None:
+    """Record that the consumer that last said ``mine`` stopped (unless another replica spoke since)."""
+    c = projection.c
+    await conn.execute(update(projection).where(c.name == name, c.alive_at == mine).values(alive_at=None))
+
+
+async def alive_at(conn: AsyncConnection, name: str) -> float | None:
+    """When the consumer of watermark ``name`` last said it is alive (``None``: never, or it stopped)."""
+    value = (await conn.execute(select(projection.c.alive_at).where(projection.c.name == name))).scalar()
+    return None if value is None else float(value)
+
+
 __all__ = [
+    "ALIVE_EVERY",
+    "ALIVE_STALE",
+    "alive_at",
+    "clear_alive",
+    "record_alive",
     "Batch",
     "agent_owner",
     "reclaim_parts",
