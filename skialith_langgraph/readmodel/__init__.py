@@ -130,7 +130,14 @@ _MYSQL_AUTH, _MYSQL_UNKNOWN_DB = {1044, 1045, 1698}, {1049}
 _MYSQL_UNREACHABLE = {2002, 2003, 2005, 2006, 2013}
 _PG_AUTH = ("password authentication failed", "no password supplied", "authentication failed")
 _PG_UNKNOWN_DB = ("does not exist",)
-_PG_UNREACHABLE = ("connection refused", "could not translate host name", "timeout expired", "no route")
+_PG_UNREACHABLE = (
+    "connection refused",
+    "failed to resolve host",
+    "could not translate host name",
+    "name or service not known",
+    "timeout expired",
+    "no route",
+)
 
 
 def _root(exc: BaseException) -> BaseException:
@@ -146,10 +153,16 @@ def classify(exc: BaseException, url: str) -> ReadModelError:
     code = args[0] if args and type(args[0]) is int else None
     text = str(root).strip()
     low = text.lower()
-    detail = text.split("\n", 1)[0] or type(root).__name__
+    if code is not None and len(args) > 1:
+        text = str(args[1])  # MySQL: (code, message)
+    elif "FATAL:" in text:  # libpq: "connection failed: connection to server at ... failed: FATAL:  ..."
+        text = text.rsplit("FATAL:", 1)[1]
+    detail = text.strip().split("\n", 1)[0] or type(root).__name__
     sqlstate = getattr(root, "sqlstate", None)
     database = make_url(url).database if "://" in url else None
-    if code in _MYSQL_AUTH or sqlstate in ("28P01", "28000") or any(m in low for m in _PG_AUTH):
+    role_missing = 'role "' in low and "does not exist" in low  # PostgreSQL: no such user
+    auth = any(m in low for m in _PG_AUTH)
+    if code in _MYSQL_AUTH or sqlstate in ("28P01", "28000") or role_missing or auth:
         return DatabaseAuthError(
             f"the database server at {url!r} refused the user name or password ({detail}); fix them "
             "in the URL (SKIALITH_DATABASE_URL or --database-url), or grant that user access",
