@@ -149,7 +149,7 @@ def classify(exc: BaseException, url: str) -> ReadModelError:
     """The error to raise for a failure to connect to the database at ``url`` (password hidden):
     a wrong user or password, an unknown database and an unreachable server each say what to do."""
     root = _root(exc)
-    args = getattr(root, "args", ())
+    args: tuple[Any, ...] = getattr(root, "args", ())
     code = args[0] if args and type(args[0]) is int else None
     text = str(root).strip()
     low = text.lower()
