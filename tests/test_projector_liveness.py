@@ -22,7 +22,6 @@ from langgraph.checkpoint.base import empty_checkpoint
 from skialith_langgraph import Projector, Settings, SkialithCheckpointer
 from skialith_langgraph.config import DEFAULT_DATABASE_URL
 from skialith_langgraph.readmodel import ReadModel, safe_url
-from skialith_langgraph.readmodel.apply import record_alive
 
 READ_WAIT = 5.0  # seconds: a read that waited it even once would show in the counters (and the clock)
 
@@ -81,6 +80,8 @@ async def test_reads_do_not_wait_for_a_projector_silent_for_long(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A projector killed (no chance to take its heartbeat back) counts as stopped once silent."""
+    from skialith_langgraph.readmodel.apply import record_alive
+
     caplog.set_level(logging.WARNING, logger="skialith_langgraph")
     ids = await asyncio.to_thread(_write, settings, "killed-projector")
     model = ReadModel.from_url(settings.database_url)
