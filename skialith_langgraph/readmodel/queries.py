@@ -23,7 +23,15 @@ from ..codec import CheckpointMsg, PruneMsg, WritesMsg, version_key
 from ..errors import ReadModelError
 from ..subjects import token
 from .apply import unspill
-from .tables import checkpoint_blobs, checkpoint_writes, checkpoints, projection, stream_identity
+from .tables import (
+    checkpoint_blobs,
+    checkpoint_writes,
+    checkpoints,
+    pg_escape,
+    pg_unescape,
+    projection,
+    stream_identity,
+)
 
 _C = checkpoints.c
 _W = checkpoint_writes.c
@@ -236,10 +244,17 @@ async def _driver_rows(
         await conn.begin()  # so that closing ``conn`` ends what the driver's statements began
     driver: Any = (await conn.get_raw_connection()).driver_connection
     try:
-        if conn.dialect.name in ("mysql", "postgresql"):
+        if conn.dialect.name == "mysql":
             async with driver.cursor() as cur:
                 await cur.execute(sql, args)
                 return list(await cur.fetchall())
+        if conn.dialect.name == "postgresql":  # text is stored NUL-escaped there (tables.pg_escape)
+            assert isinstance(args, dict)
+            args = {k: pg_escape(v) if isinstance(v, str) else v for k, v in args.items()}
+            async with driver.cursor() as cur:
+                await cur.execute(sql, args)
+                rows = await cur.fetchall()
+            return [tuple(pg_unescape(v) if isinstance(v, str) else v for v in row) for row in rows]
         async with driver.execute(sql, args) as cur:
             return list(await cur.fetchall())
     except Exception as exc:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import (
+    VARCHAR,
     BigInteger,
     Column,
     Float,
@@ -21,6 +22,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TypeDecorator,
 )
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import Dialect
@@ -63,16 +65,50 @@ def _verbatim_id_mysql(type_: VerbatimId, compiler: Any, **kw: Any) -> str:
     return f"VARCHAR({type_.length}) CHARACTER SET utf8mb4 COLLATE {nopad_collation(compiler.dialect)}"
 
 
-@compiles(VerbatimId, "postgresql")
-def _verbatim_id_postgresql(type_: VerbatimId, compiler: Any, **kw: Any) -> str:
-    return f'VARCHAR({type_.length}) COLLATE "C"'  # bytewise, and PostgreSQL never pads
+def pg_escape(value: str) -> str:
+    """``value`` as PostgreSQL can store it in a text column, which refuses NUL: NUL and \\x01
+    become \\x01\\x01 and \\x01\\x02, a prefix-free code that keeps the order of the values."""
+    if "\x00" in value or "\x01" in value:
+        return value.replace("\x01", "\x01\x02").replace("\x00", "\x01\x01")
+    return value
 
 
-ID = VerbatimId(255)
-SHORT = String(64)
+def pg_unescape(value: str) -> str:
+    """The value :func:`pg_escape` stored as ``value``."""
+    if "\x01" in value:
+        return value.replace("\x01\x01", "\x00").replace("\x01\x02", "\x01")
+    return value
+
+
+class _PgSafe(TypeDecorator[str]):
+    """Text on PostgreSQL: NUL characters stored escaped (see :func:`pg_escape`)."""
+
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        return pg_escape(value) if isinstance(value, str) else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        return pg_unescape(value) if isinstance(value, str) else value
+
+
+class PgVarchar(_PgSafe):
+    impl = VARCHAR
+
+
+class PgText(_PgSafe):
+    impl = Text
+
+
+ID = VerbatimId(255).with_variant(PgVarchar(255, collation="C"), "postgresql")
+SHORT = String(64).with_variant(PgVarchar(64, collation="C"), "postgresql")
 BLOB = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql")
 TIME = Float(53)  # DOUBLE on MySQL (a bare Float is single precision there), REAL on SQLite
-TEXT = Text().with_variant(mysql.LONGTEXT(charset="utf8mb4", collation="utf8mb4_bin"), "mysql")
+TEXT = (
+    Text()
+    .with_variant(mysql.LONGTEXT(charset="utf8mb4", collation="utf8mb4_bin"), "mysql")
+    .with_variant(PgText(), "postgresql")
+)
 
 checkpoints = Table(
     "skialith_checkpoints",
