@@ -446,6 +446,8 @@ class Consumer(Generic[Item]):
     async def start(self) -> None:
         """Open, then run in a task on the current loop until :meth:`stop`."""
         await self.open()
+        assert self._model is not None
+        await self._beat(self._model)  # readers wait for it from now on, not from its first batch
         self._stopping.clear()
         self._task = asyncio.create_task(self.run(), name=self.durable)
 
@@ -487,16 +489,17 @@ class Consumer(Generic[Item]):
         """Say in the read model that this consumer runs, every ALIVE_EVERY seconds, idle or not:
         readers wait for a consumer that runs, and read the log at once when none does."""
         while True:
-            at = time.time()
-            try:
-                async with asyncio.timeout(ALIVE_EVERY * 2), model.begin() as conn:
-                    await record_alive(conn, self.watermark_name, at)
-                self._alive_at = at
-            except Exception as exc:  # the database is down: the commit loop reports outages
-                logger.debug(
-                    "%s %s cannot record that it is alive: %s", self.role, self.durable, describe(exc)
-                )
+            await self._beat(model)
             await asyncio.sleep(ALIVE_EVERY)
+
+    async def _beat(self, model: ReadModel) -> None:
+        at = time.time()
+        try:
+            async with asyncio.timeout(ALIVE_EVERY * 2), model.begin() as conn:
+                await record_alive(conn, self.watermark_name, at)
+            self._alive_at = at
+        except Exception as exc:  # the database is down: the commit loop reports outages
+            logger.debug("%s %s cannot record that it is alive: %s", self.role, self.durable, describe(exc))
 
     async def _said_stopped(self, model: ReadModel) -> None:
         """Take back this consumer's last heartbeat (another replica's later one stays)."""
