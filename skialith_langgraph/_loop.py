@@ -179,6 +179,11 @@ class Connections:
                     with contextlib.suppress(Exception):
                         await done
                 continue
+            pgconn = getattr(driver, "pgconn", None)  # psycopg: libpq owns the socket, no loop needed
+            if pgconn is not None:
+                with contextlib.suppress(Exception):
+                    pgconn.finish()
+                continue
             writer = getattr(driver, "_writer", None)  # aiomysql: a socket on the closed loop
             if isinstance(writer, asyncio.StreamWriter):
                 close_stream(writer)

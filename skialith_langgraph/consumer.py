@@ -47,7 +47,7 @@ from .identity import StreamIdentity, StreamMismatchError, claim
 from .log import Header, Log, MissingPartError
 from .ownership import DEFAULT_LEASE_TTL, Lease
 from .readmodel import ReadModel
-from .readmodel.apply import lock_watermark, upsert, watermark
+from .readmodel.apply import ALIVE_EVERY, clear_alive, lock_watermark, record_alive, upsert, watermark
 from .readmodel.tables import dead_letters
 
 logger = logging.getLogger(__name__)
@@ -400,6 +400,7 @@ class Consumer(Generic[Item]):
         self._commit_outage = _Outage(self.role, "commit a batch")
         self._resume_outage = _Outage(self.role, "read its watermark")
         self._fetch_outage = _Outage(self.role, "fetch from the stream")
+        self._alive_at: float | None = None  # the last time this consumer said it is alive
 
     @property
     def durable(self) -> str:
@@ -466,6 +467,8 @@ class Consumer(Generic[Item]):
     async def start(self) -> None:
         """Open, then run in a task on the current loop until :meth:`stop`."""
         await self.open()
+        assert self._model is not None
+        await self._beat(self._model)  # readers wait for it from now on, not from its first batch
         self._stopping.clear()
         self._task = asyncio.create_task(self.run(), name=self.durable)
 
@@ -526,6 +529,42 @@ class Consumer(Generic[Item]):
         assert self._log is not None and self._model is not None
         log, model = self._log, self._model
         logger.info("%s %s consuming %s from %s", self.role, self.durable, self.settings.stream, log.url)
+        heartbeat = asyncio.create_task(self._heartbeat(model), name=f"{self.durable}-alive")
+        try:
+            await self._run(log, model)
+        finally:
+            heartbeat.cancel()
+            await asyncio.wait({heartbeat})
+            await self._said_stopped(model)
+
+    async def _heartbeat(self, model: ReadModel) -> None:
+        """Say in the read model that this consumer runs, every ALIVE_EVERY seconds, idle or not:
+        readers wait for a consumer that runs, and read the log at once when none does."""
+        while True:
+            await self._beat(model)
+            await asyncio.sleep(ALIVE_EVERY)
+
+    async def _beat(self, model: ReadModel) -> None:
+        at = time.time()
+        try:
+            async with asyncio.timeout(ALIVE_EVERY * 2), model.begin() as conn:
+                await record_alive(conn, self.watermark_name, at)
+            self._alive_at = at
+        except Exception as exc:  # the database is down: the commit loop reports outages
+            logger.debug("%s %s cannot record that it is alive: %s", self.role, self.durable, describe(exc))
+
+    async def _said_stopped(self, model: ReadModel) -> None:
+        """Take back this consumer's last heartbeat (another replica's later one stays)."""
+        at, self._alive_at = self._alive_at, None
+        if at is None:
+            return
+        try:
+            async with asyncio.timeout(ALIVE_EVERY), model.begin() as conn:
+                await clear_alive(conn, self.watermark_name, at)
+        except Exception as exc:
+            logger.debug("%s %s cannot record that it stopped: %s", self.role, self.durable, describe(exc))
+
+    async def _run(self, log: Log, model: ReadModel) -> None:
         first, delay = True, 0.05
         while not self._stopping.is_set():
             # The database watermark, not the consumer's ack floor, says where to resume: a batch

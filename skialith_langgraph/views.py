@@ -1,9 +1,10 @@
 """Read-your-writes: a database connection that reflects every acknowledged write on some subjects.
 
 The read model serves the read once its projection watermark has passed the last stream
-sequence on the subjects asked about. Until then the read waits up to ``read_wait`` seconds,
-then replays those subjects from the log into a private in-memory SQLite model, through the
-same apply code the projector uses, so a read never returns stale data.
+sequence on the subjects asked about. Until then the read waits up to ``read_wait`` seconds if a
+projector runs (it says so in the read model, see :func:`projector_alive`), then replays those
+subjects from the log into a private in-memory SQLite model, through the same apply code the
+projector uses, so a read never returns stale data.
 """
 
 from __future__ import annotations
@@ -11,21 +12,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import delete
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import codec, identity
+from .config import DEFAULT_DATABASE_URL
 from .errors import CodecError, ReadModelError
 from .identity import StreamIdentity
 from .log import Log
 from .readmodel import PROJECTION, ReadModel
-from .readmodel.apply import apply_messages
+from .readmodel.apply import ALIVE_STALE, alive_at, apply_messages
 from .readmodel.tables import metadata
 
 logger = logging.getLogger(__name__)
@@ -102,11 +106,13 @@ async def consistent_view(
                 mark = await _watermark(candidate, model, name, stream)
                 # a read model filled from another stream (None) never catches up: read the log now
                 caught_up = mark is not None and mark >= target
-                if mark is not None and not caught_up and stats is not None:
+                # and one that no projector fills neither
+                wait = mark is not None and not caught_up and await projector_alive(candidate, model, name)
+                if wait and stats is not None:
                     stats.waited += 1
                 deadline = time.monotonic() + read_wait
                 delay = 0.0005
-                while mark is not None and not caught_up and time.monotonic() < deadline:
+                while wait and not caught_up and time.monotonic() < deadline:
                     await candidate.rollback()  # the next statement takes a fresh snapshot
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 0.02)
@@ -128,6 +134,46 @@ async def consistent_view(
         stats.log += 1
     async with replay(log, filters, target, scratch) as mem:
         yield mem
+
+
+ALIVE_RECHECK = 1.0  # seconds a projector's liveness, once read, is trusted by a read model's readers
+
+
+async def projector_alive(conn: AsyncConnection, model: ReadModel, name: str) -> bool:
+    """Whether a consumer of watermark ``name`` runs (said so within ALIVE_STALE seconds): a read
+    waits for it only then. When none does, warns once (until one runs again), naming the database
+    and how to start the projector."""
+    now = time.monotonic()
+    known = model.alive.get(name)
+    if known is not None and now - known[0] < ALIVE_RECHECK:
+        return known[1]
+    at = await alive_at(conn, name)
+    alive = at is not None and time.time() - at < ALIVE_STALE
+    model.alive[name] = (now, alive)
+    if alive:
+        model.alive_warned.discard(name)
+    elif name not in model.alive_warned:
+        model.alive_warned.add(name)
+        logger.warning("%s", no_projector_message(model.url, name, at))
+    return alive
+
+
+def no_projector_message(url: str, name: str, at: float | None) -> str:
+    """What the warning of :func:`projector_alive` says."""
+    since = "has never run" if at is None else f"has not said it runs for {time.time() - at:.0f} s"
+    text = (
+        f"no projector fills the read model at {url!r} (its {name!r} projector {since}): reads are "
+        "answered from the stream at once, without waiting for it; start one with 'skialith up', or "
+        f"'skialith projector --database-url {url}' (with the NATS URL and stream this process uses)"
+    )
+    if url == DEFAULT_DATABASE_URL:
+        path = os.path.abspath(make_url(url).database or "")
+        text += (
+            f". This process uses the default database {url!r}, which is relative to the working "
+            f"directory: here {path}; 'skialith up' fills the file in the directory where it was "
+            "started, so start it in this directory, or give both the same SKIALITH_DATABASE_URL"
+        )
+    return text
 
 
 async def _watermark(

@@ -1,5 +1,6 @@
 """Shared fixtures: one real nats-server per run, a stream and subject prefix per test, and a
-read model database per test (SQLite always, MySQL/MariaDB when ``SKIALITH_TEST_MYSQL_URL`` is set).
+read model database per test (SQLite always, MySQL/MariaDB when ``SKIALITH_TEST_MYSQL_URL`` is set,
+PostgreSQL when ``SKIALITH_TEST_POSTGRES_URL`` is set).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pymysql
 import pytest
 from sqlalchemy.engine import make_url
@@ -17,6 +19,7 @@ from skialith_langgraph.config import Settings
 from skialith_langgraph.server import NatsServer
 
 MYSQL_URL_ENV = "SKIALITH_TEST_MYSQL_URL"
+POSTGRES_URL_ENV = "SKIALITH_TEST_POSTGRES_URL"
 
 _NATS_FIXTURES = frozenset({"nats_server", "nats_url"})
 
@@ -50,6 +53,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.nats)
         if "mysql_url" in names and item.get_closest_marker("mysql") is None:
             item.add_marker(pytest.mark.mysql)
+        if "postgres_url" in names and item.get_closest_marker("postgres") is None:
+            item.add_marker(pytest.mark.postgres)
 
 
 @pytest.fixture(scope="session")
@@ -119,14 +124,57 @@ def mysql_url() -> Iterator[str]:
         admin.close()
 
 
+def postgres_admin_dsn(url: str, database: str | None = None) -> str:
+    """A libpq connection string for psycopg from a SQLAlchemy URL (``database``: another one)."""
+    base = make_url(url)
+    return psycopg.conninfo.make_conninfo(
+        host=base.host or "127.0.0.1",
+        port=base.port or 5432,
+        user=base.username or "postgres",
+        password=base.password or "",
+        dbname=database or base.database or "postgres",
+        connect_timeout=5,
+    )
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh ``test_<hex>`` database on the server at ``SKIALITH_TEST_POSTGRES_URL``, dropped
+    afterwards. Skips when the variable is unset; fails (never skips) when it is set but the server
+    is unreachable."""
+    raw = os.environ.get(POSTGRES_URL_ENV, "")
+    if not raw:
+        pytest.skip(f"{POSTGRES_URL_ENV} is not set; set it to run the PostgreSQL tests")
+    base = make_url(raw)
+    shown = base.render_as_string(hide_password=True)
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(postgres_admin_dsn(raw), autocommit=True)
+    except psycopg.Error as exc:
+        pytest.fail(
+            f"cannot reach PostgreSQL at {POSTGRES_URL_ENV}={shown!r}: {exc}; start it or unset the variable",
+            pytrace=False,
+        )
+    try:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield base.set(database=name).render_as_string(hide_password=False)
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        admin.close()
+
+
 @pytest.fixture(
     params=[
         pytest.param("sqlite", id="sqlite"),
         pytest.param("mysql", id="mysql", marks=pytest.mark.mysql),
+        pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
     ]
 )
 def database_url(request: pytest.FixtureRequest) -> str:
-    """The read model URL: once SQLite, once MySQL (skipped when ``SKIALITH_TEST_MYSQL_URL`` is unset)."""
+    """The read model URL: once SQLite, once MySQL and once PostgreSQL (each skipped when
+    ``SKIALITH_TEST_MYSQL_URL`` / ``SKIALITH_TEST_POSTGRES_URL`` is unset)."""
     url: str = request.getfixturevalue(f"{request.param}_url")
     return url
 

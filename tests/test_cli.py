@@ -144,7 +144,10 @@ def _eventually(check: Callable[[], Any], timeout: float = 15.0, what: str = "co
 
 def _sync_url(url: str) -> str:
     u = make_url(url)
-    driver = "mysql+pymysql" if u.get_backend_name() in ("mysql", "mariadb") else "sqlite"
+    backend = u.get_backend_name()
+    driver = {"mysql": "mysql+pymysql", "mariadb": "mysql+pymysql", "postgresql": "postgresql+psycopg"}.get(
+        backend, "sqlite"
+    )
     return u.set(drivername=driver).render_as_string(hide_password=False)
 
 

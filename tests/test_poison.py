@@ -249,6 +249,15 @@ async def test_a_message_the_database_refuses_is_set_aside_and_its_batch_applied
                 "IF NEW.thread_id = 'poison' THEN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused'; "
                 "END IF"
             )
+        elif conn.dialect.name == "postgresql":
+            await conn.exec_driver_sql(
+                "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "IF NEW.thread_id = 'poison' THEN RAISE EXCEPTION 'refused'; END IF; RETURN NEW; END $$"
+            )
+            await conn.exec_driver_sql(
+                "CREATE TRIGGER refuse_poison BEFORE INSERT ON skialith_checkpoints "
+                "FOR EACH ROW EXECUTE FUNCTION refuse_poison()"
+            )
         else:
             await conn.exec_driver_sql(
                 "CREATE TRIGGER refuse_poison BEFORE INSERT ON skialith_checkpoints "

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
@@ -42,8 +42,54 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+# the async driver each backend runs on: what users write (``mysql://``, ``postgres://``, a sync
+# driver from another project's docs) is mapped to it, since the read paths use these drivers'
+# own connections (see queries._driver_rows)
+ASYNC_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "mysql": "mysql+aiomysql",
+    "mariadb": "mysql+aiomysql",
+    "postgresql": "postgresql+psycopg",
+    "postgres": "postgresql+psycopg",
+}
+URL_EXAMPLES = (
+    "sqlite:///path/to/skialith.db, mysql://user:password@host:3306/db or "
+    "postgresql://user:password@host:5432/db"
+)
+
+
+def async_url(url: str) -> str:
+    """``url`` with the async driver Skialith uses for its backend (see :data:`ASYNC_DRIVERS`).
+
+    ``sqlite:///x.db``, ``mysql://``, ``mariadb://``, ``mysql+pymysql://``, ``postgresql://``,
+    ``postgres://`` and ``postgresql+psycopg2://`` (or ``+asyncpg``) all work as written.
+
+    Raises:
+        ReadModelError: not a database URL, or a database Skialith cannot use.
+    """
+    try:
+        u = make_url(url)
+    except ArgumentError as exc:
+        raise ReadModelError(
+            f"{safe_url(url)!r} is not a database URL; write it as {URL_EXAMPLES}", url=safe_url(url)
+        ) from exc
+    backend = u.drivername.split("+", 1)[0]
+    target = ASYNC_DRIVERS.get(backend)
+    if target is None:
+        raise ReadModelError(
+            f"unsupported database URL {safe_url(url)!r}: Skialith's read model runs on SQLite, "
+            f"MySQL/MariaDB/TiDB or PostgreSQL, e.g. {URL_EXAMPLES}",
+            url=safe_url(url),
+        )
+    if u.drivername == target:
+        return url
+    return u.set(drivername=target).render_as_string(hide_password=False)
+
+
 def create_engine(url: str, *, connect_timeout: float = 5.0) -> AsyncEngine:
-    """An AsyncEngine for SQLite (file or memory) or MySQL/TiDB with sensible settings."""
+    """An AsyncEngine for SQLite (file or memory), MySQL/MariaDB/TiDB or PostgreSQL with sensible
+    settings; ``url`` as users write it (see :func:`async_url`)."""
+    url = async_url(url)
     u = make_url(url)
     backend = u.get_backend_name()
     if backend == "sqlite":
@@ -56,17 +102,96 @@ def create_engine(url: str, *, connect_timeout: float = 5.0) -> AsyncEngine:
         return create_async_engine(
             "sqlite+aiosqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False}
         )
-    if backend in ("mysql", "mariadb"):
+    # no pre-ping: it costs a round trip on every read; a dead pooled connection fails the read,
+    # SQLAlchemy invalidates it, and views.consistent_view answers from the log meanwhile
+    if backend == "mysql":
         return create_async_engine(
-            url,
-            pool_recycle=3600,
-            # no pre-ping: it costs a round trip on every read; a dead pooled connection fails the
-            # read, SQLAlchemy invalidates it, and views.consistent_view answers from the log meanwhile
-            connect_args={"connect_timeout": max(1, int(connect_timeout))},
+            url, pool_recycle=3600, connect_args={"connect_timeout": max(1, int(connect_timeout))}
         )
-    raise ReadModelError(
-        f"unsupported database URL {safe_url(url)!r}: use sqlite+aiosqlite:// or mysql+aiomysql://",
-        url=safe_url(url),
+    return create_async_engine(  # postgresql+psycopg
+        url, pool_recycle=3600, connect_args={"connect_timeout": max(2, int(connect_timeout))}
+    )
+
+
+class DatabaseAuthError(ReadModelError):
+    """The database server refused the user name or password of the URL."""
+
+
+class DatabaseNotFoundError(ReadModelError):
+    """The server answers, but the database named in the URL does not exist on it."""
+
+
+class DatabaseUnreachableError(ReadModelError):
+    """No database server answers at the URL's host and port."""
+
+
+# MySQL error numbers, and PostgreSQL SQLSTATEs and message fragments, of each failure
+_MYSQL_AUTH, _MYSQL_UNKNOWN_DB = {1044, 1045, 1698}, {1049}
+_MYSQL_UNREACHABLE = {2002, 2003, 2005, 2006, 2013}
+_PG_AUTH = ("password authentication failed", "no password supplied", "authentication failed")
+_PG_UNKNOWN_DB = ("does not exist",)
+_PG_UNREACHABLE = (
+    "connection refused",
+    "failed to resolve host",
+    "could not translate host name",
+    "name or service not known",
+    "timeout expired",
+    "no route",
+)
+
+
+def _root(exc: BaseException) -> BaseException:
+    orig = getattr(exc, "orig", None)
+    return orig if isinstance(orig, BaseException) else exc
+
+
+def classify(exc: BaseException, url: str) -> ReadModelError:
+    """The error to raise for a failure to connect to the database at ``url`` (password hidden):
+    a wrong user or password, an unknown database and an unreachable server each say what to do."""
+    root = _root(exc)
+    args: tuple[Any, ...] = getattr(root, "args", ())
+    code = args[0] if args and type(args[0]) is int else None
+    text = str(root).strip()
+    low = text.lower()
+    if code is not None and len(args) > 1:
+        text = str(args[1])  # MySQL: (code, message)
+    elif "FATAL:" in text:  # libpq: "connection failed: connection to server at ... failed: FATAL:  ..."
+        text = text.rsplit("FATAL:", 1)[1]
+    detail = text.strip().split("\n", 1)[0] or type(root).__name__
+    sqlstate = getattr(root, "sqlstate", None)
+    database = make_url(url).database if "://" in url else None
+    role_missing = 'role "' in low and "does not exist" in low  # PostgreSQL: no such user
+    auth = any(m in low for m in _PG_AUTH)
+    if code in _MYSQL_AUTH or sqlstate in ("28P01", "28000") or role_missing or auth:
+        return DatabaseAuthError(
+            f"the database server at {url!r} refused the user name or password ({detail}); fix them "
+            "in the URL (SKIALITH_DATABASE_URL or --database-url), or grant that user access",
+            url=url,
+        )
+    if (
+        code in _MYSQL_UNKNOWN_DB
+        or sqlstate == "3D000"
+        or ("database" in low and any(m in low for m in _PG_UNKNOWN_DB))
+    ):
+        return DatabaseNotFoundError(
+            f"the database {database!r} does not exist on the server at {url!r} ({detail}); create it "
+            f"(CREATE DATABASE {database}) or fix its name in the URL",
+            url=url,
+        )
+    if (
+        code in _MYSQL_UNREACHABLE
+        or isinstance(root, OSError | TimeoutError)
+        or any(m in low for m in _PG_UNREACHABLE)
+    ):
+        return DatabaseUnreachableError(
+            f"no database server answers at {url!r} ({detail or 'timed out'}); check that it is "
+            "running and that the URL's host and port are right",
+            url=url,
+        )
+    return ReadModelError(
+        f"cannot use the read model database at {url!r} ({type(exc).__name__}: {detail}); "
+        "check that it is running and reachable ('skialith up' starts the SQLite default)",
+        url=url,
     )
 
 
@@ -84,6 +209,9 @@ class ReadModel:
         self._lock = asyncio.Lock()
         self._down_until = 0.0  # monotonic time before which the database is assumed down
         self._outage = False  # failed since it last answered
+        # per watermark name: (monotonic time read, whether its projector runs); see views.projector_alive
+        self.alive: dict[str, tuple[float, bool]] = {}
+        self.alive_warned: set[str] = set()  # names whose missing projector was warned about
 
     def mark_down(self, seconds: float = DOWN_PAUSE) -> bool:
         """Remember that the database failed, so reads go straight to the log for a while
@@ -139,11 +267,7 @@ class ReadModel:
             await self.engine.dispose()
 
     def _error(self, exc: BaseException) -> ReadModelError:
-        return ReadModelError(
-            f"cannot use the read model database at {self.url!r} ({type(exc).__name__}: {exc}); "
-            "check that it is running and reachable ('skialith up' starts the SQLite default)",
-            url=self.url,
-        )
+        return classify(exc, self.url)
 
     async def setup(self) -> None:
         """Create or migrate the tables. Idempotent and cheap; run at every start."""

@@ -2,7 +2,7 @@
 
 The same code fills the projector's database and the in-memory SQLite model a read builds
 from the log when the projector lags, so both answer alike. Upserts are
-``INSERT ... ON DUPLICATE KEY UPDATE`` on MySQL/TiDB and ``ON CONFLICT`` on SQLite.
+``INSERT ... ON DUPLICATE KEY UPDATE`` on MySQL/TiDB and ``ON CONFLICT`` on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import delete, select, tuple_, update
-from sqlalchemy.dialects import mysql, sqlite
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Insert
 
@@ -43,15 +43,17 @@ def upsert(dialect: str, table: Any, update: Sequence[str]) -> Insert:
         my = mysql.insert(table)
         cols = update or [next(iter(table.primary_key.columns)).name]
         return my.on_duplicate_key_update({c: my.inserted[c] for c in cols})
-    if dialect == "sqlite":
-        lite = sqlite.insert(table)
+    if dialect in ("sqlite", "postgresql"):
+        ins = sqlite.insert(table) if dialect == "sqlite" else postgresql.insert(table)
         if not update:
-            return lite.on_conflict_do_nothing()
-        return lite.on_conflict_do_update(
+            return ins.on_conflict_do_nothing()
+        return ins.on_conflict_do_update(
             index_elements=[c.name for c in table.primary_key.columns],
-            set_={c: lite.excluded[c] for c in update},
+            set_={c: ins.excluded[c] for c in update},
         )
-    raise ProjectionError(f"unsupported database dialect {dialect!r}; use SQLite or MySQL/TiDB")
+    raise ProjectionError(
+        f"unsupported database dialect {dialect!r}; use SQLite, MySQL/MariaDB/TiDB or PostgreSQL"
+    )
 
 
 @functools.lru_cache(maxsize=64)
@@ -398,9 +400,18 @@ async def lock_watermark(conn: AsyncConnection, name: str) -> int:
     no other replica applied before it, in stream order (a delete is never undone by a late put).
     On SQLite the UPDATE takes the database write lock; on MySQL/TiDB the upsert takes the row's
     exclusive lock whether it creates the row or not, and ``FOR UPDATE`` reads the latest value.
-    MySQL gets plain SQL: built with SQLAlchemy Core, these statements cost ~0.5 ms of CPU each,
-    which was most of a small batch's commit.
+    On PostgreSQL the INSERT creates the row if missing and ``FOR UPDATE`` takes its lock, waiting
+    for another replica's batch and then reading the value it committed.
+    MySQL and PostgreSQL get plain SQL: built with SQLAlchemy Core, these statements cost ~0.5 ms
+    of CPU each, which was most of a small batch's commit.
     """
+    if conn.dialect.name == "postgresql":
+        t, args = projection.name, {"name": name}
+        await conn.exec_driver_sql(
+            f"INSERT INTO {t} (name, last_seq) VALUES (%(name)s, 0) ON CONFLICT (name) DO NOTHING", args
+        )
+        found = await conn.exec_driver_sql(f"SELECT last_seq FROM {t} WHERE name = %(name)s FOR UPDATE", args)
+        return int(found.scalar() or 0)
     if conn.dialect.name == "mysql":
         t = projection.name
         await conn.exec_driver_sql(
@@ -424,10 +435,46 @@ async def set_watermark(conn: AsyncConnection, name: str, seq: int) -> None:
     if conn.dialect.name == "mysql":
         await conn.exec_driver_sql(f"UPDATE {projection.name} SET last_seq = %s WHERE name = %s", (seq, name))
         return
+    if conn.dialect.name == "postgresql":
+        await conn.exec_driver_sql(
+            f"UPDATE {projection.name} SET last_seq = %(seq)s WHERE name = %(name)s",
+            {"seq": seq, "name": name},
+        )
+        return
     await conn.execute(upsert(conn.dialect.name, projection, ["last_seq"]), [{"name": name, "last_seq": seq}])
 
 
+# A running consumer records in its watermark row that it is alive, every ALIVE_EVERY seconds, idle or
+# not; readers take one silent for ALIVE_STALE seconds (its clock against theirs) for stopped, and
+# read the log at once instead of waiting for it (see views.consistent_view).
+ALIVE_EVERY = 2.0
+ALIVE_STALE = 15.0
+
+
+async def record_alive(conn: AsyncConnection, name: str, at: float) -> None:
+    """Record that the consumer of watermark ``name`` is alive at ``at`` (epoch seconds)."""
+    row = {"name": name, "last_seq": 0, "alive_at": at}
+    await conn.execute(upsert(conn.dialect.name, projection, ["alive_at"]), [row])
+
+
+async def clear_alive(conn: AsyncConnection, name: str, mine: float) -> None:
+    """Record that the consumer that last said ``mine`` stopped (unless another replica spoke since)."""
+    c = projection.c
+    await conn.execute(update(projection).where(c.name == name, c.alive_at == mine).values(alive_at=None))
+
+
+async def alive_at(conn: AsyncConnection, name: str) -> float | None:
+    """When the consumer of watermark ``name`` last said it is alive (``None``: never, or it stopped)."""
+    value = (await conn.execute(select(projection.c.alive_at).where(projection.c.name == name))).scalar()
+    return None if value is None else float(value)
+
+
 __all__ = [
+    "ALIVE_EVERY",
+    "ALIVE_STALE",
+    "alive_at",
+    "clear_alive",
+    "record_alive",
     "Batch",
     "agent_owner",
     "reclaim_parts",

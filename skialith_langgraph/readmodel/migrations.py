@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from sqlalchemy import delete, exists, insert, select, text
+from sqlalchemy import delete, exists, insert, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..errors import MigrationError
@@ -18,6 +18,7 @@ from .tables import (
     dead_letters,
     metadata,
     nopad_collation,
+    projection,
     schema_version,
     stream_identity,
 )
@@ -38,7 +39,7 @@ async def _nopad_keys(conn: AsyncConnection) -> None:
     default for new clusters; TiDB changes an indexed column's collation only from v7.x on). A
     server with neither (MySQL 5.7) keeps ``utf8mb4_bin``, with a warning. Turning PAD into NO PAD
     cannot make two stored keys equal, so the ALTERs cannot fail on duplicates. SQLite compares
-    bytes already.
+    bytes already, and PostgreSQL's id columns are in the "C" collation from the start.
     """
     if conn.dialect.name not in ("mysql", "mariadb"):
         return
@@ -123,6 +124,16 @@ async def _dead_letters(conn: AsyncConnection) -> None:
     await conn.run_sync(lambda sync: dead_letters.create(sync, checkfirst=True))
 
 
+async def _projector_alive(conn: AsyncConnection) -> None:
+    """The ``alive_at`` column of ``skialith_projection``: the running projector's heartbeat
+    (issue 11, item 3). Tables created at version 1 by this code already have it."""
+    columns = await conn.run_sync(lambda sync: inspect(sync).get_columns(projection.name))
+    if any(c["name"] == "alive_at" for c in columns):
+        return
+    kind = projection.c.alive_at.type.compile(dialect=conn.dialect)
+    await conn.exec_driver_sql(f"ALTER TABLE {projection.name} ADD COLUMN alive_at {kind} NULL")
+
+
 # index + 1 is the schema version; append only
 MIGRATIONS: list[Callable[[AsyncConnection], Awaitable[None]]] = [
     _v1,
@@ -130,15 +141,23 @@ MIGRATIONS: list[Callable[[AsyncConnection], Awaitable[None]]] = [
     _agent_parts_owner,
     _stream_identity,
     _dead_letters,
+    _projector_alive,
 ]
+
+# the key of PostgreSQL's transaction-level advisory lock that serializes migrations
+PG_MIGRATE_LOCK = 0x736B69616C697468  # "skialith"
 
 
 async def migrate(conn: AsyncConnection) -> int:
     """Bring the schema up to date inside the caller's transaction; returns the version.
 
     Several processes may start at once on a fresh database: on MySQL/TiDB a named lock makes
-    them take turns; on SQLite the loser of the race fails and ``ReadModel.setup`` retries.
+    them take turns (an advisory lock held until the transaction ends on PostgreSQL); on SQLite the
+    loser of the race fails and ``ReadModel.setup`` retries.
     """
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_MIGRATE_LOCK})
+        return await _migrate(conn)
     if conn.dialect.name == "mysql":
         got = (await conn.execute(text("SELECT GET_LOCK('skialith_migrate', 60)"))).scalar()
         if got != 1:

@@ -35,7 +35,15 @@ from ..codec import CheckpointMsg, PruneMsg, WritesMsg, version_key
 from ..errors import ReadModelError
 from ..subjects import token
 from .apply import unspill
-from .tables import checkpoint_blobs, checkpoint_writes, checkpoints, projection, stream_identity
+from .tables import (
+    checkpoint_blobs,
+    checkpoint_writes,
+    checkpoints,
+    pg_escape,
+    pg_unescape,
+    projection,
+    stream_identity,
+)
 
 _C = checkpoints.c
 _W = checkpoint_writes.c
@@ -237,9 +245,13 @@ def _compiled(dialect: Dialect, name: str, n_pairs: int = 0) -> tuple[str, tuple
 async def _driver_rows(
     conn: AsyncConnection, name: str, params: dict[str, Any], n_pairs: int = 0
 ) -> list[tuple[Any, ...]]:
-    """Run a hot statement on the driver's connection under ``conn`` (aiomysql or aiosqlite)."""
+    """Run a hot statement on the driver's connection under ``conn`` (aiomysql, psycopg or aiosqlite)."""
     sql, names, defaults = _compiled(conn.dialect, name, n_pairs)
-    args = tuple(params[k] if k in params else defaults[k] for k in names)
+    args: tuple[Any, ...] | dict[str, Any]
+    if names:  # positional paramstyle (aiomysql's format, aiosqlite's qmark)
+        args = tuple(params[k] if k in params else defaults[k] for k in names)
+    else:  # named (psycopg's pyformat)
+        args = {k: params.get(k, v) for k, v in defaults.items()}
     if not conn.in_transaction():
         await conn.begin()  # so that closing ``conn`` ends what the driver's statements began
     driver: Any = (await conn.get_raw_connection()).driver_connection
@@ -248,6 +260,13 @@ async def _driver_rows(
             async with driver.cursor() as cur:
                 await cur.execute(sql, args)
                 return list(await cur.fetchall())
+        if conn.dialect.name == "postgresql":  # text is stored NUL-escaped there (tables.pg_escape)
+            assert isinstance(args, dict)
+            args = {k: pg_escape(v) if isinstance(v, str) else v for k, v in args.items()}
+            async with driver.cursor() as cur:
+                await cur.execute(sql, args)
+                rows = await cur.fetchall()
+            return [tuple(pg_unescape(v) if isinstance(v, str) else v for v in row) for row in rows]
         async with driver.execute(sql, args) as cur:
             return list(await cur.fetchall())
     except Exception as exc:

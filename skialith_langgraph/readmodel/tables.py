@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import (
+    VARCHAR,
     BigInteger,
     Column,
     Float,
@@ -21,14 +22,21 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TypeDecorator,
 )
-from sqlalchemy.dialects import mysql
+from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.compiler import compiles
 
 metadata = MetaData()
 
-KEY = String(128).with_variant(mysql.VARCHAR(128, charset="ascii", collation="ascii_bin"), "mysql")
+# PostgreSQL compares text by the database's locale unless told otherwise: "C" compares bytes, so
+# keys order as Python orders them (and as on SQLite and MySQL's binary collations)
+KEY = (
+    String(128)
+    .with_variant(mysql.VARCHAR(128, charset="ascii", collation="ascii_bin"), "mysql")
+    .with_variant(postgresql.VARCHAR(128, collation="C"), "postgresql")
+)
 
 
 def nopad_collation(dialect: Dialect) -> str:
@@ -57,11 +65,50 @@ def _verbatim_id_mysql(type_: VerbatimId, compiler: Any, **kw: Any) -> str:
     return f"VARCHAR({type_.length}) CHARACTER SET utf8mb4 COLLATE {nopad_collation(compiler.dialect)}"
 
 
-ID = VerbatimId(255)
-SHORT = String(64)
+def pg_escape(value: str) -> str:
+    """``value`` as PostgreSQL can store it in a text column, which refuses NUL: NUL and \\x01
+    become \\x01\\x01 and \\x01\\x02, a prefix-free code that keeps the order of the values."""
+    if "\x00" in value or "\x01" in value:
+        return value.replace("\x01", "\x01\x02").replace("\x00", "\x01\x01")
+    return value
+
+
+def pg_unescape(value: str) -> str:
+    """The value :func:`pg_escape` stored as ``value``."""
+    if "\x01" in value:
+        return value.replace("\x01\x01", "\x00").replace("\x01\x02", "\x01")
+    return value
+
+
+class _PgSafe(TypeDecorator[str]):
+    """Text on PostgreSQL: NUL characters stored escaped (see :func:`pg_escape`)."""
+
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        return pg_escape(value) if isinstance(value, str) else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        return pg_unescape(value) if isinstance(value, str) else value
+
+
+class PgVarchar(_PgSafe):
+    impl = VARCHAR
+
+
+class PgText(_PgSafe):
+    impl = Text
+
+
+ID = VerbatimId(255).with_variant(PgVarchar(255, collation="C"), "postgresql")
+SHORT = String(64).with_variant(PgVarchar(64, collation="C"), "postgresql")
 BLOB = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql")
 TIME = Float(53)  # DOUBLE on MySQL (a bare Float is single precision there), REAL on SQLite
-TEXT = Text().with_variant(mysql.LONGTEXT(charset="utf8mb4", collation="utf8mb4_bin"), "mysql")
+TEXT = (
+    Text()
+    .with_variant(mysql.LONGTEXT(charset="utf8mb4", collation="utf8mb4_bin"), "mysql")
+    .with_variant(PgText(), "postgresql")
+)
 
 checkpoints = Table(
     "skialith_checkpoints",
@@ -124,6 +171,10 @@ projection = Table(
     metadata,
     Column("name", SHORT, primary_key=True),
     Column("last_seq", BigInteger, nullable=False),
+    # epoch seconds (the projector's clock) at which a running consumer last said it is alive: every
+    # few seconds, idle or not; NULL once it stopped. Readers do not wait for a projector that is
+    # not alive (see views.projector_alive).
+    Column("alive_at", TIME, nullable=True),
 )
 
 schema_version = Table(
