@@ -407,6 +407,23 @@ async def _stop_signals() -> AsyncIterator[asyncio.Event]:
             loop.remove_signal_handler(sig)
 
 
+async def _unless_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+    """Run ``work`` unless ``stop`` is set first (then cancel it); whether it ran to the end."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if task.done():
+        task.result()
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return False
+
+
 def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
     if not stop.is_set():
         logger.info("received %s; shutting down", sig.name)
@@ -696,7 +713,11 @@ async def _projector(args: argparse.Namespace) -> int:
         started = time.monotonic()
         target = await _rebuild(settings, projector) if args.rebuild else None
         try:
-            await projector.start()
+            # start waits for a database that does not answer yet: a stop signal ends the wait
+            if not await _unless_stopped(projector.start(), stop):
+                await projector.close()
+                _out("projector stopped before it started")
+                return 0
         except BaseException:
             await projector.close()
             raise

@@ -46,7 +46,7 @@ from .errors import CodecError, LogError, ReadModelError, SkialithError
 from .identity import StreamIdentity, StreamMismatchError, claim
 from .log import Header, Log, MissingPartError
 from .ownership import DEFAULT_LEASE_TTL, Lease
-from .readmodel import ReadModel
+from .readmodel import DatabaseUnreachableError, ReadModel
 from .readmodel.apply import ALIVE_EVERY, clear_alive, lock_watermark, record_alive, upsert, watermark
 from .readmodel.tables import dead_letters
 
@@ -449,9 +449,27 @@ class Consumer(Generic[Item]):
             self._model = ReadModel.from_url(
                 self.settings.database_url, connect_timeout=self.settings.connect_timeout
             )
-        await self._model.setup()
+        await self._setup_model(self._model)
         # refuse a read model filled from another stream before anything resumes at its watermark
         self._stream = await claim(self._model, self._log)
+
+    async def _setup_model(self, model: ReadModel) -> None:
+        """Create or migrate the tables, waiting with backoff while the database server does not
+        answer (a projector started before its database, as a service manager may, waits for it
+        instead of exiting); a wrong password or an unknown database fails at once."""
+        outage, delay = _Outage(self.role, f"reach its database at {model.url!r}"), 0.05
+        while True:
+            try:
+                await model.setup()
+            except DatabaseUnreachableError as exc:
+                if self._stopping.is_set():
+                    raise
+                outage.failed(exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+                continue
+            outage.recovered()
+            return
 
     async def close(self) -> None:
         lease, self._lease = self._lease, None
@@ -531,7 +549,7 @@ class Consumer(Generic[Item]):
         logger.info("%s %s consuming %s from %s", self.role, self.durable, self.settings.stream, log.url)
         heartbeat = asyncio.create_task(self._heartbeat(model), name=f"{self.durable}-alive")
         try:
-            await self._run(log, model)
+            await self._loop(log, model)
         finally:
             heartbeat.cancel()
             await asyncio.wait({heartbeat})
@@ -564,7 +582,8 @@ class Consumer(Generic[Item]):
         except Exception as exc:
             logger.debug("%s %s cannot record that it stopped: %s", self.role, self.durable, describe(exc))
 
-    async def _run(self, log: Log, model: ReadModel) -> None:
+    async def _loop(self, log: Log, model: ReadModel) -> None:
+        """(Re)subscribe at the watermark and consume, until stopped."""
         first, delay = True, 0.05
         while not self._stopping.is_set():
             # The database watermark, not the consumer's ack floor, says where to resume: a batch

@@ -494,3 +494,51 @@ def test_version_and_help(run_cli: Callable[..., Run], capsys: pytest.CaptureFix
     assert done.value.code == 2
     listed = capsys.readouterr().err.replace(" ", "")
     assert re.search(r"\{up,projector,(\w+,)*demo", listed) and ",status," in listed
+
+
+async def test_projector_waits_for_a_database_that_is_not_up_yet(
+    run_cli: Callable[..., Run], nats_url: str, mysql_url: str, unique: str
+) -> None:
+    """A projector started before its database (as a service manager may) waits for it with backoff
+    instead of exiting, then projects; a stop signal during the wait ends it cleanly."""
+    from tcp_proxy import TcpProxy
+
+    port = _free_port()
+    target = make_url(mysql_url)
+    proxied = target.set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
+    settings = Settings(
+        nats_url=nats_url, database_url=proxied, stream=f"SK{unique}".upper(), subject_prefix=f"sk{unique}"
+    )
+    waiting = run_cli(*_projector_args(settings))
+    deadline = time.monotonic() + START_TIMEOUT
+    while "cannot reach its database" not in waiting.err:
+        assert waiting.proc.poll() is None, waiting.describe()
+        assert time.monotonic() < deadline, waiting.describe()
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.0)
+    assert waiting.proc.poll() is None, "the projector must wait for its database, not exit"
+    async with TcpProxy(target.host or "127.0.0.1", target.port or 3306, port=port):
+        async with SkialithCheckpointer(settings=settings.replace(read_wait=30.0)) as saver:
+            stored = await saver.aput(
+                {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}, empty_checkpoint(), {"step": 0}, {}
+            )
+            # the proxy runs on this loop: wait without blocking it
+            while "projector skialith-projector-main-0: stream" not in waiting.out:
+                assert waiting.proc.poll() is None and time.monotonic() < deadline + 60, waiting.describe()
+                await asyncio.sleep(0.1)
+            assert await saver.aget_tuple(stored) is not None
+            assert saver.read_stats.database >= 1 and saver.read_stats.log == 0, saver.read_stats
+        waiting.proc.send_signal(signal.SIGTERM)
+        while waiting.proc.poll() is None and time.monotonic() < deadline + 90:
+            await asyncio.sleep(0.1)
+        assert waiting.wait(STOP_TIMEOUT) == 0, waiting.describe()
+    assert "Traceback" not in waiting.err
+
+    stopped = run_cli(*_projector_args(settings.replace(database_url=proxied)))  # nothing listens again
+    deadline = time.monotonic() + START_TIMEOUT
+    while "cannot reach its database" not in stopped.err:
+        assert stopped.proc.poll() is None and time.monotonic() < deadline, stopped.describe()
+        await asyncio.sleep(0.1)
+    stopped.proc.send_signal(signal.SIGTERM)
+    assert stopped.wait(STOP_TIMEOUT) == 0, stopped.describe()
+    assert "stopped before it started" in stopped.out
