@@ -189,11 +189,11 @@ async def live_leases(js: JetStreamContext, stream: str) -> dict[str, Holder]:
     kv_stream = await _bucket(js, stream, 1, create=False)
     if kv_stream is None:
         return {}
-    kv = await js.key_value(lease_bucket(stream))
-    try:
-        keys = await kv.keys()
-    except nats.js.errors.NoKeysError:
-        return {}
+    # the keys from the stream's subjects, not KeyValue.keys(): that watcher can end early when a
+    # lease is renewed while it runs, and a live replica then looked gone (and --forget took it)
+    prefix = f"$KV.{lease_bucket(stream)}."
+    info = await js.stream_info(kv_stream, subjects_filter=f"{prefix}>")
+    keys = sorted(subject[len(prefix) :] for subject in (info.state.subjects or {}))
     found: dict[str, Holder] = {}
     for key in keys:
         _, holder = await _last(js, kv_stream, key)
