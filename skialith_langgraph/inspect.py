@@ -111,24 +111,25 @@ def next_nodes(checkpoint: dict[str, Any]) -> list[str]:
     """The nodes LangGraph would run next from ``checkpoint``, computed without the graph.
 
     LangGraph triggers node ``X`` through the channel ``branch:to:X`` (and the graph's start
-    through ``__start__``): a node is due when that channel's version is newer than the version
-    the node saw last (``versions_seen``), as ``prepare_next_tasks`` decides. Pending ``Send``s
+    through ``__start__``): a node is due when that channel holds a value and its version is newer
+    than the version the node saw last (``versions_seen``), as ``prepare_next_tasks`` decides. Pending ``Send``s
     (``__pregel_tasks``) name their nodes. Tasks that already wrote are still listed (which task
     ran is not recorded with the node's name).
     """
     versions: dict[str, Any] = checkpoint.get("channel_versions", {}) or {}
     seen: dict[str, dict[str, Any]] = checkpoint.get("versions_seen", {}) or {}
+    values: dict[str, Any] = checkpoint.get("channel_values", {}) or {}
     due: list[str] = []
-    for channel, version in versions.items():
+    for channel in values:  # a trigger channel holds a value until the task it triggers consumed it
         if channel.startswith(BRANCH):
             node = channel[len(BRANCH) :]
-            if _newer(version, seen.get(node, {}).get(channel)):
-                due.append(node)
         elif channel == START:
-            readers = [n for n, s in seen.items() if channel in s]
-            if not any(not _newer(version, seen[n][channel]) for n in readers):
-                due.append(START)
-    sends = (checkpoint.get("channel_values", {}) or {}).get(TASKS)
+            node = START
+        else:
+            continue
+        if _newer(versions.get(channel), seen.get(node, {}).get(channel)):
+            due.append(node)
+    sends = values.get(TASKS)
     if isinstance(sends, list):
         due.extend(str(getattr(s, "node", "?")) for s in sends)
     return sorted(set(due))
@@ -158,7 +159,12 @@ class Status:
 def status_of(tup: CheckpointTuple) -> Status:
     writes = tup.pending_writes or []
     errors = [jsonable(v) for _, ch, v in writes if ch == ERROR]
-    interrupts = [jsonable(v) for _, ch, v in writes if ch == INTERRUPT]
+    interrupts = [  # one write of a task holds the list of its interrupts
+        jsonable(i)
+        for _, ch, v in writes
+        if ch == INTERRUPT
+        for i in (v if isinstance(v, list | tuple) else [v])
+    ]
     nxt = next_nodes(dict(tup.checkpoint))
     if errors:
         state = "errored"
