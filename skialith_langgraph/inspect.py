@@ -74,7 +74,7 @@ def jsonable(value: Any) -> Any:
     if callable(dump):
         try:
             return jsonable(dump())
-        except Exception:  # noqa: BLE001 - a model that cannot dump itself is shown by repr
+        except Exception:  # a model that cannot dump itself is shown by repr
             return repr(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
@@ -84,7 +84,9 @@ def jsonable(value: Any) -> Any:
 
 
 def _is_message(value: Any) -> bool:
-    return hasattr(value, "content") and hasattr(value, "type") and callable(getattr(value, "model_dump", None))
+    return (
+        hasattr(value, "content") and hasattr(value, "type") and callable(getattr(value, "model_dump", None))
+    )
 
 
 def _is_messages(value: Any) -> bool:
@@ -112,9 +114,9 @@ def next_nodes(checkpoint: dict[str, Any]) -> list[str]:
 
     LangGraph triggers node ``X`` through the channel ``branch:to:X`` (and the graph's start
     through ``__start__``): a node is due when that channel holds a value and its version is newer
-    than the version the node saw last (``versions_seen``), as ``prepare_next_tasks`` decides. Pending ``Send``s
-    (``__pregel_tasks``) name their nodes. Tasks that already wrote are still listed (which task
-    ran is not recorded with the node's name).
+    than the version the node saw last (``versions_seen``), as ``prepare_next_tasks`` decides.
+    Pending ``Send``s (``__pregel_tasks``) name their nodes. Tasks that already wrote are still
+    listed (which task ran is not recorded with the node's name).
     """
     versions: dict[str, Any] = checkpoint.get("channel_versions", {}) or {}
     seen: dict[str, dict[str, Any]] = checkpoint.get("versions_seen", {}) or {}
@@ -350,7 +352,9 @@ class Inspector:
         async with SkialithCheckpointer(settings=settings) as saver:
             yield cls(saver)
 
-    async def tuple(self, thread_id: str, checkpoint_id: str | None = None, ns: str = "") -> CheckpointTuple:
+    async def checkpoint_tuple(
+        self, thread_id: str, checkpoint_id: str | None = None, ns: str = ""
+    ) -> CheckpointTuple:
         """The checkpoint (the latest when ``checkpoint_id`` is None); InspectError if unknown."""
         tup = await self.checkpointer.aget_tuple(_config(thread_id, checkpoint_id, ns))
         if tup is None:
@@ -412,7 +416,9 @@ class Inspector:
                 return ThreadPage(out, None)
         return ThreadPage(out, None)  # pragma: no cover - the loop returns
 
-    async def _thread_rows(self, cursor: tuple[int, str] | None, limit: int) -> list[tuple[str, int, int, str]]:
+    async def _thread_rows(
+        self, cursor: tuple[int, str] | None, limit: int
+    ) -> list[tuple[str, int, int, str]]:
         core = await self.checkpointer._acore()
         last = func.max(_C.seq)
         q = select(func.min(_C.thread_id), func.count(), last, _C.thread_key).group_by(_C.thread_key)
@@ -475,7 +481,7 @@ class Inspector:
         """The state at a checkpoint (the latest by default), as JSON data: values per channel
         (lists of messages as ``{"id", "role", "content"}``), next nodes, pending writes,
         interrupts and errors."""
-        t = await self.tuple(thread_id, checkpoint_id, ns)
+        t = await self.checkpoint_tuple(thread_id, checkpoint_id, ns)
         st = status_of(t)
         values: dict[str, Any] = {}
         messages: dict[str, list[dict[str, Any]]] = {}
@@ -488,7 +494,9 @@ class Inspector:
             "thread_id": thread_id,
             "checkpoint_ns": ns,
             "checkpoint_id": t.checkpoint["id"],
-            "parent_checkpoint_id": t.parent_config["configurable"]["checkpoint_id"] if t.parent_config else None,
+            "parent_checkpoint_id": t.parent_config["configurable"]["checkpoint_id"]
+            if t.parent_config
+            else None,
             "ts": _ts(t),
             "metadata": jsonable(t.metadata),
             "status": st.state,
@@ -496,7 +504,8 @@ class Inspector:
             "messages": messages,
             "values": values,
             "pending_writes": [
-                {"task_id": task, "channel": ch, "value": jsonable(v)} for task, ch, v in t.pending_writes or []
+                {"task_id": task, "channel": ch, "value": jsonable(v)}
+                for task, ch, v in t.pending_writes or []
             ],
             "interrupts": st.interrupts,
             "errors": st.errors,
@@ -509,8 +518,8 @@ class Inspector:
     ) -> dict[str, Any]:
         """What changed per channel from checkpoint ``a`` of ``thread_id`` to checkpoint ``b``
         (of ``other_thread`` when given)."""
-        left = await self.tuple(thread_id, a, ns)
-        right = await self.tuple(other_thread or thread_id, b, ns)
+        left = await self.checkpoint_tuple(thread_id, a, ns)
+        right = await self.checkpoint_tuple(other_thread or thread_id, b, ns)
         return {
             "from": {"thread_id": thread_id, "checkpoint_id": left.checkpoint["id"]},
             "to": {"thread_id": other_thread or thread_id, "checkpoint_id": right.checkpoint["id"]},
@@ -557,7 +566,7 @@ class Inspector:
                 try:
                     meta = self.meta_serde.loads_typed(msg.metadata)
                     entry["node"] = f"{meta.get('source')} step {meta.get('step')}"
-                except Exception:  # noqa: BLE001 - metadata the strict serializer refuses
+                except Exception:  # metadata the strict serializer refuses
                     entry["node"] = "(metadata not decodable)"
             elif isinstance(msg, codec.WritesMsg):
                 entry["kind"] = "writes"
@@ -591,7 +600,9 @@ class Inspector:
         if not msgs:
             raise InspectError(f"no thread {thread_id!r} (no checkpoint is stored for it)")
         serde = self.checkpointer.serde
-        out: list[dict[str, Any]] = [{"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "thread_id": thread_id}]
+        out: list[dict[str, Any]] = [
+            {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "thread_id": thread_id}
+        ]
         for msg in msgs:
             if isinstance(msg, codec.CheckpointMsg):
                 out.append(
@@ -689,7 +700,7 @@ def _typed(serde: Any, typ: str, data: bytes) -> dict[str, Any]:
     out: dict[str, Any] = {"type": typ, "data": _b64(data)}
     try:
         out["value"] = jsonable(serde.loads_typed((typ, data)))
-    except Exception as exc:  # noqa: BLE001 - kept as bytes; say why it is not decoded
+    except Exception as exc:  # kept as bytes; say why it is not decoded
         out["undecoded"] = f"{type(exc).__name__}"
     return out
 

@@ -112,9 +112,20 @@ async def _history(args: argparse.Namespace) -> int:
             marks.append(f"error: {shown(e.errors[0], 60)}")
         duration = None if e.duration is None else f"{e.duration:.3f}s"
         rows.append(
-            [e.step, e.source, ", ".join(e.nodes), e.ts, duration, e.pending_writes, e.checkpoint_id, "; ".join(marks)]
+            [
+                e.step,
+                e.source,
+                ", ".join(e.nodes),
+                e.ts,
+                duration,
+                e.pending_writes,
+                e.checkpoint_id,
+                "; ".join(marks),
+            ]
         )
-    for line in table(["step", "source", "nodes", "time", "duration", "writes", "checkpoint", "notes"], rows, 80):
+    for line in table(
+        ["step", "source", "nodes", "time", "duration", "writes", "checkpoint", "notes"], rows, 80
+    ):
         _out(line)
     return 0
 
@@ -168,7 +179,10 @@ async def _diff(args: argparse.Namespace) -> int:
             for m in md["removed"]:
                 _out(f"    - [{shown(m['role'])}] {shown(m['content'], 200)}")
             for m in md["edited"]:
-                _out(f"    ~ {shown(m['id'])}: {shown(m['old']['content'], 90)} -> {shown(m['new']['content'], 90)}")
+                _out(
+                    f"    ~ {shown(m['id'])}: "
+                    f"{shown(m['old']['content'], 90)} -> {shown(m['new']['content'], 90)}"
+                )
         else:
             _out(f"~ {name}:")
             for c in change["changes"]:
@@ -235,7 +249,9 @@ def register(
 ) -> None:
     """Add the inspection commands to the ``skialith`` parser's subcommands."""
 
-    def command(name: str, run: Callable[..., Any], help_text: str, description: str) -> argparse.ArgumentParser:
+    def command(
+        name: str, run: Callable[..., Any], help_text: str, description: str
+    ) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = commands.add_parser(
             name, parents=parents, formatter_class=formatter_class, help=help_text, description=description
         )
@@ -264,7 +280,8 @@ def register(
         _history,
         "a thread's checkpoints in order: step, nodes, time, writes, interrupts, errors, forks",
         "List a thread's checkpoints oldest first: step, source, the nodes that wrote, time, duration, "
-        "pending writes, interrupts, errors, and where a fork (a new branch from an older checkpoint) starts.",
+        "pending writes, interrupts, errors, and where a fork (a new branch from an older "
+        "checkpoint) starts.",
     )
     history.add_argument("thread", help="thread id")
     history.add_argument("--limit", type=int, default=None, help="only the newest N checkpoints")
@@ -321,4 +338,6 @@ def register(
         "thread id that already has checkpoints.",
     )
     imp.add_argument("file", help="the export file ('-' for stdin)")
-    imp.add_argument("--thread", default=None, help="store it under this thread id (default: the exported one)")
+    imp.add_argument(
+        "--thread", default=None, help="store it under this thread id (default: the exported one)"
+    )

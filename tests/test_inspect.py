@@ -180,7 +180,9 @@ async def _tuples(saver: SkialithCheckpointer, thread_id: str) -> list[Any]:
     return out
 
 
-@pytest.mark.parametrize("thread_id", ["fails", "asks", "a.b.*.>", " spaced out ", "nul\x00inside", "日本語 🧵"])
+@pytest.mark.parametrize(
+    "thread_id", ["fails", "asks", "a.b.*.>", " spaced out ", "nul\x00inside", "日本語 🧵"]
+)
 async def test_export_then_import_into_another_stream_round_trips(
     store: Settings, unique: str, thread_id: str
 ) -> None:

@@ -98,7 +98,9 @@ async def test_threads_history_show_diff_audit(store: Settings, capsys: pytest.C
     code, out, _ = await _run(capsys, store, "show", "asks")
     assert "status: interrupted" in out and "name?" in out
 
-    code, out, _ = await _run(capsys, store, "diff", "done", entries[1]["checkpoint_id"], entries[-1]["checkpoint_id"])
+    code, out, _ = await _run(
+        capsys, store, "diff", "done", entries[1]["checkpoint_id"], entries[-1]["checkpoint_id"]
+    )
     assert code == 0 and "~ log:" in out and "+ a1" in out and "+ c1" in out
     code, out, _ = await _run(
         capsys, store, "diff", "done", entries[-1]["checkpoint_id"], entries[-1]["checkpoint_id"], "--json"
@@ -112,7 +114,9 @@ async def test_threads_history_show_diff_audit(store: Settings, capsys: pytest.C
     assert code == 0 and "checkpoint" in out and "\x1b" not in out
 
 
-async def test_unknown_thread_or_checkpoint_exits_1(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_unknown_thread_or_checkpoint_exits_1(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
     await _fill(settings)
     for argv in (
         ["history", "nobody"],
@@ -157,7 +161,11 @@ async def test_export_import_round_trip_between_streams(
 def test_help_lists_each_command_with_one_line() -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     out = subprocess.run(
-        [sys.executable, "-m", "skialith_langgraph.cli", "--help"], capture_output=True, text=True, env=env, timeout=60
+        [sys.executable, "-m", "skialith_langgraph.cli", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
     )
     assert out.returncode == 0
     for name in ("threads", "history", "show", "diff", "audit", "export", "import"):
