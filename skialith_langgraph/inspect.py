@@ -235,7 +235,7 @@ def _seconds(a: str | None, b: str | None) -> float | None:
 
 def parse_since(text: str, *, now: dt.datetime | None = None) -> dt.datetime:
     """``30s``, ``15m``, ``2h``, ``7d`` ago, or an ISO 8601 time (UTC when it names no zone)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
+    m = re.fullmatch(r"\s*(-?\d+(?:\.\d+)?)\s*([smhd])\s*", text)
     if m:
         unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
         return (now or dt.datetime.now(dt.UTC)) - dt.timedelta(seconds=float(m.group(1)) * unit)

@@ -14,7 +14,7 @@ from langchain_core.messages import HumanMessage
 from langgraph.types import Command
 
 from skialith_langgraph import Projector, Settings, SkialithCheckpointer
-from skialith_langgraph.inspect import InspectError, Inspector, structural_diff
+from skialith_langgraph.inspect import InspectError, Inspector, parse_since, structural_diff
 
 
 @pytest.fixture(params=["log", "database"])
@@ -78,8 +78,12 @@ async def test_threads_newest_first_with_status_filters_and_paging(store: Settin
         assert [t.thread_id for t in (await insp.threads(status="errored")).threads] == ["fails"]
         red = await insp.threads(metadata={"team": "red"})
         assert [t.thread_id for t in red.threads] == ["fails", "done"]
+        assert len((await insp.threads(since=parse_since("1h"))).threads) == 4
+        assert (await insp.threads(since=parse_since("-1h"))).threads == []  # an hour from now
         with pytest.raises(InspectError, match="cursor"):
             await insp.threads(after="nonsense")
+        with pytest.raises(InspectError, match="since"):
+            parse_since("yesterday-ish")
 
 
 async def test_history_nodes_forks_interrupts_and_errors(store: Settings) -> None:
