@@ -38,7 +38,7 @@ from typing import Any
 import nats.js.errors
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import __version__
+from . import __version__, inspect_cli
 from .config import (
     DEFAULT_DATABASE_URL,
     DEFAULT_HOME,
@@ -1353,6 +1353,8 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--dry-run", action="store_true", help="change nothing; print what would be done")
     gc.add_argument("--json", action="store_true", help="print the report as one JSON object")
     gc.set_defaults(run=_gc, default_log_level="WARNING")
+
+    inspect_cli.register(commands, parents=[common], formatter_class=fmt, connection_flags=_connection_flags)
     return parser
 
 

@@ -48,6 +48,7 @@ class LogMsg:
     seq: int
     subject: str
     body: bytes
+    time: str | None = None  # the server's timestamp (RFC 3339, UTC), from the direct get
 
 
 WRONG_LAST_SEQUENCE = 10071  # JetStream's error code when an expectation header does not hold
@@ -655,7 +656,7 @@ class Log:
                     except CodecError as exc:
                         self.note_skip(found, logging.WARNING, f"skipped, cannot be read: {exc}")
                         continue
-                    yield LogMsg(seq=found, subject=subject, body=body)
+                    yield LogMsg(seq=found, subject=subject, body=body, time=headers.get("Nats-Time-Stamp"))
                 if not batch or not pending:
                     return
         finally:

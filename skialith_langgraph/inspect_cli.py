@@ -1,0 +1,343 @@
+"""The inspection commands of ``skialith``: threads, history, show, diff, audit, export, import.
+
+Each prints a readable table, or JSON with ``--json``; an unknown thread or checkpoint exits 1
+with a message. They read through :class:`skialith_langgraph.inspect.Inspector`, so they answer
+from the log when the projector lags or is stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .config import Settings
+from .inspect import InspectError, Inspector, dumps_jsonl, parse_since
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    from .cli import nats_overrides  # the cli module imports this one
+
+    return Settings.from_env(
+        database_url=args.database_url,
+        stream=args.stream,
+        subject_prefix=args.subject_prefix,
+        **nats_overrides(args),
+    )
+
+
+def _out(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _json(value: Any) -> None:
+    _out(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False))
+
+
+def shown(value: Any, width: int | None = None) -> str:
+    """A value for a terminal: control characters escaped (an id or value cannot move the cursor
+    or change colours), cut to ``width``."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True)
+    if not text.isprintable():
+        text = text.encode("unicode_escape").decode("ascii")
+    if width is not None and len(text) > width:
+        text = text[: max(width - 1, 0)] + "…"
+    return text
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], width: int = 60) -> list[str]:
+    cells = [[shown("" if c is None else c, width) for c in row] for row in rows]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    return lines
+
+
+def _metadata_filter(items: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InspectError(f"--metadata {item!r}: give KEY=VALUE")
+        out[key] = value
+    return out
+
+
+async def _threads(args: argparse.Namespace) -> int:
+    async with Inspector.open(_settings(args)) as insp:
+        page = await insp.threads(
+            limit=args.limit,
+            after=args.after,
+            since=parse_since(args.since) if args.since else None,
+            status=args.status,
+            metadata=_metadata_filter(args.metadata),
+        )
+    if args.json:
+        _json(page.as_dict())
+        return 0
+    for line in table(
+        ["thread", "checkpoints", "last step", "last activity", "status"],
+        [
+            [t.thread_id, t.checkpoints, t.last_step, t.last_activity, _status(t.status, t.next)]
+            for t in page.threads
+        ],
+    ):
+        _out(line)
+    if page.cursor:
+        _out(f"more: skialith threads --after {page.cursor}")
+    return 0
+
+
+def _status(state: str, nxt: Sequence[str]) -> str:
+    return f"next: {', '.join(nxt)}" if state == "next" else state
+
+
+async def _history(args: argparse.Namespace) -> int:
+    async with Inspector.open(_settings(args)) as insp:
+        entries = await insp.history(args.thread, limit=args.limit, before=args.before)
+    if args.json:
+        _json([e.as_dict() for e in entries])
+        return 0
+    rows = []
+    for e in entries:
+        marks = []
+        if e.fork:
+            marks.append(f"fork from {e.parent_checkpoint_id}")
+        if e.interrupts:
+            marks.append(f"{len(e.interrupts)} interrupt(s)")
+        if e.errors:
+            marks.append(f"error: {shown(e.errors[0], 60)}")
+        duration = None if e.duration is None else f"{e.duration:.3f}s"
+        rows.append(
+            [
+                e.step,
+                e.source,
+                ", ".join(e.nodes),
+                e.ts,
+                duration,
+                e.pending_writes,
+                e.checkpoint_id,
+                "; ".join(marks),
+            ]
+        )
+    for line in table(
+        ["step", "source", "nodes", "time", "duration", "writes", "checkpoint", "notes"], rows, 80
+    ):
+        _out(line)
+    return 0
+
+
+async def _show(args: argparse.Namespace) -> int:
+    async with Inspector.open(_settings(args)) as insp:
+        state = await insp.show(args.thread, args.checkpoint)
+    if args.json:
+        _json(state)
+        return 0
+    _out(f"thread {shown(state['thread_id'])}  checkpoint {state['checkpoint_id']}  ({state['ts']})")
+    _out(f"status: {_status(state['status'], state['next'])}")
+    for channel, messages in state["messages"].items():
+        _out(f"\n{shown(channel)} (conversation):")
+        for m in messages:
+            _out(f"  {shown(m['role']):>9}: {shown(m['content'])}")
+            if m.get("tool_calls"):
+                _out(f"{'':>13}tool calls: {shown(m['tool_calls'])}")
+    if state["values"]:
+        _out("\nvalues:")
+        for channel, value in state["values"].items():
+            _out(f"  {shown(channel)} = {shown(value)}")
+    if state["pending_writes"]:
+        _out("\npending writes:")
+        for w in state["pending_writes"]:
+            _out(f"  task {shown(w['task_id'])}: {shown(w['channel'])} = {shown(w['value'], 200)}")
+    for what in ("interrupts", "errors"):
+        for item in state[what]:
+            _out(f"{what[:-1]}: {shown(item)}")
+    return 0
+
+
+async def _diff(args: argparse.Namespace) -> int:
+    async with Inspector.open(_settings(args)) as insp:
+        d = await insp.diff(args.thread, args.a, args.b, other_thread=args.other_thread)
+    if args.json:
+        _json(d)
+        return 0
+    if not d["channels"]:
+        _out("no difference")
+    for channel, change in d["channels"].items():
+        name = shown(channel)
+        if change["op"] != "changed":
+            value = change.get("new", change.get("old"))
+            _out(f"{'+' if change['op'] == 'added' else '-'} {name} = {shown(value, 200)}")
+        elif "messages" in change:
+            md = change["messages"]
+            _out(f"~ {name} (messages):")
+            for m in md["added"]:
+                _out(f"    + [{shown(m['role'])}] {shown(m['content'], 200)}")
+            for m in md["removed"]:
+                _out(f"    - [{shown(m['role'])}] {shown(m['content'], 200)}")
+            for m in md["edited"]:
+                _out(
+                    f"    ~ {shown(m['id'])}: "
+                    f"{shown(m['old']['content'], 90)} -> {shown(m['new']['content'], 90)}"
+                )
+        else:
+            _out(f"~ {name}:")
+            for c in change["changes"]:
+                path = c["path"] or "(value)"
+                old, new = shown(c.get("old"), 90), shown(c.get("new"), 90)
+                text = {"added": f"+ {new}", "removed": f"- {old}"}.get(c["op"], f"{old} -> {new}")
+                _out(f"    {shown(path)}: {text}")
+    return 0
+
+
+async def _audit(args: argparse.Namespace) -> int:
+    async with Inspector.open(_settings(args)) as insp:
+        trail = await insp.audit(args.thread)
+    if args.json:
+        _json(trail)
+        return 0
+    rows = [
+        [e["seq"], e["time"], e["kind"], e["node"] or e["task"], e["checkpoint_id"], e["run_id"], e["size"]]
+        for e in trail
+    ]
+    for line in table(["seq", "time", "kind", "node or task", "checkpoint", "run id", "bytes"], rows):
+        _out(line)
+    return 0
+
+
+async def _export(args: argparse.Namespace) -> int:
+    async with Inspector.open(_settings(args)) as insp:
+        records = await insp.export(args.thread)
+    text = dumps_jsonl(records)
+    if args.output in (None, "-"):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text)
+    return 0
+
+
+async def _import(args: argparse.Namespace) -> int:
+    try:
+        if args.file == "-":
+            lines = sys.stdin.read().splitlines()
+        else:
+            with open(args.file, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        records = [json.loads(line) for line in lines if line.strip()]
+    except json.JSONDecodeError as exc:
+        raise InspectError(f"{args.file}: not JSON Lines ({exc})") from exc
+    async with Inspector.open(_settings(args)) as insp:
+        thread_id = await insp.import_records(records, thread_id=args.thread)
+    if args.json:
+        _json({"thread_id": thread_id, "records": len(records)})
+    else:
+        _out(f"imported {len(records) - 1} record(s) as thread {shown(thread_id)}")
+    return 0
+
+
+def register(
+    commands: Any,
+    *,
+    parents: list[argparse.ArgumentParser],
+    formatter_class: type[argparse.HelpFormatter],
+    connection_flags: Callable[[argparse.ArgumentParser], None],
+) -> None:
+    """Add the inspection commands to the ``skialith`` parser's subcommands."""
+
+    def command(
+        name: str, run: Callable[..., Any], help_text: str, description: str
+    ) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = commands.add_parser(
+            name, parents=parents, formatter_class=formatter_class, help=help_text, description=description
+        )
+        connection_flags(p)
+        p.add_argument("--json", action="store_true", help="print JSON for scripts")
+        p.set_defaults(run=run, default_log_level="WARNING")
+        return p
+
+    threads = command(
+        "threads",
+        _threads,
+        "list threads, most recently active first, with their status",
+        "List threads, most recently written first: checkpoints, last step, last activity and status "
+        "(finished, interrupted, errored, or the nodes that run next). Pages with --limit/--after.",
+    )
+    threads.add_argument("--limit", type=int, default=20, help="threads per page (default: 20)")
+    threads.add_argument("--after", default=None, help="the cursor a previous page printed")
+    threads.add_argument("--since", default=None, help="active since: 30m, 2h, 7d or an ISO time")
+    threads.add_argument("--status", choices=["finished", "interrupted", "errored", "next"], default=None)
+    threads.add_argument(
+        "--metadata", action="append", default=[], metavar="KEY=VALUE", help="match the latest metadata"
+    )
+
+    history = command(
+        "history",
+        _history,
+        "a thread's checkpoints in order: step, nodes, time, writes, interrupts, errors, forks",
+        "List a thread's checkpoints oldest first: step, source, the nodes that wrote, time, duration, "
+        "pending writes, interrupts, errors, and where a fork (a new branch from an older "
+        "checkpoint) starts.",
+    )
+    history.add_argument("thread", help="thread id")
+    history.add_argument("--limit", type=int, default=None, help="only the newest N checkpoints")
+    history.add_argument("--before", default=None, help="only checkpoints before this checkpoint id")
+
+    show = command(
+        "show",
+        _show,
+        "the state at a checkpoint: conversation, values, next nodes, interrupts, errors",
+        "Show the state at a checkpoint (default: the latest): messages as a conversation, other "
+        "channels as values, the next nodes, pending writes, interrupts and errors.",
+    )
+    show.add_argument("thread", help="thread id")
+    show.add_argument("checkpoint", nargs="?", default=None, help="checkpoint id (default: the latest)")
+
+    diff = command(
+        "diff",
+        _diff,
+        "what changed per channel between two checkpoints (messages-aware)",
+        "Compare checkpoint A with checkpoint B, per channel: added, removed, changed; messages "
+        "added, removed or edited by id; other values as a structural diff.",
+    )
+    diff.add_argument("thread", help="thread id")
+    diff.add_argument("a", help="checkpoint id (from)")
+    diff.add_argument("b", help="checkpoint id (to)")
+    diff.add_argument("--other-thread", default=None, help="B is a checkpoint of this thread")
+
+    audit = command(
+        "audit",
+        _audit,
+        "every stream message of a thread in log order",
+        "List every message of a thread still in the stream, in log order: sequence, server time, "
+        "kind (checkpoint, writes, delete, prune, replay of a prune), node or task, run id, size. "
+        "Values are not decoded.",
+    )
+    audit.add_argument("thread", help="thread id")
+
+    export = command(
+        "export",
+        _export,
+        "write a thread as JSON Lines (exact bytes, and values decoded where possible)",
+        "Write a thread as JSON Lines: a header, its checkpoints oldest first, then its pending "
+        "writes; each value as its exact bytes (base64, with its type) and decoded where the "
+        "serializer can. 'skialith import' restores it exactly.",
+    )
+    export.add_argument("thread", help="thread id")
+    export.add_argument("-o", "--output", default=None, help="file to write (default: stdout)")
+
+    imp = command(
+        "import",
+        _import,
+        "restore a thread from 'skialith export' output",
+        "Store the thread of an export file in this deployment's stream, byte for byte. Refuses a "
+        "thread id that already has checkpoints.",
+    )
+    imp.add_argument("file", help="the export file ('-' for stdin)")
+    imp.add_argument(
+        "--thread", default=None, help="store it under this thread id (default: the exported one)"
+    )
