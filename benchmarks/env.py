@@ -176,7 +176,9 @@ class BenchEnv:
                 continue
             self.skialith.append(side)
             if name == SKIALITH:
-                self.agent = api.agent(settings=skialith_settings(api, server, database_url, stream))
+                self.agent = api.agent(
+                    "bench-agent", settings=skialith_settings(api, server, database_url, stream)
+                )
                 await self.agent.open()
                 stack.push_async_callback(self.agent.close)
 

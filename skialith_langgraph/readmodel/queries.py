@@ -201,8 +201,81 @@ _ONE = select(
 _LATEST = _ONE.order_by(_C.checkpoint_id.desc()).limit(1)
 _BY_ID = _ONE.where(_C.checkpoint_id == bindparam("cid"))
 _OneRow = namedtuple(
-    "_OneRow", "checkpoint_id parent_checkpoint_id type checkpoint metadata_type metadata watermark"
+    "_OneRow",
+    "checkpoint_id parent_checkpoint_id type checkpoint metadata_type metadata watermark rest",
+    defaults=(None,),
 )
+
+
+def _latest_all() -> Any:
+    """The latest checkpoint of a thread and namespace with the watermark (kind 'c'), its pending
+    writes ('w'), and the newest blob of each of the thread's channels ('b'), in one statement.
+
+    The blobs are a guess, right whenever the latest checkpoint holds the newest version of each
+    of its channels (every thread LangGraph writes without forking an older checkpoint):
+    :func:`tuple_of` checks that every (channel, version) the checkpoint names came back, and
+    reads them with a second statement otherwise. One statement, so one snapshot: the row, its
+    writes and blobs and the watermark agree whatever the database's isolation level."""
+    tk, nk = bindparam("tk"), bindparam("nk")
+    c2 = checkpoints.alias("c2")
+    latest_id = (
+        select(func.max(c2.c.checkpoint_id)).where(c2.c.thread_key == tk, c2.c.ns_key == nk).scalar_subquery()
+    )
+    b2 = checkpoint_blobs.alias("b2")
+    newest = (
+        select(b2.c.channel, func.max(b2.c.version))
+        .where(b2.c.thread_key == tk, b2.c.ns_key == nk)
+        .group_by(b2.c.channel)
+    )
+    return union_all(
+        select(
+            literal_column("'c'").label("kind"),
+            _C.checkpoint_id,
+            _C.parent_checkpoint_id,
+            _C.type,
+            _C.checkpoint.label("blob"),
+            _C.metadata_type,
+            _C.metadata,
+            _WATERMARK.scalar_subquery().label("watermark"),
+            null().label("task_id"),
+            null().label("idx"),
+            null().label("channel"),
+            null().label("version"),
+            null().label("task_path"),
+        ).where(_C.thread_key == tk, _C.ns_key == nk, _C.checkpoint_id == latest_id),
+        select(
+            literal_column("'w'"),
+            null(),
+            null(),
+            _W.type,
+            _W.blob,
+            null(),
+            null(),
+            null(),
+            _W.task_id,
+            _W.idx,
+            _W.channel,
+            null(),
+            _W.task_path,
+        ).where(_W.thread_key == tk, _W.ns_key == nk, _W.checkpoint_id == latest_id),
+        select(
+            literal_column("'b'"),
+            null(),
+            null(),
+            _B.type,
+            _B.blob,
+            null(),
+            null(),
+            null(),
+            null(),
+            null(),
+            _B.channel,
+            _B.version,
+            null(),
+        ).where(_B.thread_key == tk, _B.ns_key == nk, tuple_(_B.channel, _B.version).in_(newest)),
+    )
+
+
 _RestRow = namedtuple("_RestRow", "kind task_id idx channel version type blob task_path")
 
 
@@ -232,7 +305,7 @@ def _rest(n_pairs: int) -> Any:
     )
 
 
-_HOT = {"latest": _LATEST, "by_id": _BY_ID, "watermark": _WATERMARK}
+_HOT = {"latest": _LATEST, "by_id": _BY_ID, "watermark": _WATERMARK, "latest_all": _latest_all()}
 
 
 @functools.lru_cache(maxsize=256)
@@ -283,11 +356,16 @@ async def head_row(
     checkpoint_id: str | None,
     projection_name: str | None,
     stream: tuple[str, str] | None = None,
+    *,
+    complete: bool = True,
 ) -> tuple[Any, int | None]:
     """The row of checkpoint ``checkpoint_id`` (the latest when ``None``) and the watermark of
     ``projection_name``, read by one statement so that both come from the same snapshot
     (``None``: the caller checked the watermark already; 0 is returned for it). The watermark is
-    ``None`` unless the read model records ``stream`` (name, creation time) as its stream."""
+    ``None`` unless the read model records ``stream`` (name, creation time) as its stream.
+
+    With ``complete=False`` only that one statement runs: where it finds no row, ``(None, None)``
+    comes back and the caller must call again (with ``complete=True``) to learn the watermark."""
     params = {
         "tk": token(thread_id, field="thread_id"),
         "nk": token(ns, field="checkpoint_ns"),
@@ -296,19 +374,39 @@ async def head_row(
         "stream": stream[0] if stream else None,
         "created": stream[1] if stream else None,
     }
-    name = "by_id" if checkpoint_id else "latest"
-    rows = await _driver_rows(conn, name, params)
+    if checkpoint_id:
+        name = "by_id"
+        rows = await _driver_rows(conn, name, params)
+    else:
+        name = "latest"
+        rows = _folded(await _driver_rows(conn, "latest_all", params))
     if rows:
         row = _OneRow(*rows[0])
         return row, None if row.watermark is None else int(row.watermark)
     if projection_name is None:
         return None, 0
+    if not complete:
+        return None, None
     # No row, so no watermark from that statement. Read the watermark, then look again: without
     # one snapshot for both statements (SQLite outside a transaction), only that order is safe.
     found = await _driver_rows(conn, "watermark", params)
     mark = int(found[0][0]) if found and found[0][0] is not None else None
     rows = await _driver_rows(conn, name, params)
     return (_OneRow(*rows[0]) if rows else None), mark
+
+
+def _folded(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """The rows of ``latest_all`` as one ``_OneRow`` tuple whose ``rest`` holds the other rows
+    (in ``_RestRow`` order), or no row if the thread has no checkpoint."""
+    head: tuple[Any, ...] | None = None
+    rest: list[tuple[Any, ...]] = []
+    for r in rows:
+        kind, cid, parent, typ, blob, mtype, meta, mark, task_id, idx, channel, version, path = r
+        if kind == "c":
+            head = (cid, parent, typ, blob, mtype, meta, mark)
+        else:
+            rest.append((kind, task_id, idx, channel, version, typ, blob, path))
+    return [] if head is None else [(*head, rest)]
 
 
 async def tuple_of(
@@ -320,6 +418,11 @@ async def tuple_of(
     pairs = sorted({(ch, version_key(v)) for ch, v in versions.items()})
     tk, nk, cid = token(thread_id, field="thread_id"), token(ns, field="checkpoint_ns"), row.checkpoint_id
     pending: list[PendingWrite]
+    rest: list[tuple[Any, ...]] | None = getattr(row, "rest", None)
+    if rest is not None:
+        fetched = {(r[3], r[4]) for r in rest if r[0] == "b"}
+        if fetched.issuperset(pairs):  # the guess of ``latest_all`` holds: no second statement
+            return await _tuple_from(conn, serde, thread_id, ns, row, checkpoint, rest)
     if len(pairs) > PAGE:  # a very wide state: page the blobs
         blobs = await _blobs_for(conn, tk, nk, set(pairs))
         pending = (await _writes_for(conn, serde, [(tk, nk, cid)]))[(tk, nk, cid)]
@@ -346,6 +449,38 @@ async def tuple_of(
         metadata=serde.loads_typed((row.metadata_type, row.metadata)),
         parent_config=_config(thread_id, ns, row.parent_checkpoint_id) if row.parent_checkpoint_id else None,
         pending_writes=pending,
+    )
+
+
+async def _tuple_from(
+    conn: AsyncConnection,
+    serde: SerializerProtocol,
+    thread_id: str,
+    ns: str,
+    row: Any,
+    checkpoint: dict[str, Any],
+    rest: list[tuple[Any, ...]],
+) -> CheckpointTuple:
+    """The tuple of ``row`` from its writes and blobs read along with it (``_RestRow`` tuples)."""
+    tk, cid = token(thread_id, field="thread_id"), row.checkpoint_id
+    versions = checkpoint["channel_versions"]
+    wanted = {(ch, version_key(v)) for ch, v in versions.items()}
+    writes: list[tuple[tuple[str, str, int], PendingWrite]] = []
+    blobs: dict[tuple[str, str], tuple[str, bytes]] = {}
+    for raw in rest:
+        r = _RestRow(*raw)
+        if r.kind == "w":
+            value = await unspill(conn, tk, r.type, r.blob)
+            writes.append(((r.task_path, r.task_id, r.idx), (r.task_id, r.channel, serde.loads_typed(value))))
+        elif (r.channel, r.version) in wanted:
+            blobs[(r.channel, r.version)] = await unspill(conn, tk, r.type, r.blob)
+    writes.sort(key=lambda item: item[0])
+    return CheckpointTuple(
+        config=_config(thread_id, ns, cid),
+        checkpoint={**checkpoint, "channel_values": _values(serde, versions, blobs)},  # type: ignore[typeddict-item]
+        metadata=serde.loads_typed((row.metadata_type, row.metadata)),
+        parent_config=_config(thread_id, ns, row.parent_checkpoint_id) if row.parent_checkpoint_id else None,
+        pending_writes=[w for _, w in writes],
     )
 
 
