@@ -827,7 +827,14 @@ class SkialithCheckpointer(BaseCheckpointSaver[str]):
 
     def _run(self, method: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         async def call() -> Any:
-            return await fn(await self._acore(), *args, **kwargs)
+            core = await self._acore()
+            try:
+                return await fn(core, *args, **kwargs)
+            finally:
+                # the sync face returns with its read connections back in the pool (the async
+                # face returns them in the background, after answering)
+                if core.releasing:
+                    await asyncio.gather(*core.releasing)
 
         return self._loop_thread.run(call(), method=method)
 
