@@ -420,8 +420,11 @@ async def tuple_of(
     pending: list[PendingWrite]
     rest: list[tuple[Any, ...]] | None = getattr(row, "rest", None)
     if rest is not None:
-        fetched = {(r[3], r[4]) for r in rest if r[0] == "b"}
-        if fetched.issuperset(pairs):  # the guess of ``latest_all`` holds: no second statement
+        newest = {r[3]: r[4] for r in rest if r[0] == "b"}  # channel -> its newest version
+        # the guess of ``latest_all`` holds when each channel the checkpoint names came back at
+        # the version it names, or not at all (then the thread has no blob of it: the channel
+        # is empty, as when the writer stored no value for it)
+        if all(newest.get(ch, v) == v for ch, v in pairs):
             return await _tuple_from(conn, serde, thread_id, ns, row, checkpoint, rest)
     if len(pairs) > PAGE:  # a very wide state: page the blobs
         blobs = await _blobs_for(conn, tk, nk, set(pairs))
