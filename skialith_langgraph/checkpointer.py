@@ -94,6 +94,7 @@ class _Core:
         self.keeper: AsyncIterator[None] | None = None
         self.stream: StreamIdentity | None = None  # the stream the heads were built on
         self.releasing: set[asyncio.Future[None]] = set()  # read connections being returned
+        self.early_reads = True  # see get_tuple
         self._lock = asyncio.Lock()
 
     async def _log(self) -> Log:
@@ -501,8 +502,10 @@ class _Core:
         # watermark is compared with their answer once both are in. A snapshot is taken before
         # the lookups answer, so a watermark at or past the log's end means the snapshot holds
         # every write acknowledged before this call, as when the statement ran after them.
+        # It is started only while the last such read was the read model's to answer: a process
+        # that starts each run on a new thread (no row to find) does not pay a statement per run.
         early: asyncio.Task[_Pending | None] | None = None
-        if head is None and self.stream is not None and not self.model.down:
+        if head is None and self.early_reads and self.stream is not None and not self.model.down:
             early = asyncio.ensure_future(self._open_read(thread_id, ns, checkpoint_id, self.stream))
         try:
             # the gaps between our pipelined publishes are checked alongside the read's own lookups
@@ -541,6 +544,9 @@ class _Core:
             if head is None and thread_seq == 0:
                 # nothing was ever written on this thread: start a head that will know all of it
                 head = self.heads.create(thread_id, global_seq)
+                self.early_reads = False
+            elif head is None:
+                self.early_reads = True
             if head is not None and head.sending == 0:
                 found = head.get_tuple(self.serde, thread_id, ns, checkpoint_id)
                 if found is not False:
