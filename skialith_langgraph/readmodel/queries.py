@@ -222,10 +222,13 @@ def _latest_all() -> Any:
         select(func.max(c2.c.checkpoint_id)).where(c2.c.thread_key == tk, c2.c.ns_key == nk).scalar_subquery()
     )
     b2 = checkpoint_blobs.alias("b2")
+    # the newest version of each channel first (an index-only walk of the thread's blob keys),
+    # then those rows by primary key: the blob values of older versions are never read
     newest = (
-        select(b2.c.channel, func.max(b2.c.version))
+        select(b2.c.channel.label("channel"), func.max(b2.c.version).label("version"))
         .where(b2.c.thread_key == tk, b2.c.ns_key == nk)
         .group_by(b2.c.channel)
+        .subquery("newest")
     )
     return union_all(
         select(
@@ -272,7 +275,17 @@ def _latest_all() -> Any:
             _B.channel,
             _B.version,
             null(),
-        ).where(_B.thread_key == tk, _B.ns_key == nk, tuple_(_B.channel, _B.version).in_(newest)),
+        ).select_from(
+            newest.join(
+                checkpoint_blobs,
+                and_(
+                    _B.thread_key == tk,
+                    _B.ns_key == nk,
+                    _B.channel == newest.c.channel,
+                    _B.version == newest.c.version,
+                ),
+            )
+        ),
     )
 
 
