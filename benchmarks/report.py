@@ -151,7 +151,8 @@ def _latency_tables(results: Results) -> list[str]:
                 "Skialith '(other instance)' rows: at most 1.00x at p50 and p99). An '(other instance)' is "
                 "a second checkpointer on the same stream and database that did not write the thread, as "
                 "another process: it reads the read model its projector process fills, after a "
-                "read-your-writes check against the log. The writing instance answers from its own head."
+                "read-your-writes check against the log. The writing instance ('Skialith') answers from its "
+                "own head when it holds one; the notes say where each instance's reads were served."
             )
         else:
             out.append(
