@@ -201,94 +201,8 @@ _ONE = select(
 _LATEST = _ONE.order_by(_C.checkpoint_id.desc()).limit(1)
 _BY_ID = _ONE.where(_C.checkpoint_id == bindparam("cid"))
 _OneRow = namedtuple(
-    "_OneRow",
-    "checkpoint_id parent_checkpoint_id type checkpoint metadata_type metadata watermark rest",
-    defaults=(None,),
+    "_OneRow", "checkpoint_id parent_checkpoint_id type checkpoint metadata_type metadata watermark"
 )
-
-
-def _latest_all() -> Any:
-    """The latest checkpoint of a thread and namespace with the watermark (kind 'c'), its pending
-    writes ('w'), and the newest blob of each of the thread's channels ('b'), in one statement.
-
-    The blobs are a guess, right whenever the latest checkpoint holds the newest version of each
-    of its channels (every thread LangGraph writes without forking an older checkpoint):
-    :func:`tuple_of` checks that every (channel, version) the checkpoint names came back, and
-    reads them with a second statement otherwise. One statement, so one snapshot: the row, its
-    writes and blobs and the watermark agree whatever the database's isolation level."""
-    tk, nk = bindparam("tk"), bindparam("nk")
-    c2 = checkpoints.alias("c2")
-    latest_id = (
-        select(func.max(c2.c.checkpoint_id)).where(c2.c.thread_key == tk, c2.c.ns_key == nk).scalar_subquery()
-    )
-    b2 = checkpoint_blobs.alias("b2")
-    # the newest version of each channel first (an index-only walk of the thread's blob keys),
-    # then those rows by primary key: the blob values of older versions are never read
-    newest = (
-        select(b2.c.channel.label("channel"), func.max(b2.c.version).label("version"))
-        .where(b2.c.thread_key == tk, b2.c.ns_key == nk)
-        .group_by(b2.c.channel)
-        .subquery("newest")
-    )
-    return union_all(
-        select(
-            literal_column("'c'").label("kind"),
-            _C.checkpoint_id,
-            _C.parent_checkpoint_id,
-            _C.type,
-            _C.checkpoint.label("blob"),
-            _C.metadata_type,
-            _C.metadata,
-            _WATERMARK.scalar_subquery().label("watermark"),
-            null().label("task_id"),
-            null().label("idx"),
-            null().label("channel"),
-            null().label("version"),
-            null().label("task_path"),
-        ).where(_C.thread_key == tk, _C.ns_key == nk, _C.checkpoint_id == latest_id),
-        select(
-            literal_column("'w'"),
-            null(),
-            null(),
-            _W.type,
-            _W.blob,
-            null(),
-            null(),
-            null(),
-            _W.task_id,
-            _W.idx,
-            _W.channel,
-            null(),
-            _W.task_path,
-        ).where(_W.thread_key == tk, _W.ns_key == nk, _W.checkpoint_id == latest_id),
-        select(
-            literal_column("'b'"),
-            null(),
-            null(),
-            _B.type,
-            _B.blob,
-            null(),
-            null(),
-            null(),
-            null(),
-            null(),
-            _B.channel,
-            _B.version,
-            null(),
-        ).select_from(
-            newest.join(
-                checkpoint_blobs,
-                and_(
-                    _B.thread_key == tk,
-                    _B.ns_key == nk,
-                    _B.channel == newest.c.channel,
-                    _B.version == newest.c.version,
-                ),
-            )
-        ),
-    )
-
-
 _RestRow = namedtuple("_RestRow", "kind task_id idx channel version type blob task_path")
 
 
@@ -318,7 +232,7 @@ def _rest(n_pairs: int) -> Any:
     )
 
 
-_HOT = {"latest": _LATEST, "by_id": _BY_ID, "watermark": _WATERMARK, "latest_all": _latest_all()}
+_HOT = {"latest": _LATEST, "by_id": _BY_ID, "watermark": _WATERMARK}
 
 
 @functools.lru_cache(maxsize=256)
@@ -387,12 +301,8 @@ async def head_row(
         "stream": stream[0] if stream else None,
         "created": stream[1] if stream else None,
     }
-    if checkpoint_id:
-        name = "by_id"
-        rows = await _driver_rows(conn, name, params)
-    else:
-        name = "latest"
-        rows = _folded(await _driver_rows(conn, "latest_all", params))
+    name = "by_id" if checkpoint_id else "latest"
+    rows = await _driver_rows(conn, name, params)
     if rows:
         row = _OneRow(*rows[0])
         return row, None if row.watermark is None else int(row.watermark)
@@ -408,20 +318,6 @@ async def head_row(
     return (_OneRow(*rows[0]) if rows else None), mark
 
 
-def _folded(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """The rows of ``latest_all`` as one ``_OneRow`` tuple whose ``rest`` holds the other rows
-    (in ``_RestRow`` order), or no row if the thread has no checkpoint."""
-    head: tuple[Any, ...] | None = None
-    rest: list[tuple[Any, ...]] = []
-    for r in rows:
-        kind, cid, parent, typ, blob, mtype, meta, mark, task_id, idx, channel, version, path = r
-        if kind == "c":
-            head = (cid, parent, typ, blob, mtype, meta, mark)
-        else:
-            rest.append((kind, task_id, idx, channel, version, typ, blob, path))
-    return [] if head is None else [(*head, rest)]
-
-
 async def tuple_of(
     conn: AsyncConnection, serde: SerializerProtocol, thread_id: str, ns: str, row: Any
 ) -> CheckpointTuple:
@@ -431,14 +327,6 @@ async def tuple_of(
     pairs = sorted({(ch, version_key(v)) for ch, v in versions.items()})
     tk, nk, cid = token(thread_id, field="thread_id"), token(ns, field="checkpoint_ns"), row.checkpoint_id
     pending: list[PendingWrite]
-    rest: list[tuple[Any, ...]] | None = getattr(row, "rest", None)
-    if rest is not None:
-        newest = {r[3]: r[4] for r in rest if r[0] == "b"}  # channel -> its newest version
-        # the guess of ``latest_all`` holds when each channel the checkpoint names came back at
-        # the version it names, or not at all (then the thread has no blob of it: the channel
-        # is empty, as when the writer stored no value for it)
-        if all(newest.get(ch, v) == v for ch, v in pairs):
-            return await _tuple_from(conn, serde, thread_id, ns, row, checkpoint, rest)
     if len(pairs) > PAGE:  # a very wide state: page the blobs
         blobs = await _blobs_for(conn, tk, nk, set(pairs))
         pending = (await _writes_for(conn, serde, [(tk, nk, cid)]))[(tk, nk, cid)]
@@ -465,38 +353,6 @@ async def tuple_of(
         metadata=serde.loads_typed((row.metadata_type, row.metadata)),
         parent_config=_config(thread_id, ns, row.parent_checkpoint_id) if row.parent_checkpoint_id else None,
         pending_writes=pending,
-    )
-
-
-async def _tuple_from(
-    conn: AsyncConnection,
-    serde: SerializerProtocol,
-    thread_id: str,
-    ns: str,
-    row: Any,
-    checkpoint: dict[str, Any],
-    rest: list[tuple[Any, ...]],
-) -> CheckpointTuple:
-    """The tuple of ``row`` from its writes and blobs read along with it (``_RestRow`` tuples)."""
-    tk, cid = token(thread_id, field="thread_id"), row.checkpoint_id
-    versions = checkpoint["channel_versions"]
-    wanted = {(ch, version_key(v)) for ch, v in versions.items()}
-    writes: list[tuple[tuple[str, str, int], PendingWrite]] = []
-    blobs: dict[tuple[str, str], tuple[str, bytes]] = {}
-    for raw in rest:
-        r = _RestRow(*raw)
-        if r.kind == "w":
-            value = await unspill(conn, tk, r.type, r.blob)
-            writes.append(((r.task_path, r.task_id, r.idx), (r.task_id, r.channel, serde.loads_typed(value))))
-        elif (r.channel, r.version) in wanted:
-            blobs[(r.channel, r.version)] = await unspill(conn, tk, r.type, r.blob)
-    writes.sort(key=lambda item: item[0])
-    return CheckpointTuple(
-        config=_config(thread_id, ns, cid),
-        checkpoint={**checkpoint, "channel_values": _values(serde, versions, blobs)},  # type: ignore[typeddict-item]
-        metadata=serde.loads_typed((row.metadata_type, row.metadata)),
-        parent_config=_config(thread_id, ns, row.parent_checkpoint_id) if row.parent_checkpoint_id else None,
-        pending_writes=[w for _, w in writes],
     )
 
 
