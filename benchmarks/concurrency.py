@@ -92,7 +92,7 @@ async def run_concurrency(
     peers = {c.name: c for c in env.peers}
     for n in levels:
         async with AsyncExitStack() as stack:
-            shared = [side.contender for side in env.skialith] + [peers[MYSQL], peers[POSTGRES]]
+            shared = [c for c in env.contenders if c.skialith] + [peers[MYSQL], peers[POSTGRES]]
             for c in shared:
                 points.append(await measure(_shared(c.saver), ConcurrencyPoint(c.name, SHARED, n), duration))
             if n == 1:

@@ -16,12 +16,30 @@ from types import TracebackType
 from typing import Any
 
 import aiomysql
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from . import peers
-from .contender import FLOOR, FLOOR_ALWAYS, SKIALITH, SKIALITH_ALWAYS, Contender
-from .databases import DEFAULT_MYSQL_URL, DEFAULT_POSTGRES_URL, Databases, MySQLTarget, mysql_settings
-from .jetstream_side import Floor, SkialithApi, SkialithSide, load_skialith, open_floor, open_skialith
+from .contender import FLOOR, FLOOR_ALWAYS, SKIALITH, SKIALITH_ALWAYS, SKIALITH_PG, Contender
+from .databases import (
+    DEFAULT_MYSQL_URL,
+    DEFAULT_POSTGRES_URL,
+    Databases,
+    MySQLTarget,
+    mysql_settings,
+    postgres_settings,
+)
+from .jetstream_side import (
+    Floor,
+    SkialithApi,
+    SkialithSide,
+    load_skialith,
+    open_floor,
+    open_skialith,
+    skialith_settings,
+)
 from .nats_server import NatsServer
+from .projector_proc import PgWatermark, Watermark
 
 RAW_TABLE = "raw_insert"
 
@@ -56,6 +74,9 @@ class BenchEnv:
     skialith_api: SkialithApi | None = None
     notes: list[str] = field(default_factory=list)
     mysql_info: dict[str, Any] = field(default_factory=dict)
+    sqla_engine: Any = None
+    sqla_stmt: Any = None
+    agent: Any = None
     _stack: AsyncExitStack = field(default_factory=AsyncExitStack)
 
     async def __aenter__(self) -> BenchEnv:
@@ -91,6 +112,16 @@ class BenchEnv:
                 f"CREATE TABLE {RAW_TABLE} (id BIGINT AUTO_INCREMENT PRIMARY KEY, payload BLOB NOT NULL)"
             )
 
+        self.sqla_engine = create_async_engine(self.mysql.url(peer_db))
+        stack.push_async_callback(self.sqla_engine.dispose)
+        table = sa.Table(
+            RAW_TABLE,
+            sa.MetaData(),
+            sa.Column("id", sa.BigInteger, primary_key=True),
+            sa.Column("payload", sa.LargeBinary),
+        )
+        self.sqla_stmt = sa.insert(table)
+
         self.peers = [
             await peers.open_mysql(stack, self.mysql, peer_db),
             await peers.open_postgres(stack, await self.dbs.create_postgres("peer")),
@@ -103,34 +134,64 @@ class BenchEnv:
             self.notes.append(f"Skialith contender skipped: {api}")
             return
         self.skialith_api = api
-        servers = [(SKIALITH, self.nats, "SKBENCH")]
+        servers = [(SKIALITH, self.nats, "SKBENCH", "mysql")]
         if self.nats_always is not None:
-            servers.append((SKIALITH_ALWAYS, self.nats_always, "SKBENCH_SYNC"))
-        for name, server, stream in servers:
+            servers.append((SKIALITH_ALWAYS, self.nats_always, "SKBENCH_SYNC", "mysql"))
+        servers.append((SKIALITH_PG, self.nats, "SKBENCH_PG", "postgres"))
+        for name, server, stream, backend in servers:
             try:
-                db = await self.dbs.create_mysql(stream.lower())
+                watermark: Watermark
+                if backend == "mysql":
+                    db = await self.dbs.create_mysql(stream.lower())
+                    database_url = self.mysql.url(db)
+                    watermark = Watermark(self.mysql, db)
+                    stack.callback(watermark.close)
+                    db_settings = {
+                        "innodb_flush_log_at_trx_commit": self.mysql_info["innodb_flush_log_at_trx_commit"]
+                    }
+                else:
+                    pg_url = await self.dbs.create_postgres(stream.lower())
+                    database_url = pg_url.replace("postgresql://", "postgresql+psycopg://", 1)
+                    pg_watermark = PgWatermark(pg_url)
+                    stack.push_async_callback(pg_watermark.aclose)
+                    watermark = pg_watermark
+                    db_settings = {
+                        k: v
+                        for k, v in (await postgres_settings(pg_url)).items()
+                        if k in ("synchronous_commit", "fsync")
+                    }
                 side = await open_skialith(
                     stack,
                     api,
                     name=name,
                     server=server,
-                    mysql=self.mysql,
-                    db=db,
+                    database_url=database_url,
+                    watermark=watermark,
                     stream=stream,
                     workdir=self.workdir,
-                    db_settings={
-                        "innodb_flush_log_at_trx_commit": self.mysql_info["innodb_flush_log_at_trx_commit"]
-                    },
+                    db_settings=db_settings,
                 )
             except Exception as exc:
                 self.notes.append(f"{name} contender skipped: {type(exc).__name__}: {exc}")
                 continue
             self.skialith.append(side)
+            if name == SKIALITH:
+                self.agent = api.agent(
+                    "bench-agent", settings=skialith_settings(api, server, database_url, stream)
+                )
+                await self.agent.open()
+                stack.push_async_callback(self.agent.close)
 
     async def raw_insert(self, payload: bytes) -> None:
         """One autocommit ``INSERT`` of ``payload`` into the raw table."""
         async with self.raw_conn.cursor() as cur:
             await cur.execute(f"INSERT INTO {RAW_TABLE} (payload) VALUES (%s)", (payload,))
+
+    async def sqla_insert(self, payload: bytes) -> None:
+        """One ``INSERT`` of ``payload`` into the raw table through SQLAlchemy, in its own
+        transaction (``engine.begin()``), the way a database-first event store writes an event."""
+        async with self.sqla_engine.begin() as conn:
+            await conn.execute(self.sqla_stmt, {"payload": payload})
 
     async def pool(self, size: int) -> aiomysql.Pool:
         """An autocommit aiomysql pool on the peer database (closed at the end of the run)."""
@@ -148,7 +209,14 @@ class BenchEnv:
 
     @property
     def contenders(self) -> list[Contender]:
-        """Every saver: Skialith first, then the peers."""
+        """Every saver of the whole-graph and concurrency sections: Skialith (MariaDB read model)
+        first, then the peers. Skialith on PostgreSQL runs in the latency section only
+        (:attr:`latency_contenders`), to keep a full run near three minutes."""
+        return [s.contender for s in self.skialith if s.contender.name != SKIALITH_PG] + self.peers
+
+    @property
+    def latency_contenders(self) -> list[Contender]:
+        """Every saver of the latency section."""
         return [s.contender for s in self.skialith] + self.peers
 
     async def caught_up(self) -> None:

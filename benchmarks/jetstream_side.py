@@ -19,7 +19,6 @@ from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig
 
 from .contender import Contender
-from .databases import MySQLTarget
 from .nats_server import NatsServer
 from .projector_proc import ProjectorProcess, Watermark
 
@@ -67,6 +66,7 @@ class SkialithApi:
     checkpointer: Any
     settings: Any
     projector: Any
+    agent: Any
 
 
 def load_skialith() -> SkialithApi | str:
@@ -75,10 +75,11 @@ def load_skialith() -> SkialithApi | str:
         mod = importlib.import_module("skialith_langgraph")
     except Exception as exc:
         return f"cannot import skialith_langgraph ({type(exc).__name__}: {exc})"
-    missing = [n for n in ("SkialithCheckpointer", "Settings", "Projector") if not hasattr(mod, n)]
+    names = ("SkialithCheckpointer", "Settings", "Projector", "SkialithAgent")
+    missing = [n for n in names if not hasattr(mod, n)]
     if missing:
         return f"skialith_langgraph does not export {', '.join(missing)} yet"
-    return SkialithApi(mod.SkialithCheckpointer, mod.Settings, mod.Projector)
+    return SkialithApi(mod.SkialithCheckpointer, mod.Settings, mod.Projector, mod.SkialithAgent)
 
 
 def skialith_settings(api: SkialithApi, server: NatsServer, database_url: str, stream: str) -> Any:
@@ -116,14 +117,14 @@ async def open_skialith(
     *,
     name: str,
     server: NatsServer,
-    mysql: MySQLTarget,
-    db: str,
+    database_url: str,
+    watermark: Watermark,
     stream: str,
     workdir: Path,
     db_settings: dict[str, Any],
 ) -> SkialithSide:
-    """Open a Skialith checkpointer on ``server`` with a MariaDB read model, projector in a subprocess."""
-    database_url = mysql.url(db)
+    """Open a Skialith checkpointer on ``server`` with its read model at ``database_url`` (MariaDB or
+    PostgreSQL, ``watermark`` polling it), its projector in a subprocess."""
     settings = skialith_settings(api, server, database_url, stream)
     saver = api.checkpointer(settings=settings)
     await saver.asetup()
@@ -134,8 +135,6 @@ async def open_skialith(
     projector = await stack.enter_async_context(
         ProjectorProcess(nats_url=server.url, database_url=database_url, stream=stream, workdir=workdir)
     )
-    watermark = Watermark(mysql, db)
-    stack.callback(watermark.close)
     replicas = getattr(settings, "replicas", 1)
     info = {**nats_settings(server, replicas), **{f"read_model_{k}": v for k, v in db_settings.items()}}
     info["projector"] = "separate process"

@@ -27,13 +27,25 @@ from typing import Any
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver, empty_checkpoint
 
-from .contender import FLOOR, RAW_INSERT, SERDE_PUT, SERDE_WRITES, Contender
+from .contender import (
+    FLOOR,
+    FLOOR_ALWAYS,
+    RAW_INSERT,
+    SAVE_EVENT,
+    SERDE_PUT,
+    SERDE_WRITES,
+    SKIALITH_ALWAYS,
+    SQLA_INSERT,
+    Contender,
+)
 from .env import BenchEnv
-from .payloads import SIZES, CheckpointChain, make_messages, make_writes, new_task_id
+from .payloads import SIZES, CheckpointChain, _text, make_messages, make_writes, new_task_id
 from .stats import Sample
 
 Call = Callable[[], Awaitable[int]]  # one timed call; returns nanoseconds
-OPS = ("aput", "aput_writes", "aget_tuple")
+OPS = ("aput", "aput_writes", "aget_tuple", "alist")
+LIST_LIMIT = 20  # alist reads a thread's last 20 checkpoints
+LIST_THREAD = 25  # checkpoints on the thread it lists
 SERDE_OF = {"aput": SERDE_PUT, "aput_writes": SERDE_WRITES}  # op -> its serde row's contender
 
 
@@ -99,20 +111,42 @@ async def aput_writes_call(c: Contender, size: str, *, tag: str) -> Call:
     return call
 
 
-async def aget_tuple_call(c: Contender, size: str, *, tag: str) -> Call:
-    """``aget_tuple`` of the latest checkpoint of a prepared thread (checked, untimed)."""
+async def aget_tuple_call(c: Contender, size: str, *, tag: str, reader: Contender | None = None) -> Call:
+    """``aget_tuple`` of the latest checkpoint of a thread ``c`` wrote, by ``reader`` (default
+    ``c``; another instance of ``c`` stands for another process), checked, untimed."""
     config = await _prepared_thread(c, size, tag=f"{tag}-r")
     wanted = config["configurable"]["checkpoint_id"]
     latest: RunnableConfig = {
         "configurable": {"thread_id": config["configurable"]["thread_id"], "checkpoint_ns": ""}
     }
+    saver = (reader or c).saver
 
     async def call() -> int:
         t0 = time.perf_counter_ns()
-        tup = await c.saver.aget_tuple(latest)
+        tup = await saver.aget_tuple(latest)
         elapsed = time.perf_counter_ns() - t0
         if tup is None or tup.config["configurable"]["checkpoint_id"] != wanted:
             raise AssertionError(f"{c.name}: aget_tuple returned the wrong checkpoint")
+        return elapsed
+
+    return call
+
+
+async def alist_call(c: Contender, size: str, *, tag: str, reader: Contender | None = None) -> Call:
+    """``alist(limit=20)`` of a thread ``c`` wrote with 25 checkpoints, by ``reader`` (default ``c``)."""
+    config = await _prepared_thread(c, size, tag=f"{tag}-l", checkpoints=LIST_THREAD)
+    wanted = config["configurable"]["checkpoint_id"]
+    thread: RunnableConfig = {
+        "configurable": {"thread_id": config["configurable"]["thread_id"], "checkpoint_ns": ""}
+    }
+    saver = (reader or c).saver
+
+    async def call() -> int:
+        t0 = time.perf_counter_ns()
+        tuples = [t async for t in saver.alist(thread, limit=LIST_LIMIT)]
+        elapsed = time.perf_counter_ns() - t0
+        if len(tuples) != LIST_LIMIT or tuples[0].config["configurable"]["checkpoint_id"] != wanted:
+            raise AssertionError(f"{(reader or c).name}: alist returned the wrong checkpoints")
         return elapsed
 
     return call
@@ -175,8 +209,8 @@ def serde_rows(env: BenchEnv) -> list[Row]:
     if isinstance(codec, str):
         env.notes.append(f"serde rows skipped: {codec}")
         return []
-    skialith = [c for c in env.contenders if c.skialith]
-    saver = (skialith or env.contenders)[0].saver
+    skialith = [c for c in env.latency_contenders if c.skialith]
+    saver = (skialith or env.latency_contenders)[0].saver
     rows: list[Row] = []
     for size in SIZES:
         rows.append(Row("serde", size, SERDE_PUT, serde_put_call(codec, saver, size)))
@@ -193,21 +227,47 @@ async def build_rows(env: BenchEnv) -> list[Row]:
             rows.append(Row("publish", size, name, _timed(functools.partial(floor.publish, payload))))
     raw = os.urandom(SIZES["1KiB"])
     rows.append(Row("insert", "1KiB", RAW_INSERT, _timed(functools.partial(env.raw_insert, raw))))
-    if env.contenders:
+    rows.append(Row("insert", "1KiB", SQLA_INSERT, _timed(functools.partial(env.sqla_insert, raw))))
+    if env.agent is not None:
+        rows.append(Row("save_event", "1KiB", SAVE_EVENT, save_event_call(env.agent), skialith=True))
+    contenders = env.latency_contenders
+    if contenders:
         rows += serde_rows(env)
+    readers = {side.contender.name: side.reader for side in env.skialith}
     tag = uuid.uuid4().hex[:6]
     for op in OPS:
         for size in SIZES:
-            for c in env.contenders:
+            for c in contenders:
                 if op == "aput":
                     call = aput_call(c, size, tag=tag)
                 elif op == "aput_writes":
                     call = await aput_writes_call(c, size, tag=tag)
-                else:
+                elif op == "aget_tuple":
                     call = await aget_tuple_call(c, size, tag=tag)
+                else:
+                    call = await alist_call(c, size, tag=tag)
                 rows.append(Row(op, size, c.name, call, skialith=c.skialith))
+                reader = readers.get(c.name)
+                if reader is not None and op in ("aget_tuple", "alist"):
+                    make = aget_tuple_call if op == "aget_tuple" else alist_call
+                    call = await make(c, size, tag=tag, reader=reader)
+                    rows.append(Row(op, size, reader.name, call, skialith=True))
     await env.caught_up()
     return rows
+
+
+def save_event_call(agent: Any) -> Call:
+    """``SkialithAgent.save_event`` of an event of about 1 KiB, a new name each call."""
+    text = _text(SIZES["1KiB"] - 40, 0)  # the event serializes to about 1 KiB
+    counter = iter(range(1 << 62))
+
+    async def call() -> int:
+        name = f"e{next(counter)}"
+        t0 = time.perf_counter_ns()
+        await agent.save_event(name, {"kind": "thought", "text": text})
+        return time.perf_counter_ns() - t0
+
+    return call
 
 
 async def run_interleaved(rows: list[Row], *, iterations: int, block: int, warmup: int) -> None:
@@ -259,7 +319,7 @@ async def run_paused(env: BenchEnv, *, iterations: int, block: int, warmup: int)
 
 def floor_for(row: Row) -> str:
     """The floor a Skialith row is compared with (the same server's PubAck floor)."""
-    return FLOOR + row.contender.removeprefix("Skialith")
+    return FLOOR_ALWAYS if row.contender.startswith(SKIALITH_ALWAYS) else FLOOR
 
 
 def serde_for(row: Row) -> str | None:

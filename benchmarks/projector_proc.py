@@ -227,5 +227,40 @@ class Watermark:
             self._conn = None
 
 
+class PgWatermark(Watermark):
+    """:class:`Watermark` of a PostgreSQL read model (``url``: a libpq URL of its database)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(MySQLTarget("", 0, "", ""), "")
+        self._url = url
+        self._sql = self._sql.replace("%s", "%(name)s")
+
+    async def get(self) -> int:
+        """Return the committed watermark (0 before the first batch)."""
+        import psycopg
+
+        async with self._lock:
+            if self._conn is None:
+                self._conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True)
+            try:
+                cur = await self._conn.execute(self._sql, {"name": self._name})
+                row = await cur.fetchone()
+            except Exception:
+                await self.aclose()
+                return 0
+        return int(row[0]) if row else 0
+
+    async def aclose(self) -> None:
+        """Close the connection."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    def close(self) -> None:
+        """Forget the connection (closed by :meth:`aclose`; the run's end drops the database)."""
+        self._conn = None
+
+
 if __name__ == "__main__":
     main()

@@ -142,7 +142,7 @@ async def run(options: Options, command: str) -> Results:
         for name, floor in env.floors.items():
             results.settings[name] = floor.settings
         results.settings[RAW_INSERT] = env.mysql_info
-        for c in env.contenders:
+        for c in env.latency_contenders:
             results.settings[c.name] = c.settings
             if c.note:
                 results.notes.insert(
@@ -175,7 +175,11 @@ async def run(options: Options, command: str) -> Results:
                 reads=plan.reads,
                 bounded_runs=plan.long_runs,
                 bounded_reads=plan.bounded_reads,
-                readers={side.contender.name: side.reader for side in env.skialith},
+                readers={
+                    side.contender.name: side.reader
+                    for side in env.skialith
+                    if side.contender in env.contenders
+                },
                 settle=env.caught_up,
             )
             results.notes.extend(_read_notes(env, "the whole-graph section", before))

@@ -10,8 +10,9 @@ import asyncio
 import logging
 import random
 import weakref
-from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -51,6 +52,25 @@ _PUT_START_TURNS = 5
 PRUNE_ATTEMPTS = 20  # plans of one prune before it gives up on a thread written without pause
 
 
+@dataclass(slots=True)
+class _Pending:
+    """A read begun on the read model: its connection (``stack`` closes it) and first statement."""
+
+    stack: AsyncExitStack
+    conn: AsyncConnection
+    stream: StreamIdentity
+    row: Any
+    mark: int | None
+
+
+async def _quietly(aw: Awaitable[Any]) -> None:
+    """Await ``aw``; a failure (a connection lost while returned to the pool) is only logged."""
+    try:
+        await aw
+    except Exception as exc:
+        logger.debug("returning a read-model connection failed: %r", exc)
+
+
 def _thread_id(value: Any) -> str:
     if value is None:
         raise ConfigError("config['configurable']['thread_id'] is required by the checkpointer")
@@ -73,6 +93,8 @@ class _Core:
         self.scratch = Scratch(on_create=lambda m: self.connections.append(Connections(m.engine)))
         self.keeper: AsyncIterator[None] | None = None
         self.stream: StreamIdentity | None = None  # the stream the heads were built on
+        self.releasing: set[asyncio.Future[None]] = set()  # read connections being returned
+        self.early_reads = True  # see get_tuple
         self._lock = asyncio.Lock()
 
     async def _log(self) -> Log:
@@ -89,6 +111,8 @@ class _Core:
         await self.model.setup()
 
     async def close(self) -> None:
+        if self.releasing:
+            await asyncio.gather(*self.releasing)
         if self.log is not None:
             await self.log.close()
             self.log = None
@@ -473,40 +497,67 @@ class _Core:
         thread_filter = log.subjects.thread(token(thread_id, field="thread_id"))
         head = self.heads.get(thread_id)
         gaps = list(head.gaps) if head is not None else []
-        # the gaps between our pipelined publishes are checked alongside the read's own lookups
-        thread_seq, global_seq, *firsts = await asyncio.gather(
-            log.last_seq(thread_filter),
-            log.last_seq(log.subjects.global_ops),
-            *(log.next_seq(thread_filter, after=a) for a, _ in gaps),
-        )
-        # after the lookups above: an advisory of the stream's re-creation arrived before their replies
-        stream = await log.identity()
-        if stream != self.stream:
-            if self.stream is not None:
-                # heads count another stream's sequences (one deleted and created again): drop them
-                self.heads.clear()
-                head = None
-            self.stream = stream
-        if head is not None:
-            if (
-                head.seq != thread_seq
-                or global_seq > head.global_seq
-                or any(first != b for first, (_, b) in zip(firsts, gaps, strict=True))
-            ):
-                self.heads.drop(thread_id)  # someone else wrote: the head is not exact any more
-                head = None
-            else:
-                del head.gaps[: len(gaps)]  # checked: only ours in between
-        if head is None and thread_seq == 0:
-            # nothing was ever written on this thread: start a head that will know all of it
-            head = self.heads.create(thread_id, global_seq)
-        if head is not None and head.sending == 0:
-            found = head.get_tuple(self.serde, thread_id, ns, checkpoint_id)
-            if found is not False:
-                self.stats.head += 1
-                return found  # type: ignore[return-value]
-        target = max(thread_seq, global_seq)
-        served = await self._from_model(thread_id, ns, checkpoint_id, target, stream)
+        # Without an own-writes head the read model will most likely answer: its first statement
+        # (the row and the watermark, one snapshot) runs alongside the log lookups below, and its
+        # watermark is compared with their answer once both are in. A snapshot is taken before
+        # the lookups answer, so a watermark at or past the log's end means the snapshot holds
+        # every write acknowledged before this call, as when the statement ran after them.
+        # It is started only while the last such read was the read model's to answer: a process
+        # that starts each run on a new thread (no row to find) does not pay a statement per run.
+        early: asyncio.Task[_Pending | None] | None = None
+        if head is None and self.early_reads and self.stream is not None and not self.model.down:
+            early = asyncio.ensure_future(self._open_read(thread_id, ns, checkpoint_id, self.stream))
+        try:
+            # the gaps between our pipelined publishes are checked alongside the read's own lookups
+            thread_seq, global_seq, *firsts = await asyncio.gather(
+                log.last_seq(thread_filter),
+                log.last_seq(log.subjects.global_ops),
+                *(log.next_seq(thread_filter, after=a) for a, _ in gaps),
+            )
+            # after the lookups above: an advisory of the stream's re-creation arrived before their replies
+            stream = await log.identity()
+        except BaseException:
+            if early is not None:
+                self._release(await early)
+            raise
+        pending = await early if early is not None else None
+        if pending is not None and pending.stream != stream:
+            self._release(pending)  # read through another stream's watermark: read again below
+            pending = None
+        try:
+            if stream != self.stream:
+                if self.stream is not None:
+                    # heads count another stream's sequences (one deleted and created again): drop them
+                    self.heads.clear()
+                    head = None
+                self.stream = stream
+            if head is not None:
+                if (
+                    head.seq != thread_seq
+                    or global_seq > head.global_seq
+                    or any(first != b for first, (_, b) in zip(firsts, gaps, strict=True))
+                ):
+                    self.heads.drop(thread_id)  # someone else wrote: the head is not exact any more
+                    head = None
+                else:
+                    del head.gaps[: len(gaps)]  # checked: only ours in between
+            if head is None and thread_seq == 0:
+                # nothing was ever written on this thread: start a head that will know all of it
+                head = self.heads.create(thread_id, global_seq)
+                self.early_reads = False
+            elif head is None:
+                self.early_reads = True
+            if head is not None and head.sending == 0:
+                found = head.get_tuple(self.serde, thread_id, ns, checkpoint_id)
+                if found is not False:
+                    self.stats.head += 1
+                    return found  # type: ignore[return-value]
+            target = max(thread_seq, global_seq)
+            served = await self._from_model(thread_id, ns, checkpoint_id, target, stream, pending)
+            pending = None  # _from_model released it
+        finally:
+            if pending is not None:
+                self._release(pending)
         if served is not _MISS:
             return served  # type: ignore[return-value]
         # the projector lags (or the database is down): wait for it a little, else replay the log
@@ -521,39 +572,92 @@ class _Core:
         ) as conn:
             return await queries.get_tuple(conn, self.serde, thread_id, ns, checkpoint_id)
 
+    async def _open_read(
+        self, thread_id: str, ns: str, checkpoint_id: str | None, stream: StreamIdentity
+    ) -> _Pending | None:
+        """A read-model connection and the first statement of a read on it (the row and, in the
+        same snapshot, the watermark if the model was filled from ``stream``); None if the
+        database is down or failed (marked down, so the caller reads the log)."""
+        model = self.model
+        if model.down:
+            return None
+        stack = AsyncExitStack()
+        conn: AsyncConnection | None = None
+        try:
+            async with asyncio.timeout(model.connect_timeout):
+                conn = await stack.enter_async_context(model.connect())
+                if conn.dialect.name == "postgresql":
+                    # PostgreSQL reads at READ COMMITTED, a snapshot per statement in or out of a
+                    # transaction: autocommit spares the BEGIN and ROLLBACK round trips
+                    await conn.execution_options(isolation_level="AUTOCOMMIT")
+                row, mark = await queries.head_row(
+                    conn,
+                    thread_id,
+                    ns,
+                    checkpoint_id,
+                    PROJECTION,
+                    (stream.stream, stream.created),
+                    complete=False,
+                )
+        except MODEL_ERRORS as exc:
+            await model_failed(model, conn, exc)
+            await stack.aclose()
+            return None
+        except BaseException:
+            await stack.aclose()
+            raise
+        return _Pending(stack, conn, stream, row, mark)
+
+    def _release(self, pending: _Pending | None) -> None:
+        """Return a read's connection to the pool without waiting: ending its transaction (a
+        ROLLBACK round trip on MySQL) is not the reader's wait."""
+        if pending is None:
+            return
+        task = asyncio.ensure_future(_quietly(pending.stack.aclose()))
+        self.releasing.add(task)
+        task.add_done_callback(self.releasing.discard)
+
     async def _from_model(
-        self, thread_id: str, ns: str, checkpoint_id: str | None, target: int, stream: StreamIdentity
+        self,
+        thread_id: str,
+        ns: str,
+        checkpoint_id: str | None,
+        target: int,
+        stream: StreamIdentity,
+        pending: _Pending | None = None,
     ) -> CheckpointTuple | None | object:
         """The tuple from the read model in two statements if it was filled from ``stream`` and has
         caught up with ``target``, else ``_MISS`` (the database failing marks it down, so the
-        fallback reads the log at once)."""
+        fallback reads the log at once). ``pending``: the first statement, run already on
+        ``stream`` (released here in any case)."""
         model = self.model
-        if model.down:
-            return _MISS
-        async with AsyncExitStack() as stack:
-            conn: AsyncConnection | None = None
-            try:
-                async with asyncio.timeout(model.connect_timeout):
-                    conn = await stack.enter_async_context(model.connect())
-                    row, mark = await queries.head_row(
-                        conn, thread_id, ns, checkpoint_id, PROJECTION, (stream.stream, stream.created)
-                    )
-                    if mark is None:  # not filled from this stream, or not yet: see identity.judge
-                        if await identity.judge(conn, model, PROJECTION, stream) is None:
-                            return _MISS
-                        # the projector claimed the read model since the row was read: its
-                        # watermark and the row must come from one statement again
-                        row, mark = await queries.head_row(
-                            conn, thread_id, ns, checkpoint_id, PROJECTION, (stream.stream, stream.created)
-                        )
-                    if mark is None or mark < target:
-                        return _MISS
-                    found = (
-                        None if row is None else await queries.tuple_of(conn, self.serde, thread_id, ns, row)
-                    )
-            except MODEL_ERRORS as exc:
-                await model_failed(model, conn, exc)
+        if pending is None:
+            pending = await self._open_read(thread_id, ns, checkpoint_id, stream)
+            if pending is None:
                 return _MISS
+        conn = pending.conn
+        try:
+            row, mark = pending.row, pending.mark
+            if row is None and mark is None:  # the first statement found no row: complete it
+                row, mark = await queries.head_row(
+                    conn, thread_id, ns, checkpoint_id, PROJECTION, (stream.stream, stream.created)
+                )
+            if mark is None:  # not filled from this stream, or not yet: see identity.judge
+                if await identity.judge(conn, model, PROJECTION, stream) is None:
+                    return _MISS
+                # the projector claimed the read model since the row was read: its
+                # watermark and the row must come from one statement again
+                row, mark = await queries.head_row(
+                    conn, thread_id, ns, checkpoint_id, PROJECTION, (stream.stream, stream.created)
+                )
+            if mark is None or mark < target:
+                return _MISS
+            found = None if row is None else await queries.tuple_of(conn, self.serde, thread_id, ns, row)
+        except MODEL_ERRORS as exc:
+            await model_failed(model, conn, exc)
+            return _MISS
+        finally:
+            self._release(pending)
         model_answered(model)
         self.stats.database += 1
         return found
@@ -729,7 +833,14 @@ class SkialithCheckpointer(BaseCheckpointSaver[str]):
 
     def _run(self, method: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         async def call() -> Any:
-            return await fn(await self._acore(), *args, **kwargs)
+            core = await self._acore()
+            try:
+                return await fn(core, *args, **kwargs)
+            finally:
+                # the sync face returns with its read connections back in the pool (the async
+                # face returns them in the background, after answering)
+                if core.releasing:
+                    await asyncio.gather(*core.releasing)
 
         return self._loop_thread.run(call(), method=method)
 

@@ -283,11 +283,16 @@ async def head_row(
     checkpoint_id: str | None,
     projection_name: str | None,
     stream: tuple[str, str] | None = None,
+    *,
+    complete: bool = True,
 ) -> tuple[Any, int | None]:
     """The row of checkpoint ``checkpoint_id`` (the latest when ``None``) and the watermark of
     ``projection_name``, read by one statement so that both come from the same snapshot
     (``None``: the caller checked the watermark already; 0 is returned for it). The watermark is
-    ``None`` unless the read model records ``stream`` (name, creation time) as its stream."""
+    ``None`` unless the read model records ``stream`` (name, creation time) as its stream.
+
+    With ``complete=False`` only that one statement runs: where it finds no row, ``(None, None)``
+    comes back and the caller must call again (with ``complete=True``) to learn the watermark."""
     params = {
         "tk": token(thread_id, field="thread_id"),
         "nk": token(ns, field="checkpoint_ns"),
@@ -303,6 +308,8 @@ async def head_row(
         return row, None if row.watermark is None else int(row.watermark)
     if projection_name is None:
         return None, 0
+    if not complete:
+        return None, None
     # No row, so no watermark from that statement. Read the watermark, then look again: without
     # one snapshot for both statements (SQLite outside a transaction), only that order is safe.
     found = await _driver_rows(conn, "watermark", params)

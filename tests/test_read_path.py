@@ -1,0 +1,108 @@
+"""The read model's one-statement read of a thread's latest checkpoint (queries.latest_all) and the
+read that starts its first statement alongside the log lookups (checkpointer.get_tuple): what they
+return must equal what the writer stored, whatever the thread's shape."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import empty_checkpoint
+
+from skialith_langgraph import Projector, Settings, SkialithCheckpointer
+
+
+def _checkpoint(versions: dict[str, str], values: dict[str, Any]) -> Any:
+    cp = empty_checkpoint()
+    cp["channel_values"] = dict(values)
+    cp["channel_versions"] = dict(versions)
+    return cp
+
+
+async def _caught_up(reader: SkialithCheckpointer, config: RunnableConfig, checkpoint_id: str) -> Any:
+    """The reader's latest tuple once the read model serves it (the projector runs in the test)."""
+    deadline = time.monotonic() + 30
+    while True:
+        before = reader.read_stats.database
+        tup = await reader.aget_tuple(config)
+        if reader.read_stats.database > before and tup is not None:
+            assert tup.config["configurable"]["checkpoint_id"] == checkpoint_id
+            return tup
+        assert time.monotonic() < deadline, "the read model never answered"
+        await asyncio.sleep(0.05)
+
+
+async def test_latest_checkpoint_forked_from_an_older_one_reads_its_own_channel_versions(
+    settings: Settings,
+) -> None:
+    """The latest checkpoint names an older version of a channel than the thread's newest blob (a
+    fork of an earlier checkpoint): another process reads that older value, and its pending writes."""
+    fast = dataclasses.replace(settings, read_wait=0.0)
+    projector = Projector(settings, fetch_timeout=0.2)
+    await projector.start()
+    try:
+        async with (
+            SkialithCheckpointer(settings=fast) as writer,
+            SkialithCheckpointer(settings=fast) as reader,
+        ):
+            base: RunnableConfig = {"configurable": {"thread_id": "t-fork", "checkpoint_ns": ""}}
+            c1 = _checkpoint({"x": "1", "y": "1"}, {"x": "first", "y": "kept"})
+            cfg1 = await writer.aput(base, c1, {"step": 0}, {"x": "1", "y": "1"})
+            c2 = _checkpoint({"x": "2", "y": "1"}, {"x": "second", "y": "kept"})
+            await writer.aput(cfg1, c2, {"step": 1}, {"x": "2"})
+            # a fork of c1: newer id, but channel x at version 1 while version 2 is the newest blob
+            c3 = _checkpoint({"x": "1", "y": "1"}, {"x": "first", "y": "kept"})
+            cfg3 = await writer.aput(cfg1, c3, {"step": 1}, {})
+            await writer.aput_writes(cfg3, [("x", "w0"), ("y", "w1")], "task-b")
+            await writer.aput_writes(cfg3, [("x", "w2")], "task-a")
+
+            tup = await _caught_up(reader, base, c3["id"])
+            assert tup.checkpoint["channel_values"] == {"x": "first", "y": "kept"}
+            assert tup.parent_config is not None
+            assert tup.parent_config["configurable"]["checkpoint_id"] == c1["id"]
+            assert tup.metadata["step"] == 1
+            assert sorted(tup.pending_writes) == sorted(
+                [("task-a", "x", "w2"), ("task-b", "x", "w0"), ("task-b", "y", "w1")]
+            )
+            # and the thread's unforked shape reads the same through the one statement
+            c4 = _checkpoint({"x": "3", "y": "1"}, {"x": "fourth", "y": "kept"})
+            await writer.aput(cfg3, c4, {"step": 2}, {"x": "3"})
+            tup = await _caught_up(reader, base, c4["id"])
+            assert tup.checkpoint["channel_values"] == {"x": "fourth", "y": "kept"}
+            assert tup.pending_writes == []
+    finally:
+        await projector.stop()
+
+
+async def test_many_reads_at_once_then_close_return_every_connection(settings: Settings) -> None:
+    """Reads return their connection to the pool after answering; closing waits for that, and a
+    checkpointer read from many tasks at once answers each of them right."""
+    fast = dataclasses.replace(settings, read_wait=0.0)
+    projector = Projector(settings, fetch_timeout=0.2)
+    await projector.start()
+    try:
+        async with SkialithCheckpointer(settings=fast) as writer:
+            ids = {}
+            for i in range(8):
+                base: RunnableConfig = {"configurable": {"thread_id": f"t-many-{i}", "checkpoint_ns": ""}}
+                cp = _checkpoint({"v": "1"}, {"v": i})
+                await writer.aput(base, cp, {"step": 0}, {"v": "1"})
+                ids[i] = cp["id"]
+        reader = SkialithCheckpointer(settings=fast)
+        await reader.asetup()
+        for i in range(8):
+            await _caught_up(reader, {"configurable": {"thread_id": f"t-many-{i}"}}, ids[i])
+        tuples = await asyncio.gather(
+            *(reader.aget_tuple({"configurable": {"thread_id": f"t-many-{i % 8}"}}) for i in range(40))
+        )
+        assert [t.checkpoint["channel_values"]["v"] for t in tuples if t] == [i % 8 for i in range(40)]
+        cores = list(reader._cores.values())
+        pools = [c.model.engine.pool for c in cores]
+        await reader.aclose()
+        assert all(not c.releasing for c in cores)  # closing waited for every connection's return
+        assert all(p.checkedout() == 0 for p in pools)  # type: ignore[attr-defined]
+    finally:
+        await projector.stop()
