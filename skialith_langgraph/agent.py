@@ -285,7 +285,7 @@ class SkialithAgent:
         body = codec.dumps(msg)
         # an id of its own: an id repeated from an earlier write of the key (X, Y, X) would be
         # dropped as a duplicate; the projector's upsert keeps one row per key, the last one
-        seq = await log.publish(subject, body, codec.msg_id(key, body))
+        seq = await log.publish(subject, body, codec.msg_id(key))
         logger.debug("agent %s saved %s step=%d seq=%d", self._key, msg.kind, msg.step, seq)
         return seq
 

@@ -188,7 +188,7 @@ class _Core:
     ) -> None:
         """Publish a write on a thread under a message id of its own (``natural`` key first); keep
         the thread's head (if any) exact, or drop it (see heads.py)."""
-        msg_id = codec.msg_id(natural, body)
+        msg_id = codec.msg_id(natural)
         head = self.heads.get(thread_id)
         if head is None:
             await log.publish(subject, body, msg_id)
@@ -204,7 +204,7 @@ class _Core:
                     seq = await log.publish(subject, body, msg_id, expect=(head.seq, log.subjects.thread(tk)))
                 except ExpectationFailed:
                     self.heads.drop(thread_id)  # another writer on this thread: no longer exact
-                    await log.publish(subject, body, codec.msg_id(natural, body))
+                    await log.publish(subject, body, codec.msg_id(natural))
                     return
                 if prev is not None and prev.result() < 0:
                     return
@@ -290,7 +290,7 @@ class _Core:
         subject = log.subjects.thread_op(tk, op)
         body = codec.dumps(msg)
         expect = None if expect_seq is None else (expect_seq, log.subjects.thread(tk))
-        return await log.publish(subject, body, codec.msg_id(subject, body), expect=expect)
+        return await log.publish(subject, body, codec.msg_id(subject), expect=expect)
 
     async def delete_thread(self, thread_id: str, *, expect_seq: int | None = None) -> None:
         """Publish a tombstone and purge what it deletes. With ``expect_seq`` (the retention
@@ -309,7 +309,7 @@ class _Core:
         log = await self._log()
         subject = log.subjects.global_op("runs")
         body = codec.dumps(codec.DeleteRunsMsg([str(r) for r in run_ids]))
-        await log.publish(subject, body, codec.msg_id(subject, body))
+        await log.publish(subject, body, codec.msg_id(subject))
 
     async def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         source, target = _thread_id(source_thread_id), _thread_id(target_thread_id)
@@ -327,7 +327,7 @@ class _Core:
                 task = token(msg.task_id, field="task_id")
                 subject, natural = log.subjects.writes(tk), log.subjects.writes_key(tk, nk, ck, task)
             body = codec.dumps(msg)
-            await log.publish(subject, body, codec.msg_id(natural, body))
+            await log.publish(subject, body, codec.msg_id(natural))
 
     async def prune(self, thread_ids: Sequence[str], strategy: str) -> None:
         if strategy not in ("keep_latest", "delete"):
@@ -375,7 +375,7 @@ class _Core:
                 kept = await queries.export_kept(conn, plan)
             self.heads.drop(thread_id)
             body = codec.dumps(plan)
-            msg_id = codec.msg_id(subject, body)
+            msg_id = codec.msg_id(subject)
             try:
                 pruned_at = await log.publish(subject, body, msg_id, expect=(thread_seq, thread_filter))
             except ExpectationFailed:
@@ -434,7 +434,7 @@ class _Core:
                     natural = log.subjects.writes_key(tk, nk, ck, token(msg.task_id, field="task_id"))
                 body = codec.dumps(msg)
                 # the original put had this key and body: an id of this prune's own, not a duplicate
-                msg_id = f"{codec.msg_id(natural, body)}:r{pruned_at}"
+                msg_id = f"{codec.msg_id(natural)}:r{pruned_at}"
                 last = await log.publish(replay, body, msg_id, expect=(last, log.subjects.thread(tk)))
                 stored.append(msg)
         except ExpectationFailed:

@@ -692,7 +692,7 @@ class Inspector:
                 task = token(msg.task_id, field="task_id")
                 subject, natural = log.subjects.writes(tk), log.subjects.writes_key(tk, nk, ck, task)
             body = codec.dumps(msg)
-            await log.publish(subject, body, codec.msg_id(natural, body))
+            await log.publish(subject, body, codec.msg_id(natural))
         return target
 
 
