@@ -359,15 +359,7 @@ class _Core:
         subject = log.subjects.thread_op(tk, "prune")
         for attempt in range(attempts):
             thread_seq, global_seq = await log.last_seqs(thread_filter, log.subjects.global_ops)
-            async with consistent_view(
-                log,
-                self.model,
-                [thread_filter, log.subjects.global_ops],
-                read_wait=self.settings.read_wait,
-                stats=self.stats,
-                scratch=self.scratch,
-                target=max(thread_seq, global_seq),
-            ) as conn:
+            async with self.view(thread_id, target=max(thread_seq, global_seq)) as conn:
                 plan = await queries.prune_plan(conn, self.serde, thread_id, "keep_latest", keep=keep)
                 removed = await queries.checkpoint_count(conn, thread_id) - len(set(plan.keep))
                 if keep > 1 and removed <= 0:
@@ -472,9 +464,12 @@ class _Core:
     # -- reads ------------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def view(self, thread_id: str | None) -> AsyncIterator[AsyncConnection]:
+    async def view(
+        self, thread_id: str | None, *, target: int | None = None
+    ) -> AsyncIterator[AsyncConnection]:
         """A connection reflecting every write acknowledged before this call on the thread
-        (or on the whole stream for ``None``), including cross-thread operations."""
+        (or on the whole stream for ``None``), including cross-thread operations; or, when the
+        caller asked JetStream already, everything up to stream sequence ``target``."""
         log = await self._log()
         filters = None
         if thread_id is not None:
@@ -486,6 +481,7 @@ class _Core:
             read_wait=self.settings.read_wait,
             stats=self.stats,
             scratch=self.scratch,
+            target=target,
         ) as conn:
             yield conn
 
@@ -561,15 +557,7 @@ class _Core:
         if served is not _MISS:
             return served  # type: ignore[return-value]
         # the projector lags (or the database is down): wait for it a little, else replay the log
-        async with consistent_view(
-            log,
-            self.model,
-            [thread_filter, log.subjects.global_ops],
-            read_wait=self.settings.read_wait,
-            stats=self.stats,
-            scratch=self.scratch,
-            target=target,
-        ) as conn:
+        async with self.view(thread_id, target=target) as conn:
             return await queries.get_tuple(conn, self.serde, thread_id, ns, checkpoint_id)
 
     async def _open_read(

@@ -684,19 +684,8 @@ async def export_kept(conn: AsyncConnection, plan: PruneMsg) -> list[CheckpointM
                 )
             ).all()
         rows.sort(key=lambda r: r.checkpoint_id)
-        wanted = sorted(blobs_by_ns.get(ns, ()))
-        blobs: list[tuple[str, str, str, bytes]] = []
-        for i in range(0, len(wanted), PAGE):
-            found = await conn.execute(
-                select(_B.channel, _B.version, _B.type, _B.blob).where(
-                    _B.thread_key == tk,
-                    _B.ns_key == nk,
-                    tuple_(_B.channel, _B.version).in_(wanted[i : i + PAGE]),
-                )
-            )
-            for b in found:
-                blobs.append((b.channel, b.version, *await unspill(conn, tk, b.type, b.blob)))
-        blobs.sort()
+        stored = await _blobs_for(conn, tk, nk, blobs_by_ns.get(ns, set()))
+        blobs = sorted((channel, version, *value) for (channel, version), value in stored.items())
         for n, r in enumerate(rows):
             out.append(
                 CheckpointMsg(
