@@ -529,6 +529,68 @@ class Inspector:
             ),
         }
 
+    # -- drift
+
+    async def branch_by_step(self, thread_id: str, ns: str = "") -> dict[int, CheckpointTuple]:
+        """The thread's current branch (the latest checkpoint and its parents), by metadata step:
+        the last checkpoint of the branch at each step (an update at a step replaces the one
+        before it)."""
+        tuples = {t.checkpoint["id"]: t async for t in self.checkpointer.alist(_config(thread_id, None, ns))}
+        if not tuples:
+            raise InspectError(f"no thread {thread_id!r} (no checkpoint is stored for it)")
+        latest = await self.checkpoint_tuple(thread_id, None, ns)
+        chain: list[CheckpointTuple] = []
+        cur: CheckpointTuple | None = tuples.get(latest.checkpoint["id"], latest)
+        while cur is not None and len(chain) <= len(tuples):
+            chain.append(cur)
+            parent = cur.parent_config["configurable"]["checkpoint_id"] if cur.parent_config else None
+            cur = tuples.get(parent) if parent else None
+        out: dict[int, CheckpointTuple] = {}
+        for t in reversed(chain):  # oldest first: a later checkpoint at the same step wins
+            step = (t.metadata or {}).get("step")
+            if isinstance(step, int):
+                out[step] = t
+        return out
+
+    async def drift(self, a: str, b: str, *, threshold: int | None = None, ns: str = "") -> dict[str, Any]:
+        """Compare two runs (threads ``a`` and ``b``) step by step, by metadata ``step`` along each
+        thread's current branch: per step the channels that differ (the diff of :meth:`diff`),
+        the first step where the states diverge, and ``exceeded``: whether some step has more
+        than ``threshold`` differing channels (a step only one run reached counts every channel
+        of the run that has it). ``threshold=None`` never exceeds; ``0`` fails on any drift."""
+        left, right = await self.branch_by_step(a, ns), await self.branch_by_step(b, ns)
+        steps: list[dict[str, Any]] = []
+        first: int | None = None
+        worst = 0
+        for step in sorted(set(left) | set(right)):
+            lt, rt = left.get(step), right.get(step)
+            lv = dict(lt.checkpoint.get("channel_values") or {}) if lt else {}
+            rv = dict(rt.checkpoint.get("channel_values") or {}) if rt else {}
+            channels = channel_diff(lv, rv)  # one run missing the step: all its channels differ
+            if (lt is None or rt is None) and not channels:
+                channels = {"(step)": {"op": "added" if lt is None else "removed"}}
+            entry = {
+                "step": step,
+                "a": lt.checkpoint["id"] if lt else None,
+                "b": rt.checkpoint["id"] if rt else None,
+                "missing_in": a if lt is None else b if rt is None else None,
+                "differing": len(channels),
+                "channels": channels,
+            }
+            if channels and first is None:
+                first = step
+            worst = max(worst, len(channels))
+            steps.append(entry)
+        return {
+            "a": a,
+            "b": b,
+            "first_divergence": first,
+            "max_differing": worst,
+            "threshold": threshold,
+            "exceeded": threshold is not None and worst > threshold,
+            "steps": steps,
+        }
+
     # -- audit
 
     async def audit(self, thread_id: str) -> list[dict[str, Any]]:

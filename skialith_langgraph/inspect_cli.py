@@ -1,4 +1,5 @@
-"""The inspection commands of ``skialith``: threads, history, show, diff, audit, export, import.
+"""The inspection commands of ``skialith``: threads, history, show, diff, drift, audit, export,
+import.
 
 Each prints a readable table, or JSON with ``--json``; an unknown thread or checkpoint exits 1
 with a message. They read through :class:`skialith_langgraph.inspect.Inspector`, so they answer
@@ -193,6 +194,41 @@ async def _diff(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _drift(args: argparse.Namespace) -> int:
+    async with Inspector.open(_settings(args)) as insp:
+        d = await insp.drift(args.a, args.b, threshold=args.threshold)
+    code = 1 if d["exceeded"] else 0
+    if args.json:
+        _json(d)
+        return code
+    rows = [
+        [
+            s["step"],
+            s["a"] or f"(missing in {s['missing_in']})",
+            s["b"] or f"(missing in {s['missing_in']})",
+            s["differing"],
+            ", ".join(shown(ch) for ch in s["channels"]),
+        ]
+        for s in d["steps"]
+    ]
+    for line in table(["step", "checkpoint a", "checkpoint b", "differing", "channels"], rows):
+        _out(line)
+    first = d["first_divergence"]
+    if first is None:
+        _out("no drift: the runs have the same state at every step")
+    else:
+        _out(f"first divergence at step {first}:")
+        step = next(s for s in d["steps"] if s["step"] == first)
+        for channel, change in step["channels"].items():
+            _out(f"  {shown(channel)}: {shown(change, 200)}")
+    if d["exceeded"]:
+        _out(
+            f"drift above the threshold: {d['max_differing']} channel(s) differ at a step"
+            f" (> {args.threshold})"
+        )
+    return code
+
+
 async def _audit(args: argparse.Namespace) -> int:
     async with Inspector.open(_settings(args)) as insp:
         trail = await insp.audit(args.thread)
@@ -308,6 +344,26 @@ def register(
     diff.add_argument("a", help="checkpoint id (from)")
     diff.add_argument("b", help="checkpoint id (to)")
     diff.add_argument("--other-thread", default=None, help="B is a checkpoint of this thread")
+
+    drift = command(
+        "drift",
+        _drift,
+        "compare two runs step by step; exit 1 above --threshold (for CI)",
+        "Compare two runs (threads A and B) step by step, by the checkpoint metadata 'step' along "
+        "each thread's current branch: per step the channels whose state differs, and the first step "
+        "where the runs diverge. With --threshold N the exit status is 1 when some step has more "
+        "than N differing channels (a step only one run reached counts all its channels), so a CI "
+        "job can fail on a regression; --threshold 0 fails on any drift.",
+    )
+    drift.add_argument("a", help="thread id of the expected run")
+    drift.add_argument("b", help="thread id of the actual run")
+    drift.add_argument(
+        "--threshold",
+        type=int,
+        default=None,
+        metavar="N",
+        help="exit 1 when a step has more than N differing channels (default: never)",
+    )
 
     audit = command(
         "audit",

@@ -228,3 +228,35 @@ async def test_resume_after_interrupt_is_shown_finished(store: Settings) -> None
         assert (await insp.threads()).threads[0].status == "finished"
         state = await insp.show("r")
         assert state["values"]["answer"] == "ada" and state["next"] == []
+
+
+async def test_drift_finds_the_first_diverging_step(store: Settings) -> None:
+    async with SkialithCheckpointer(settings=store) as saver:
+        expected: Counter[str] = Counter()
+        await linear(expected).compile(checkpointer=saver).ainvoke({"log": []}, _cfg("run-1"))
+        await linear(Counter()).compile(checkpointer=saver).ainvoke({"log": []}, _cfg("run-2"))
+        skewed = Counter({"b": 1})  # node b (step 2) writes b2 where the first run wrote b1
+        await linear(skewed).compile(checkpointer=saver).ainvoke({"log": []}, _cfg("run-3"))
+        insp = Inspector(saver)
+
+        same = await insp.drift("run-1", "run-2", threshold=0)
+        assert same["first_divergence"] is None and not same["exceeded"]
+        assert [s["step"] for s in same["steps"]] == [-1, 0, 1, 2, 3]
+        assert all(s["differing"] == 0 for s in same["steps"])
+
+        d = await insp.drift("run-1", "run-3", threshold=0)
+        assert d["first_divergence"] == 2 and d["exceeded"] and d["max_differing"] == 1
+        by_step = {s["step"]: s for s in d["steps"]}
+        assert by_step[1]["differing"] == 0
+        assert by_step[2]["channels"]["log"]["changes"] == [
+            {"path": "[1]", "op": "changed", "old": "b1", "new": "b2"}
+        ]
+        assert not (await insp.drift("run-1", "run-3", threshold=1))["exceeded"]
+        assert not (await insp.drift("run-1", "run-3"))["exceeded"]  # no threshold: report only
+
+        # a run that stopped early: the steps it never reached differ
+        await with_interrupt(Counter()).compile(checkpointer=saver).ainvoke({"log": []}, _cfg("short"))
+        short = await insp.drift("run-1", "short")
+        assert short["steps"][-1]["missing_in"] == "short" and short["steps"][-1]["b"] is None
+        with pytest.raises(InspectError, match="no thread"):
+            await insp.drift("run-1", "nobody")

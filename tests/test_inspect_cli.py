@@ -168,5 +168,23 @@ def test_help_lists_each_command_with_one_line() -> None:
         timeout=60,
     )
     assert out.returncode == 0
-    for name in ("threads", "history", "show", "diff", "audit", "export", "import"):
+    for name in ("threads", "history", "show", "diff", "drift", "audit", "export", "import"):
         assert f"\n    {name} " in out.stdout, name
+
+
+async def test_drift_exit_status_follows_the_threshold(
+    store: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with SkialithCheckpointer(settings=store) as saver:
+        for thread_id, calls in (("r1", Counter()), ("r2", Counter()), ("r3", Counter({"c": 4}))):
+            cfg: Any = {"configurable": {"thread_id": thread_id}}
+            await linear(calls).compile(checkpointer=saver).ainvoke({"log": []}, cfg)
+    code, out, _ = await _run(capsys, store, "drift", "r1", "r2", "--threshold", "0")
+    assert code == 0 and "no drift" in out
+    code, out, _ = await _run(capsys, store, "drift", "r1", "r3", "--threshold", "0")
+    assert code == 1 and "first divergence at step 3" in out and "above the threshold" in out
+    code, out, _ = await _run(capsys, store, "drift", "r1", "r3", "--threshold", "1", "--json")
+    d = json.loads(out)
+    assert code == 0 and d["first_divergence"] == 3 and d["max_differing"] == 1
+    code, _, err = await _run(capsys, store, "drift", "r1", "nobody")
+    assert code == 1 and "nobody" in err
