@@ -23,20 +23,22 @@ import json
 import re
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import CheckpointTuple
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, case, func, or_, select
 
 from . import codec
+from .agent import CHECKPOINT as AGENT_CHECKPOINT
 from .checkpointer import SkialithCheckpointer
 from .codec import strict_serde
 from .config import Settings
 from .errors import CodecError, SkialithError
 from .readmodel import queries
-from .readmodel.tables import checkpoints
+from .readmodel.tables import agent_events, checkpoints
 from .subjects import token
+from .views import consistent_view
 
 ERROR = "__error__"
 INTERRUPT = "__interrupt__"
@@ -46,7 +48,11 @@ BRANCH = "branch:to:"
 EXPORT_FORMAT = "skialith-export"
 EXPORT_VERSION = 1
 
+THREAD = "thread"  # a ThreadSummary's kind: a LangGraph thread
+AGENT = "agent"  # a SkialithAgent agent
+
 _C = checkpoints.c
+_E = agent_events.c
 
 
 class InspectError(SkialithError):
@@ -187,11 +193,29 @@ class ThreadSummary:
     last_seq: int
     last_step: int | None
     last_activity: str | None
-    status: str
-    next: list[str]
+    status: str  # an agent's: "resumable" (it has a checkpoint) or "no checkpoint" (events only)
+    next: list[str]  # an agent's: the step its resume() returns
+    kind: str = "thread"  # "thread" (LangGraph) or "agent" (SkialithAgent)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+class _AgentRow(NamedTuple):
+    agent_id: str
+    checkpoints: int
+    last_seq: int
+    key: str
+    last_step: int | None
+    ts: float | None  # epoch seconds of its last save, the agent's clock
+
+    def summary(self) -> ThreadSummary:
+        when = None if self.ts is None else dt.datetime.fromtimestamp(self.ts, dt.UTC).isoformat()
+        state = "no checkpoint" if self.last_step is None else "resumable"
+        nxt = [] if self.last_step is None else [f"step {self.last_step + 1}"]
+        return ThreadSummary(
+            self.agent_id, self.checkpoints, self.last_seq, self.last_step, when, state, nxt, AGENT
+        )
 
 
 @dataclasses.dataclass(slots=True)
@@ -373,19 +397,39 @@ class Inspector:
         since: dt.datetime | None = None,
         status: str | None = None,
         metadata: dict[str, Any] | None = None,
+        kind: str | None = None,
     ) -> ThreadPage:
-        """Threads, most recently written first, ``limit`` per page (keyset paging in SQL on the
-        sequence of each thread's last checkpoint; ``after`` is the cursor of the previous page).
-        ``status`` is one of finished / interrupted / errored / next; ``metadata`` matches the
-        latest checkpoint's metadata; ``since`` keeps threads active since then (by checkpoint ts).
+        """LangGraph threads and SkialithAgent agents, most recently written first, ``limit`` per
+        page (keyset paging in SQL on the stream sequence of each one's last checkpoint, or an
+        agent's last checkpoint or event; ``after`` is the cursor of the previous page).
+        ``kind`` keeps only ``"thread"`` or ``"agent"`` entries. ``status`` is one of finished /
+        interrupted / errored / next; ``metadata`` matches the latest checkpoint's metadata; both
+        are LangGraph's, so either leaves agents out. ``since`` keeps entries active since then
+        (a checkpoint's ts; an agent's last save, by its clock).
         """
+        if kind not in (None, THREAD, AGENT):
+            raise InspectError(f"kind must be {THREAD!r}, {AGENT!r} or None, got {kind!r}")
         cursor = _parse_cursor(after)
         out: list[ThreadSummary] = []
         page = max(limit, 1)
+        agents = kind != THREAD and status is None and not metadata
         while len(out) < limit:
-            rows = await self._thread_rows(cursor, page)
-            for thread_id, count, last_seq, key in rows:
+            rows: list[tuple[str, int, int, str] | _AgentRow] = []
+            if kind != AGENT:
+                rows.extend(await self._thread_rows(cursor, page))
+            if agents:  # merged by sequence: the top ``page`` of both lists' top ``page``s
+                rows = sorted([*rows, *await self._agent_rows(cursor, page)], key=lambda r: (-r[2], r[3]))
+                rows = rows[:page]
+            for row in rows:
+                thread_id, count, last_seq, key = row[:4]
                 cursor = (last_seq, key)
+                if isinstance(row, _AgentRow):
+                    if since is not None and row.ts is not None and row.ts < since.timestamp():
+                        return ThreadPage(out, None)
+                    out.append(row.summary())
+                    if len(out) >= limit:
+                        return ThreadPage(out, f"{last_seq}:{key}")
+                    continue
                 tup = await self.checkpointer.aget_tuple(_config(thread_id))
                 if tup is None:  # deleted since the page was read
                     continue
@@ -428,6 +472,47 @@ class Inspector:
         async with core.view(None) as conn:
             rows = (await conn.execute(q)).all()
         return [(str(r[0]), int(r[1]), int(r[2]), str(r[3])) for r in rows]
+
+    async def _agent_rows(self, cursor: tuple[int, str] | None, limit: int) -> list[_AgentRow]:
+        """A page of agents from ``skialith_agent_events``, read-your-writes over every agent's
+        subjects (``<prefix>.e.>``, as SkialithAgent.resume reads one agent's): the read model
+        once its watermark passed the last agent message, else a replay of all agents' messages
+        from the log (a cost that grows with the agent messages in the stream, not the threads)."""
+        core = await self.checkpointer._acore()
+        log = await core._log()
+        last = func.max(_E.seq)
+        is_checkpoint = _E.kind == AGENT_CHECKPOINT
+        q = select(
+            func.min(_E.agent_id),
+            func.sum(case((is_checkpoint, 1), else_=0)),
+            last,
+            _E.agent_key,
+            func.max(case((is_checkpoint, _E.step), else_=None)),
+            func.max(_E.ts),
+        ).group_by(_E.agent_key)
+        if cursor is not None:
+            q = q.having(or_(last < cursor[0], and_(last == cursor[0], _E.agent_key > cursor[1])))
+        q = q.order_by(last.desc(), _E.agent_key).limit(limit)
+        async with consistent_view(
+            log,
+            core.model,
+            [f"{log.subjects.prefix}.e.>"],
+            read_wait=core.settings.read_wait,
+            stats=core.stats,
+            scratch=core.scratch,
+        ) as conn:
+            rows = (await conn.execute(q)).all()
+        return [
+            _AgentRow(
+                str(r[0]),
+                int(r[1] or 0),
+                int(r[2]),
+                str(r[3]),
+                None if r[4] is None else int(r[4]),
+                None if r[5] is None else float(r[5]),
+            )
+            for r in rows
+        ]
 
     # -- history
 

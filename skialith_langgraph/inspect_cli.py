@@ -75,14 +75,15 @@ async def _threads(args: argparse.Namespace) -> int:
             since=parse_since(args.since) if args.since else None,
             status=args.status,
             metadata=_metadata_filter(args.metadata),
+            kind=args.kind,
         )
     if args.json:
         _json(page.as_dict())
         return 0
     for line in table(
-        ["thread", "checkpoints", "last step", "last activity", "status"],
+        ["kind", "id", "checkpoints", "last step", "last activity", "status"],
         [
-            [t.thread_id, t.checkpoints, t.last_step, t.last_activity, _status(t.status, t.next)]
+            [t.kind, t.thread_id, t.checkpoints, t.last_step, t.last_activity, _status(t.status, t.next)]
             for t in page.threads
         ],
     ):
@@ -299,10 +300,14 @@ def register(
     threads = command(
         "threads",
         _threads,
-        "list threads, most recently active first, with their status",
-        "List threads, most recently written first: checkpoints, last step, last activity and status "
-        "(finished, interrupted, errored, or the nodes that run next). Pages with --limit/--after.",
+        "list threads and agents, most recently active first, with their status",
+        "List LangGraph threads and SkialithAgent agents (kind thread / agent), most recently "
+        "written first: checkpoints, last step, last activity and status (a thread: finished, "
+        "interrupted, errored, or the nodes that run next; an agent: resumable, with the step its "
+        "resume() returns, or 'no checkpoint'). Pages with --limit/--after. --status and "
+        "--metadata are LangGraph's: they list threads only.",
     )
+    threads.add_argument("--kind", choices=["thread", "agent"], default=None, help="only threads or agents")
     threads.add_argument("--limit", type=int, default=20, help="threads per page (default: 20)")
     threads.add_argument("--after", default=None, help="the cursor a previous page printed")
     threads.add_argument("--since", default=None, help="active since: 30m, 2h, 7d or an ISO time")

@@ -13,7 +13,7 @@ from graphs import Flag, chat, linear, parallel_with_failure, with_interrupt
 from langchain_core.messages import HumanMessage
 from langgraph.types import Command
 
-from skialith_langgraph import Projector, Settings, SkialithCheckpointer
+from skialith_langgraph import Projector, Settings, SkialithAgent, SkialithCheckpointer
 from skialith_langgraph.inspect import InspectError, Inspector, parse_since, structural_diff
 
 
@@ -260,3 +260,43 @@ async def test_drift_finds_the_first_diverging_step(store: Settings) -> None:
         assert short["steps"][-1]["missing_in"] == "short" and short["steps"][-1]["b"] is None
         with pytest.raises(InspectError, match="no thread"):
             await insp.drift("run-1", "nobody")
+
+
+async def test_threads_lists_agents_beside_threads(store: Settings) -> None:
+    async with SkialithCheckpointer(settings=store) as saver:
+        await linear(Counter()).compile(checkpointer=saver).ainvoke({"log": []}, _cfg("graph-1"))
+        async with SkialithAgent("bot.*>", settings=store) as bot:
+            await bot.checkpoint(0, {"n": 0})
+            await bot.checkpoint(1, {"n": 1})
+            await bot.save_event("thought", {"text": "hm"}, step=2)
+        await linear(Counter()).compile(checkpointer=saver).ainvoke({"log": []}, _cfg("graph-2"))
+        async with SkialithAgent("quiet", settings=store) as quiet:
+            await quiet.save_event("hello", {"x": 1})
+        insp = Inspector(saver)
+        page = await insp.threads(limit=10)  # acknowledged writes are listed at once, from the log if needed
+        assert [(t.kind, t.thread_id) for t in page.threads] == [
+            ("agent", "quiet"),
+            ("thread", "graph-2"),
+            ("agent", "bot.*>"),
+            ("thread", "graph-1"),
+        ]
+        bot_row = page.threads[2]
+        assert bot_row.checkpoints == 2 and bot_row.last_step == 1
+        assert bot_row.status == "resumable" and bot_row.next == ["step 2"] and bot_row.last_activity
+        assert page.threads[0].status == "no checkpoint" and page.threads[0].checkpoints == 0
+
+        seen, cursor = [], None  # paging across both kinds
+        while True:
+            p = await insp.threads(limit=1, after=cursor)
+            seen += [t.thread_id for t in p.threads]
+            if p.cursor is None:
+                break
+            cursor = p.cursor
+        assert seen == ["quiet", "graph-2", "bot.*>", "graph-1"]
+        assert [t.thread_id for t in (await insp.threads(kind="agent")).threads] == ["quiet", "bot.*>"]
+        assert [t.thread_id for t in (await insp.threads(kind="thread")).threads] == ["graph-2", "graph-1"]
+        # LangGraph's status and metadata filters list threads only
+        assert {t.kind for t in (await insp.threads(status="finished")).threads} == {"thread"}
+        assert (await insp.threads(since=parse_since("-1h"))).threads == []
+        with pytest.raises(InspectError, match="kind"):
+            await insp.threads(kind="robot")

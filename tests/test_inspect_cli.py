@@ -18,7 +18,7 @@ import pytest
 from graphs import chat, linear, with_interrupt
 from langchain_core.messages import HumanMessage
 
-from skialith_langgraph import Projector, Settings, SkialithCheckpointer
+from skialith_langgraph import Projector, Settings, SkialithAgent, SkialithCheckpointer
 from skialith_langgraph.cli import main
 
 HOSTILE = "a.b.*.> \x1b[31mred\n"
@@ -77,10 +77,10 @@ async def test_threads_history_show_diff_audit(store: Settings, capsys: pytest.C
     code, out, _ = await _run(capsys, store, "threads")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split()[:2] == ["THREAD", "CHECKPOINTS"]
+    assert lines[0].split()[:3] == ["KIND", "ID", "CHECKPOINTS"]
     assert "\x1b" not in out and "\\x1b[31mred\\n" in lines[1]  # escaped, not interpreted
-    assert lines[2].startswith("asks") and "interrupted" in lines[2]
-    assert lines[3].startswith("done") and "finished" in lines[3]
+    assert lines[2].split()[:2] == ["thread", "asks"] and "interrupted" in lines[2]
+    assert lines[3].split()[:2] == ["thread", "done"] and "finished" in lines[3]
 
     code, out, _ = await _run(capsys, store, "threads", "--json", "--limit", "1", "--metadata", "team=red")
     page = json.loads(out)
@@ -188,3 +188,19 @@ async def test_drift_exit_status_follows_the_threshold(
     assert code == 0 and d["first_divergence"] == 3 and d["max_differing"] == 1
     code, _, err = await _run(capsys, store, "drift", "r1", "nobody")
     assert code == 1 and "nobody" in err
+
+
+async def test_threads_shows_agents_with_a_kind_column(
+    store: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await _fill(store)
+    async with SkialithAgent("helper", settings=store) as agent:
+        await agent.checkpoint(0, {"plan": "x"})
+    code, out, _ = await _run(capsys, store, "threads")
+    assert code == 0 and out.splitlines()[1].split()[:4] == ["agent", "helper", "1", "0"]
+    assert "resumable" in out.splitlines()[1]
+    code, out, _ = await _run(capsys, store, "threads", "--kind", "agent", "--json")
+    page = json.loads(out)
+    assert [(t["kind"], t["thread_id"], t["next"]) for t in page["threads"]] == [
+        ("agent", "helper", ["step 1"])
+    ]
