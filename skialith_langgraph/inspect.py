@@ -51,6 +51,8 @@ EXPORT_VERSION = 1
 THREAD = "thread"  # a ThreadSummary's kind: a LangGraph thread
 AGENT = "agent"  # a SkialithAgent agent
 
+PARENT_KEY = "parent_thread_id"  # checkpoint metadata naming the thread a thread was started from
+
 _C = checkpoints.c
 _E = agent_events.c
 
@@ -346,6 +348,26 @@ def channel_diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
             if changes:
                 out[ch] = {"op": "changed", "changes": changes}
     return out
+
+
+def namespace_tree(counts: dict[str, int]) -> dict[str, Any]:
+    """Namespaces (``checkpoint_ns`` -> checkpoint count) as a tree under the root ``""``: a
+    namespace ``a:t1|b:t2`` is a child of ``a:t1``; a parent with no checkpoint of its own is
+    shown with 0."""
+    nodes: dict[str, dict[str, Any]] = {}
+
+    def node(ns: str) -> dict[str, Any]:
+        if ns not in nodes:
+            last = ns.rsplit("|", 1)[-1]
+            nodes[ns] = {"ns": ns, "node": last.split(":", 1)[0], "checkpoints": 0, "children": []}
+            if ns:
+                node(ns.rsplit("|", 1)[0] if "|" in ns else "")["children"].append(nodes[ns])
+        return nodes[ns]
+
+    root = node("")
+    for ns in sorted(counts):
+        node(ns)["checkpoints"] = counts[ns]
+    return root
 
 
 # -- the inspector -------------------------------------------------------------------------------
@@ -675,6 +697,72 @@ class Inspector:
             "exceeded": threshold is not None and worst > threshold,
             "steps": steps,
         }
+
+    # -- lineage
+
+    async def lineage(self, thread_id: str) -> dict[str, Any]:
+        """How state flowed across boundaries, as trees: the thread's subgraph namespaces
+        (``checkpoint_ns`` values: ``node:task`` segments joined by ``|``, each under the namespace
+        it was called from, with its checkpoint count), its ancestors and its descendants through
+        the metadata key :data:`PARENT_KEY` (``parent_thread_id``) of each thread's latest
+        checkpoint. Finding descendants decodes the metadata of every thread's latest checkpoint
+        (one row per thread, read through the whole-stream view)."""
+        core = await self.checkpointer._acore()
+        tk = token(thread_id, field="thread_id")
+        q = (
+            select(_C.checkpoint_ns, func.count())
+            .where(_C.thread_key == tk)
+            .group_by(_C.checkpoint_ns)
+            .order_by(_C.checkpoint_ns)
+        )
+        async with core.view(thread_id) as conn:
+            counts = {str(ns): int(n) for ns, n in (await conn.execute(q)).all()}
+        if not counts:
+            raise InspectError(f"no thread {thread_id!r} (no checkpoint is stored for it)")
+        parents = await self._parent_links()
+        ancestors: list[str] = []
+        cur = parents.get(thread_id)
+        while cur is not None and cur not in ancestors and cur != thread_id:
+            ancestors.append(cur)
+            cur = parents.get(cur)
+        children: dict[str, list[str]] = {}
+        for child, parent in parents.items():
+            children.setdefault(parent, []).append(child)
+
+        def descend(tid: str, seen: frozenset[str]) -> list[dict[str, Any]]:
+            return [
+                {"thread_id": c, "children": descend(c, seen | {c})}
+                for c in sorted(children.get(tid, []))
+                if c not in seen  # a cycle of links is shown once
+            ]
+
+        return {
+            "thread_id": thread_id,
+            "namespaces": namespace_tree(counts),
+            "parent_key": PARENT_KEY,
+            "ancestors": list(reversed(ancestors)),  # the root first
+            "children": descend(thread_id, frozenset({thread_id, *ancestors})),
+        }
+
+    async def _parent_links(self) -> dict[str, str]:
+        """``{thread: parent_thread_id}`` from each thread's latest checkpoint's metadata."""
+        core = await self.checkpointer._acore()
+        latest = select(_C.thread_key, func.max(_C.seq).label("last")).group_by(_C.thread_key).subquery()
+        q = select(_C.thread_id, _C.metadata_type, _C.metadata).join(
+            latest, and_(_C.thread_key == latest.c.thread_key, _C.seq == latest.c.last)
+        )
+        async with core.view(None) as conn:
+            rows = (await conn.execute(q)).all()
+        out: dict[str, str] = {}
+        for tid, typ, data in rows:
+            try:
+                meta = self.meta_serde.loads_typed((typ, data))
+            except Exception:  # metadata the strict serializer refuses links nothing
+                continue
+            parent = meta.get(PARENT_KEY) if isinstance(meta, dict) else None
+            if isinstance(parent, str) and parent != tid:
+                out[str(tid)] = parent
+        return out
 
     # -- audit
 

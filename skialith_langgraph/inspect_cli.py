@@ -1,5 +1,5 @@
-"""The inspection commands of ``skialith``: threads, history, show, diff, drift, audit, export,
-import.
+"""The inspection commands of ``skialith``: threads, history, show, diff, drift, lineage, audit,
+export, import.
 
 Each prints a readable table, or JSON with ``--json``; an unknown thread or checkpoint exits 1
 with a message. They read through :class:`skialith_langgraph.inspect.Inspector`, so they answer
@@ -230,6 +230,38 @@ async def _drift(args: argparse.Namespace) -> int:
     return code
 
 
+async def _lineage(args: argparse.Namespace) -> int:
+    async with Inspector.open(_settings(args)) as insp:
+        tree = await insp.lineage(args.thread)
+    if args.json:
+        _json(tree)
+        return 0
+    _out(f"thread {shown(tree['thread_id'])}")
+    _out("subgraph namespaces (checkpoint_ns):")
+
+    def namespaces(node: dict[str, Any], depth: int) -> None:
+        name = "(root)" if not node["ns"] else shown(node["ns"].rsplit("|", 1)[-1])
+        _out(f"{'  ' * depth}- {name}  {node['checkpoints']} checkpoint(s)")
+        for child in node["children"]:
+            namespaces(child, depth + 1)
+
+    namespaces(tree["namespaces"], 1)
+    _out(f"linked threads (metadata {tree['parent_key']!r}):")
+    depth = 1
+    for ancestor in tree["ancestors"]:
+        _out(f"{'  ' * depth}- {shown(ancestor)}")
+        depth += 1
+    _out(f"{'  ' * depth}- {shown(tree['thread_id'])}  (this thread)")
+
+    def descendants(items: list[dict[str, Any]], depth: int) -> None:
+        for item in items:
+            _out(f"{'  ' * depth}- {shown(item['thread_id'])}")
+            descendants(item["children"], depth + 1)
+
+    descendants(tree["children"], depth + 1)
+    return 0
+
+
 async def _audit(args: argparse.Namespace) -> int:
     async with Inspector.open(_settings(args)) as insp:
         trail = await insp.audit(args.thread)
@@ -369,6 +401,17 @@ def register(
         metavar="N",
         help="exit 1 when a step has more than N differing channels (default: never)",
     )
+
+    lineage = command(
+        "lineage",
+        _lineage,
+        "a thread's subgraph namespaces and the threads linked to it, as trees",
+        "Show how state flowed across boundaries: the thread's subgraph namespaces (checkpoint_ns) "
+        "as a tree with their checkpoint counts, and the threads linked to it through the "
+        "checkpoint metadata key 'parent_thread_id' (its ancestors and descendants; pass "
+        "metadata={'parent_thread_id': ...} in the config of a run started from another thread).",
+    )
+    lineage.add_argument("thread", help="thread id")
 
     audit = command(
         "audit",

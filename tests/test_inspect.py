@@ -9,12 +9,18 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from graphs import Flag, chat, linear, parallel_with_failure, with_interrupt
+from graphs import Flag, chat, linear, parallel_with_failure, with_interrupt, with_subgraph_node
 from langchain_core.messages import HumanMessage
 from langgraph.types import Command
 
 from skialith_langgraph import Projector, Settings, SkialithAgent, SkialithCheckpointer
-from skialith_langgraph.inspect import InspectError, Inspector, parse_since, structural_diff
+from skialith_langgraph.inspect import (
+    InspectError,
+    Inspector,
+    namespace_tree,
+    parse_since,
+    structural_diff,
+)
 
 
 @pytest.fixture(params=["log", "database"])
@@ -300,3 +306,46 @@ async def test_threads_lists_agents_beside_threads(store: Settings) -> None:
         assert (await insp.threads(since=parse_since("-1h"))).threads == []
         with pytest.raises(InspectError, match="kind"):
             await insp.threads(kind="robot")
+
+
+async def test_lineage_namespaces_and_linked_threads(store: Settings) -> None:
+    async with SkialithCheckpointer(settings=store) as saver:
+        app = with_subgraph_node(Counter()).compile(checkpointer=saver)
+        await app.ainvoke({"log": []}, _cfg("root"))  # interrupts inside the subgraph
+        await app.ainvoke(Command(resume="ada"), _cfg("root"))
+        await (
+            linear(Counter())
+            .compile(checkpointer=saver)
+            .ainvoke({"log": []}, _cfg("child", parent_thread_id="root"))
+        )
+        await (
+            linear(Counter())
+            .compile(checkpointer=saver)
+            .ainvoke({"log": []}, _cfg("grandchild", parent_thread_id="child"))
+        )
+        insp = Inspector(saver)
+        tree = await insp.lineage("root")
+        ns = tree["namespaces"]
+        assert ns["ns"] == "" and ns["checkpoints"] > 0
+        assert [c["node"] for c in ns["children"]] == ["sub"]
+        assert ns["children"][0]["ns"].startswith("sub:") and ns["children"][0]["checkpoints"] > 0
+        assert tree["ancestors"] == []
+        assert tree["children"] == [
+            {"thread_id": "child", "children": [{"thread_id": "grandchild", "children": []}]}
+        ]
+        mid = await insp.lineage("child")
+        assert mid["ancestors"] == ["root"] and mid["namespaces"]["children"] == []
+        assert (await insp.lineage("grandchild"))["ancestors"] == ["root", "child"]
+        with pytest.raises(InspectError, match="no thread"):
+            await insp.lineage("nobody")
+
+
+def test_namespace_tree_nests_by_segments() -> None:
+    tree = namespace_tree({"": 3, "a:1|b:2": 2, "c:9": 1})
+    assert [(c["ns"], c["checkpoints"]) for c in tree["children"]] == [("a:1", 0), ("c:9", 1)]
+    assert tree["children"][0]["children"][0] == {
+        "ns": "a:1|b:2",
+        "node": "b",
+        "checkpoints": 2,
+        "children": [],
+    }

@@ -168,7 +168,7 @@ def test_help_lists_each_command_with_one_line() -> None:
         timeout=60,
     )
     assert out.returncode == 0
-    for name in ("threads", "history", "show", "diff", "drift", "audit", "export", "import"):
+    for name in ("threads", "history", "show", "diff", "drift", "lineage", "audit", "export", "import"):
         assert f"\n    {name} " in out.stdout, name
 
 
@@ -204,3 +204,20 @@ async def test_threads_shows_agents_with_a_kind_column(
     assert [(t["kind"], t["thread_id"], t["next"]) for t in page["threads"]] == [
         ("agent", "helper", ["step 1"])
     ]
+
+
+async def test_lineage_prints_namespaces_and_linked_threads(
+    store: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with SkialithCheckpointer(settings=store) as saver:
+        for thread_id, meta in (("up", {}), ("down", {"parent_thread_id": "up"})):
+            cfg: Any = {"configurable": {"thread_id": thread_id}, "metadata": meta}
+            await linear(Counter()).compile(checkpointer=saver).ainvoke({"log": []}, cfg)
+    code, out, _ = await _run(capsys, store, "lineage", "down")
+    assert code == 0
+    assert "(root)  5 checkpoint(s)" in out
+    assert out.splitlines()[-2:] == ["  - up", "    - down  (this thread)"]
+    code, out, _ = await _run(capsys, store, "lineage", "up", "--json")
+    assert json.loads(out)["children"] == [{"thread_id": "down", "children": []}]
+    code, _, err = await _run(capsys, store, "lineage", "nobody")
+    assert code == 1 and "nobody" in err
