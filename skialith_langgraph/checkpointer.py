@@ -315,9 +315,14 @@ class _Core:
         source, target = _thread_id(source_thread_id), _thread_id(target_thread_id)
         async with self.view(source) as conn:
             msgs = await queries.export_thread(conn, source, target)
-        self.heads.drop(target)
+        await self.republish(target, msgs)
+
+    async def republish(self, thread_id: str, msgs: Sequence[codec.CheckpointMsg | codec.WritesMsg]) -> None:
+        """Publish checkpoints and writes (addressed to ``thread_id``) as its puts and put_writes
+        would, in order: what copy_thread and an import store."""
+        self.heads.drop(thread_id)
         log = await self._log()
-        tk = token(target, field="thread_id")
+        tk = token(thread_id, field="thread_id")
         for msg in msgs:
             nk = token(msg.checkpoint_ns, field="checkpoint_ns")
             ck = token(msg.checkpoint_id, field="checkpoint_id")
@@ -326,8 +331,7 @@ class _Core:
             else:
                 task = token(msg.task_id, field="task_id")
                 subject, natural = log.subjects.writes(tk), log.subjects.writes_key(tk, nk, ck, task)
-            body = codec.dumps(msg)
-            await log.publish(subject, body, codec.msg_id(natural))
+            await log.publish(subject, codec.dumps(msg), codec.msg_id(natural))
 
     async def prune(self, thread_ids: Sequence[str], strategy: str) -> None:
         if strategy not in ("keep_latest", "delete"):

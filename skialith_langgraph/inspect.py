@@ -915,19 +915,7 @@ class Inspector:
         if await self.checkpointer.aget_tuple(_config(target)) is not None:
             raise InspectError(f"thread {target!r} already has checkpoints; import into a new thread id")
         core = await self.checkpointer._acore()
-        core.heads.drop(target)
-        log = await core._log()
-        tk = token(target, field="thread_id")
-        for msg in msgs:  # as copy_thread publishes them
-            nk = token(msg.checkpoint_ns, field="checkpoint_ns")
-            ck = token(msg.checkpoint_id, field="checkpoint_id")
-            if isinstance(msg, codec.CheckpointMsg):
-                subject, natural = log.subjects.checkpoint(tk), log.subjects.checkpoint_key(tk, nk, ck)
-            else:
-                task = token(msg.task_id, field="task_id")
-                subject, natural = log.subjects.writes(tk), log.subjects.writes_key(tk, nk, ck, task)
-            body = codec.dumps(msg)
-            await log.publish(subject, body, codec.msg_id(natural))
+        await core.republish(target, msgs)  # as copy_thread stores them
         return target
 
 

@@ -444,9 +444,9 @@ class Log:
 
         Never reports success for a message that was not stored: a PubAck that says "duplicate"
         (JetStream saw ``msg_id`` inside its duplicate window, so it kept nothing) is answered by
-        publishing again under a fresh id. A large body on a thread whose delete landed between
-        its first part and its final message (the purge may have taken the parts) is published
-        again whole.
+        publishing again under a fresh id. A large body on a thread whose delete or prune landed
+        between its first part and its final message (its purge may have taken the parts) is
+        published again whole.
 
         Args:
             subject: where to publish.

@@ -606,6 +606,20 @@ async def over_keep_last(conn: AsyncConnection, *, keep: int, limit: int) -> lis
     return [(ids[r.thread_key], int(r.extra)) for r in rows if r.thread_key in ids]
 
 
+def _checkpoint_msg(row: Row[Any], thread_id: str, blobs: list[tuple[str, str, str, bytes]]) -> CheckpointMsg:
+    """A stored checkpoint row as the message that stores it again, addressed to ``thread_id``."""
+    return CheckpointMsg(
+        thread_id=thread_id,
+        checkpoint_ns=row.checkpoint_ns,
+        checkpoint_id=row.checkpoint_id,
+        parent_checkpoint_id=row.parent_checkpoint_id,
+        run_id=row.run_id,
+        checkpoint=(row.type, row.checkpoint),
+        metadata=(row.metadata_type, row.metadata),
+        blobs=blobs,
+    )
+
+
 async def export_thread(
     conn: AsyncConnection, thread_id: str, target_thread_id: str
 ) -> list[CheckpointMsg | WritesMsg]:
@@ -625,18 +639,7 @@ async def export_thread(
     ns_of: dict[str, str] = {}
     for r in rows:
         ns_of[r.ns_key] = r.checkpoint_ns
-        out.append(
-            CheckpointMsg(
-                thread_id=target_thread_id,
-                checkpoint_ns=r.checkpoint_ns,
-                checkpoint_id=r.checkpoint_id,
-                parent_checkpoint_id=r.parent_checkpoint_id,
-                run_id=r.run_id,
-                checkpoint=(r.type, r.checkpoint),
-                metadata=(r.metadata_type, r.metadata),
-                blobs=blobs_by_ns.pop(r.ns_key, []),
-            )
-        )
+        out.append(_checkpoint_msg(r, target_thread_id, blobs_by_ns.pop(r.ns_key, [])))
     grouped: dict[tuple[str, str, str, str], WritesMsg] = {}
     for w in write_rows:
         if w.ns_key not in ns_of:
@@ -687,18 +690,7 @@ async def export_kept(conn: AsyncConnection, plan: PruneMsg) -> list[CheckpointM
         stored = await _blobs_for(conn, tk, nk, blobs_by_ns.get(ns, set()))
         blobs = sorted((channel, version, *value) for (channel, version), value in stored.items())
         for n, r in enumerate(rows):
-            out.append(
-                CheckpointMsg(
-                    thread_id=thread_id,
-                    checkpoint_ns=r.checkpoint_ns,
-                    checkpoint_id=r.checkpoint_id,
-                    parent_checkpoint_id=r.parent_checkpoint_id,
-                    run_id=r.run_id,
-                    checkpoint=(r.type, r.checkpoint),
-                    metadata=(r.metadata_type, r.metadata),
-                    blobs=blobs if n == 0 else [],
-                )
-            )
+            out.append(_checkpoint_msg(r, thread_id, blobs if n == 0 else []))
         grouped: dict[tuple[str, str, str], WritesMsg] = {}
         for i in range(0, len(ids), PAGE):
             found = await conn.execute(
