@@ -705,8 +705,9 @@ class Inspector:
         (``checkpoint_ns`` values: ``node:task`` segments joined by ``|``, each under the namespace
         it was called from, with its checkpoint count), its ancestors and its descendants through
         the metadata key :data:`PARENT_KEY` (``parent_thread_id``) of each thread's latest
-        checkpoint. Finding descendants decodes the metadata of every thread's latest checkpoint
-        (one row per thread, read through the whole-stream view)."""
+        checkpoint; and the thread it was copied from and its copies (:meth:`copy_links`).
+        Finding descendants decodes the metadata of every thread's latest checkpoint (one row per
+        thread, read through the whole-stream view)."""
         core = await self.checkpointer._acore()
         tk = token(thread_id, field="thread_id")
         q = (
@@ -720,6 +721,7 @@ class Inspector:
         if not counts:
             raise InspectError(f"no thread {thread_id!r} (no checkpoint is stored for it)")
         parents = await self._parent_links()
+        copied_from, copies = await self.copy_links(thread_id)
         ancestors: list[str] = []
         cur = parents.get(thread_id)
         while cur is not None and cur not in ancestors and cur != thread_id:
@@ -742,7 +744,43 @@ class Inspector:
             "parent_key": PARENT_KEY,
             "ancestors": list(reversed(ancestors)),  # the root first
             "children": descend(thread_id, frozenset({thread_id, *ancestors})),
+            "copied_from": copied_from,
+            "copies": copies,
         }
+
+    async def copy_links(self, thread_id: str) -> tuple[str | None, list[str]]:
+        """``(source, copies)``: the thread ``thread_id`` was copied from with ``copy_thread`` (or
+        ``skialith import --thread``), and the threads copied from it, oldest copy first.
+
+        Nothing is written to mark a copy: a copy holds the same checkpoint ids as its source
+        (LangGraph's ids are unique per write, so two threads share one only by a copy), written
+        later. So the threads holding this thread's first root checkpoint id are its family; the
+        one that wrote it first (lowest stream sequence) is the original, every other one a copy
+        of it (a copy of a copy is shown as a copy of the original).
+        """
+        core = await self.checkpointer._acore()
+        tk = token(thread_id, field="thread_id")
+        root = token("", field="checkpoint_ns")
+        first = (
+            select(_C.checkpoint_id)
+            .where(_C.thread_key == tk, _C.ns_key == root)
+            .order_by(_C.checkpoint_id)
+            .limit(1)
+            .scalar_subquery()
+        )
+        q = (
+            select(_C.thread_id, _C.seq)
+            .where(_C.ns_key == root, _C.checkpoint_id == first)
+            .order_by(_C.seq, _C.thread_key)
+        )
+        async with core.view(None) as conn:
+            family = [str(tid) for tid, _ in (await conn.execute(q)).all()]
+        if thread_id not in family or len(family) < 2:
+            return None, []
+        original = family[0]
+        if thread_id == original:
+            return None, family[1:]
+        return original, []
 
     async def _parent_links(self) -> dict[str, str]:
         """``{thread: parent_thread_id}`` from each thread's latest checkpoint's metadata."""
