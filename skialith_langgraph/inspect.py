@@ -436,7 +436,7 @@ class Inspector:
         page = max(limit, 1)
         agents = kind != THREAD and status is None and not metadata
         while len(out) < limit:
-            rows: list[tuple[str, int, int, str] | _AgentRow] = []
+            rows: list[tuple[str, int, int, str, CheckpointTuple | None] | _AgentRow] = []
             if kind != AGENT:
                 rows.extend(await self._thread_rows(cursor, page))
             if agents:  # merged by sequence: the top ``page`` of both lists' top ``page``s
@@ -452,7 +452,7 @@ class Inspector:
                     if len(out) >= limit:
                         return ThreadPage(out, f"{last_seq}:{key}")
                     continue
-                tup = await self.checkpointer.aget_tuple(_config(thread_id))
+                tup = row[4]
                 if tup is None:  # deleted since the page was read
                     continue
                 ts = _ts(tup)
@@ -484,16 +484,31 @@ class Inspector:
 
     async def _thread_rows(
         self, cursor: tuple[int, str] | None, limit: int
-    ) -> list[tuple[str, int, int, str]]:
+    ) -> list[tuple[str, int, int, str, CheckpointTuple | None]]:
+        """A page of ``(thread_id, checkpoints, last_seq, thread_key, latest checkpoint)``, the
+        last written first, all read in one whole-stream view (one consistency check, not one per
+        thread). The page is chosen from the index (thread_key, seq) alone; then only its threads'
+        rows are read."""
         core = await self.checkpointer._acore()
         last = func.max(_C.seq)
-        q = select(func.min(_C.thread_id), func.count(), last, _C.thread_key).group_by(_C.thread_key)
+        q = select(_C.thread_key, func.count(), last).group_by(_C.thread_key)
         if cursor is not None:
             q = q.having(or_(last < cursor[0], and_(last == cursor[0], _C.thread_key > cursor[1])))
         q = q.order_by(last.desc(), _C.thread_key).limit(limit)
         async with core.view(None) as conn:
-            rows = (await conn.execute(q)).all()
-        return [(str(r[0]), int(r[1]), int(r[2]), str(r[3])) for r in rows]
+            page = (await conn.execute(q)).all()
+            ids: dict[str, str] = {}
+            if page:
+                named = select(_C.thread_key, _C.thread_id).where(
+                    or_(*(and_(_C.thread_key == key, _C.seq == seq) for key, _, seq in page))
+                )
+                ids = {str(k): str(tid) for k, tid in (await conn.execute(named)).all()}
+            out: list[tuple[str, int, int, str, CheckpointTuple | None]] = []
+            for k, n, seq in page:
+                tid = ids.get(str(k), str(k))
+                latest = await queries.get_tuple(conn, self.checkpointer.serde, tid, "", None)
+                out.append((tid, int(n), int(seq), str(k), latest))
+        return out
 
     async def _agent_rows(self, cursor: tuple[int, str] | None, limit: int) -> list[_AgentRow]:
         """A page of agents from ``skialith_agent_events``, read-your-writes over every agent's

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -19,6 +20,8 @@ from ..inspect import InspectError, Inspector, dumps_jsonl, parse_since
 from ._common import add_command
 from ._nats import _connection_flags, nats_overrides
 from ._render import line, shown, table
+
+HISTORY_PAGE = 50  # checkpoints 'skialith history' prints unless --limit says otherwise
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -81,7 +84,7 @@ def _status(state: str, nxt: Sequence[str]) -> str:
 
 async def _history(args: argparse.Namespace) -> int:
     async with Inspector.open(_settings(args)) as insp:
-        entries = await insp.history(args.thread, limit=args.limit, before=args.before)
+        entries = await insp.history(args.thread, limit=args.limit or None, before=args.before)
     if args.json:
         _json([e.as_dict() for e in entries])
         return 0
@@ -109,6 +112,8 @@ async def _history(args: argparse.Namespace) -> int:
             ]
         )
     table(["step", "source", "nodes", "time", "duration", "writes", "checkpoint", "notes"], rows, 80, styles)
+    if args.limit and len(entries) == args.limit:
+        _out(f"older: skialith history {shlex.quote(args.thread)} --before {entries[0].checkpoint_id}")
     return 0
 
 
@@ -339,7 +344,12 @@ def register(subparsers: Any) -> None:
         "checkpoint) starts.",
     )
     history.add_argument("thread", help="thread id")
-    history.add_argument("--limit", type=int, default=None, help="only the newest N checkpoints")
+    history.add_argument(
+        "--limit",
+        type=int,
+        default=HISTORY_PAGE,
+        help=f"the newest N checkpoints, a page (default: {HISTORY_PAGE}; 0: all)",
+    )
     history.add_argument("--before", default=None, help="only checkpoints before this checkpoint id")
 
     show = command(
