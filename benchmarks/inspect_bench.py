@@ -35,6 +35,7 @@ from typing import Any
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
 from skialith_langgraph import Projector, Settings, SkialithCheckpointer
+from skialith_langgraph.cli.inspect import HISTORY_PAGE
 from skialith_langgraph.inspect import Inspector
 
 from .databases import DEFAULT_MYSQL_URL, Databases, MySQLTarget
@@ -47,7 +48,7 @@ LONG = 10_000
 CONCURRENCY = 64  # puts in flight while building the many threads
 ITERATIONS = 30
 WARMUP = 3
-PAGE = 20  # threads and history page size, as the CLI's default
+PAGE = 20  # threads per page, as the CLI's default (history: HISTORY_PAGE, the CLI's too)
 TARGET_MS = 300.0
 CATCH_UP_TIMEOUT = 900.0  # seconds the projector may take to apply the built store
 LONG_THREAD = "long"
@@ -172,7 +173,9 @@ async def measure(built: BuiltStore, *, iterations: int = ITERATIONS, seed: int 
     async with Inspector.open(built.settings) as insp:
         calls: dict[str, Callable[[], Awaitable[Any]]] = {
             f"threads (first page of {PAGE})": lambda: insp.threads(limit=PAGE),
-            f"history {LONG_THREAD} (first page of {PAGE})": lambda: insp.history(LONG_THREAD, limit=PAGE),
+            f"history {LONG_THREAD} (first page of {HISTORY_PAGE})": lambda: insp.history(
+                LONG_THREAD, limit=HISTORY_PAGE
+            ),
             "show (a checkpoint in the long thread)": lambda: insp.show(
                 LONG_THREAD, ids[rng.randrange(len(ids))]
             ),

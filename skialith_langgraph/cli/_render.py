@@ -91,5 +91,10 @@ def table(
     for i, row in enumerate(rows):
         style = STYLES.get(styles[i] or "", "") if styles else ""
         grid.add_row(*(Text(shown("" if c is None else c, width)) for c in row), style=style)
-    out.print(grid)
+    if tty:
+        out.print(grid)
+    else:  # without the padding rich leaves at the end of each line
+        with out.capture() as captured:
+            out.print(grid)
+        sys.stdout.write("".join(f"{row.rstrip()}\n" for row in captured.get().splitlines()))
     sys.stdout.flush()
