@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import datetime as dt
@@ -437,10 +438,14 @@ class Inspector:
         agents = kind != THREAD and status is None and not metadata
         while len(out) < limit:
             rows: list[tuple[str, int, int, str, CheckpointTuple | None] | _AgentRow] = []
-            if kind != AGENT:
-                rows.extend(await self._thread_rows(cursor, page))
+            # the two pages are read side by side (each waits on NATS and the database)
+            threads_page, agents_page = await asyncio.gather(
+                self._thread_rows(cursor, page) if kind != AGENT else _nothing(),
+                self._agent_rows(cursor, page) if agents else _nothing(),
+            )
+            rows.extend(threads_page)
             if agents:  # merged by sequence: the top ``page`` of both lists' top ``page``s
-                rows = sorted([*rows, *await self._agent_rows(cursor, page)], key=lambda r: (-r[2], r[3]))
+                rows = sorted([*rows, *agents_page], key=lambda r: (-r[2], r[3]))
                 rows = rows[:page]
             for row in rows:
                 thread_id, count, last_seq, key = row[:4]
@@ -487,26 +492,48 @@ class Inspector:
     ) -> list[tuple[str, int, int, str, CheckpointTuple | None]]:
         """A page of ``(thread_id, checkpoints, last_seq, thread_key, latest checkpoint)``, the
         last written first, all read in one whole-stream view (one consistency check, not one per
-        thread). The page is chosen from the index (thread_key, seq) alone; then only its threads'
-        rows are read."""
+        thread). The page is chosen from the index (thread_key, seq) alone; then one statement
+        reads the page's latest root checkpoints (as get_tuple's, the greatest checkpoint id) and
+        one per thread its blobs and pending writes."""
         core = await self.checkpointer._acore()
         last = func.max(_C.seq)
         q = select(_C.thread_key, func.count(), last).group_by(_C.thread_key)
         if cursor is not None:
             q = q.having(or_(last < cursor[0], and_(last == cursor[0], _C.thread_key > cursor[1])))
         q = q.order_by(last.desc(), _C.thread_key).limit(limit)
+        root = token("", field="checkpoint_ns")
+        other = checkpoints.alias("newer")
+        out: list[tuple[str, int, int, str, CheckpointTuple | None]] = []
         async with core.view(None) as conn:
             page = (await conn.execute(q)).all()
-            ids: dict[str, str] = {}
-            if page:
-                named = select(_C.thread_key, _C.thread_id).where(
-                    or_(*(and_(_C.thread_key == key, _C.seq == seq) for key, _, seq in page))
-                )
-                ids = {str(k): str(tid) for k, tid in (await conn.execute(named)).all()}
-            out: list[tuple[str, int, int, str, CheckpointTuple | None]] = []
+            if not page:
+                return out
+            heads = select(
+                _C.thread_key,
+                _C.thread_id,
+                _C.checkpoint_id,
+                _C.parent_checkpoint_id,
+                _C.type,
+                _C.checkpoint,
+                _C.metadata_type,
+                _C.metadata,
+            ).where(
+                _C.thread_key.in_([str(k) for k, _, _ in page]),
+                _C.ns_key == root,
+                _C.checkpoint_id
+                == select(func.max(other.c.checkpoint_id))
+                .where(other.c.thread_key == _C.thread_key, other.c.ns_key == root)
+                .scalar_subquery(),
+            )
+            rows = {str(r.thread_key): r for r in (await conn.execute(heads)).all()}
+            serde = self.checkpointer.serde
             for k, n, seq in page:
-                tid = ids.get(str(k), str(k))
-                latest = await queries.get_tuple(conn, self.checkpointer.serde, tid, "", None)
+                row = rows.get(str(k))
+                if row is None:  # no root checkpoint (deleted since, or subgraphs only): not listed
+                    out.append((str(k), int(n), int(seq), str(k), None))
+                    continue
+                tid = str(row.thread_id)
+                latest = await queries.tuple_of(conn, serde, tid, "", row)
                 out.append((tid, int(n), int(seq), str(k), latest))
         return out
 
@@ -983,6 +1010,10 @@ def _typed(serde: Any, typ: str, data: bytes) -> dict[str, Any]:
 
 def _untyped(item: dict[str, Any]) -> tuple[str, bytes]:
     return str(item["type"]), base64.b64decode(item["data"], validate=True)
+
+
+async def _nothing() -> list[Any]:
+    return []
 
 
 def _parse_cursor(after: str | None) -> tuple[int, str] | None:
