@@ -1355,6 +1355,9 @@ def build_parser() -> argparse.ArgumentParser:
     gc.set_defaults(run=_gc, default_log_level="WARNING")
 
     inspect_cli.register(commands, parents=[common], formatter_class=fmt, connection_flags=_connection_flags)
+    from .ui import cli as ui_cli  # skialith ui (the web viewer)
+
+    ui_cli.register(commands, parents=[common], formatter_class=fmt, connection_flags=_connection_flags)
     return parser
 
 
