@@ -5,8 +5,8 @@ checkpoints (a parent chain), written with concurrent ``aput`` calls; runs the p
 read model has caught up; starts ``skialith ui`` in a child process; then times, one request at a
 time over HTTP/1.1 keep-alive from this process, each endpoint the viewer's pages call:
 
-* ``threads``: the first page of the thread list (``/api/threads?limit=50``),
-* ``history``: the first page of the long thread's timeline (``/api/history?limit=200``, what the
+* ``threads``: the first page of the thread list (``/api/threads?limit=25``, the page the viewer loads),
+* ``history``: the first page of the long thread's timeline (``/api/history?limit=100``, what the
   thread view loads; ``history-50`` with ``limit=50`` beside it),
 * ``checkpoint``: a checkpoint of the long thread, its state and its diff to its parent,
 * ``diff``: two adjacent checkpoints of the long thread.
@@ -28,6 +28,7 @@ import json
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -199,8 +200,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 except httpx.TransportError:
                     await asyncio.sleep(0.1)
             cases = {
-                "threads": ["api/threads?limit=50"] * n,
-                "history": [f"api/history?thread={LONG}&limit=200"] * n,
+                "threads": ["api/threads?limit=25"] * n,
+                "history": [f"api/history?thread={LONG}&limit=100"] * n,
                 "history-50": [f"api/history?thread={LONG}&limit=50"] * n,
                 "checkpoint": [f"api/checkpoint?thread={LONG}&checkpoint={ids[i]}" for i in picks],
                 "diff": [f"api/diff?thread={LONG}&a={ids[i - 1]}&b={ids[i]}" for i in picks],
@@ -231,6 +232,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 proc.kill()
         if server is not None:
             server.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> None:

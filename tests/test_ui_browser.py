@@ -417,6 +417,10 @@ async def test_hostile_ids_and_payloads_are_shown_as_text_from_the_log(
             assert missing.status_code == 404 and "no thread 'nobody'" in missing.json()["error"]
             bad = await client.get(url + "api/threads", params={"limit": "many"})
             assert bad.status_code == 400
+            # served on loopback without a token: a DNS name rebound to 127.0.0.1 gets nothing
+            rebound = await client.get(url + "api/threads", headers={"Host": "evil.example:80"})
+            assert rebound.status_code == 403 and "thread" not in rebound.text
+            assert (await client.get(url + "api/threads", headers={"Host": "localhost"})).status_code == 200
 
 
 def test_a_token_is_required_off_loopback(nats_url: str) -> None:
@@ -457,6 +461,10 @@ async def test_token_login_sets_a_cookie_and_guards_every_request(settings: Sett
             assert ok.status_code == 200 and ok.json()["threads"][0]["thread_id"] == "t-1"
             login = await client.get(url + "api/threads", params={"token": token, "limit": "5"})
             assert login.status_code == 303 and login.headers["location"] == "/api/threads?limit=5"
+            sneaky = await client.get(url + "/evil.example", params={"token": token})
+            assert (
+                sneaky.status_code == 303 and sneaky.headers["location"] == "/evil.example"
+            )  # not //evil...
             cookie = login.headers["set-cookie"]
             assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and token not in cookie
             after = await client.get(url + "api/threads")  # the client kept the cookie

@@ -139,7 +139,7 @@ def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
 
 
 async def threads(request: Request, insp: Inspector) -> Any:
-    limit = _int(request, "limit", 50, 1, MAX_PAGE)
+    limit = _int(request, "limit", 25, 1, MAX_PAGE)
     assert limit is not None
     after = request.query_params.get("after") or None
     q = request.query_params.get("q") or ""
@@ -154,7 +154,7 @@ async def threads(request: Request, insp: Inspector) -> Any:
 
 async def history(request: Request, insp: Inspector) -> Any:
     thread = _thread(request)
-    limit = _int(request, "limit", 200, 1, MAX_PAGE)
+    limit = _int(request, "limit", 100, 1, MAX_PAGE)
     before = request.query_params.get("before") or None
     ns = request.query_params.get("ns", "")
     entries = await insp.history(thread, ns=ns, limit=limit, before=before)
@@ -206,7 +206,9 @@ async def index(request: Request) -> Response:
     return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8")
 
 
-def create_app(source: Inspector | Settings, token: str | None = None) -> Starlette:
+def create_app(
+    source: Inspector | Settings, token: str | None = None, *, loopback_only: bool = False
+) -> Starlette:
     """The viewer as an ASGI app (Starlette), to serve with uvicorn or mount in another app
     (``app.mount("/ui", create_app(settings))``; every URL it uses is relative to its root).
 
@@ -215,6 +217,8 @@ def create_app(source: Inspector | Settings, token: str | None = None) -> Starle
             :class:`Settings` from which one is opened on first request, in the server's loop.
         token: when given, every request must carry it (see :mod:`.security`). Whether one is
             needed for an address is :func:`~skialith_langgraph.ui.security.check_bind`'s call.
+        loopback_only: answer only requests whose ``Host`` is loopback (against DNS rebinding;
+            ``skialith ui`` sets it when it serves loopback without a token).
 
     The app's lifespan closes an inspector it opened; a host app that mounts it (sub-app
     lifespans do not run) calls ``await app.state.backend.aclose()`` at its own shutdown.
@@ -246,5 +250,5 @@ def create_app(source: Inspector | Settings, token: str | None = None) -> Starle
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.backend = backend
-    app.add_middleware(Guard, token=token)
+    app.add_middleware(Guard, token=token, loopback_only=loopback_only)
     return app

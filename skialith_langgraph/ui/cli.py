@@ -50,7 +50,7 @@ async def run(args: argparse.Namespace) -> int:
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
     check_bind(args.host, token)
     settings = _settings(args)
-    app = create_app(settings, token=token)
+    app = create_app(settings, token=token, loopback_only=token is None)
     sock = _listen(args.host, args.port)
     port = sock.getsockname()[1]
     shown_host = f"[{args.host}]" if ":" in args.host else args.host

@@ -7,6 +7,9 @@
   ``X-Skialith-Token``) header, or the session cookie that ``?token=<token>`` sets (the login
   redirects to the same page without the token in the address). Comparisons are constant-time.
 * :func:`check_bind` refuses to serve on an address other than loopback without a token.
+* ``loopback_only`` (what ``skialith ui`` sets when it serves loopback without a token) refuses a
+  request whose ``Host`` is not a loopback name or address: a web page cannot read the viewer
+  through a DNS name rebound to 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import ipaddress
 from collections.abc import Awaitable, Callable, MutableMapping
 from http.cookies import SimpleCookie
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 from ..errors import SkialithError
 
@@ -70,6 +73,13 @@ def check_bind(host: str, token: str | None) -> None:
         )
 
 
+def host_name(host: str) -> str:
+    """The name or address of a ``Host`` header, without its port."""
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
 def cookie_value(token: str) -> str:
     """What the session cookie holds: a digest of the token, never the token itself."""
     return hmac.new(token.encode(), b"skialith-ui-session", hashlib.sha256).hexdigest()
@@ -82,10 +92,11 @@ def _same(given: str, expected: str) -> bool:
 class Guard:
     """ASGI middleware: security headers, and the token when one is set."""
 
-    def __init__(self, app: ASGIApp, token: str | None) -> None:
+    def __init__(self, app: ASGIApp, token: str | None, loopback_only: bool = False) -> None:
         self.app = app
         self.token = token or None
         self.cookie = cookie_value(token) if token else None
+        self.loopback_only = loopback_only
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -99,10 +110,13 @@ class Guard:
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if self.loopback_only and not is_loopback(host_name(headers.get("host", ""))):
+            await _plain(send_with_headers, 403, "this viewer answers only to a loopback Host (127.0.0.1)")
+            return
         if self.token is None or self.cookie is None:
             await self.app(scope, receive, send_with_headers)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         given = [v for k, v in query if k == "token"]
         if given:  # the login: set the cookie, then the same address without the token
@@ -110,8 +124,8 @@ class Guard:
                 await _plain(send_with_headers, 401, "wrong token")
                 return
             rest = urlencode([(k, v) for k, v in query if k != "token"])
-            path = scope.get("root_path", "") + scope["path"]
-            location = path + (f"?{rest}" if rest else "")
+            path = "/" + (scope.get("root_path", "") + scope["path"]).lstrip("/")  # never //other.host
+            location = quote(path) + (f"?{rest}" if rest else "")
             cookie_path = (scope.get("root_path", "") or "") + "/"
             await send_with_headers(
                 {

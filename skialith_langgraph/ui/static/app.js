@@ -128,7 +128,7 @@ async function threadsView(params) {
     h("button", { type: "submit", id: "search-go" }, "Search")
   );
   show(h("h1", {}, "Threads and agents"), form, h("p", { class: "muted" }, "Loading…"));
-  const page = await api("threads", { q: q || null, status: status || null, after: after || null, limit: 50 });
+  const page = await api("threads", { q: q || null, status: status || null, after: after || null, limit: 25 });
   const rows = page.threads.map((t) =>
     h(
       "tr",
@@ -256,7 +256,7 @@ async function threadView(params) {
     return lineagePanel(id);
   }
   const before = params.get("before");
-  const hist = await api("history", { thread: id, ns, limit: 200, before });
+  const hist = await api("history", { thread: id, ns, limit: 100, before });
   const entries = hist.entries;
   const selected = cid || (entries.length ? entries[entries.length - 1].checkpoint_id : null);
   const detail = h("div", { class: "card", id: "checkpoint" });
