@@ -58,6 +58,15 @@ async def test_mounted_under_another_app(settings: Settings) -> None:
                 {"path": "[2]", "op": "added", "new": "c1"}
             ]
             assert (await client.get("/ui/api/lineage/a%2Fb%20c")).json()["thread_id"] == "a/b c"
+            # the timeline pages backwards: the newest 2, then the 2 before them
+            newest = (await client.get("/ui/api/history", params={"thread": "a/b c", "limit": "2"})).json()
+            assert [e["step"] for e in newest["entries"]] == [2, 3]
+            older = (
+                await client.get(
+                    "/ui/api/history", params={"thread": "a/b c", "limit": "2", "before": newest["before"]}
+                )
+            ).json()
+            assert [e["step"] for e in older["entries"]] == [0, 1] and older["before"]
             found = (await client.get("/ui/api/threads", params={"q": "b c"})).json()
             assert [t["thread_id"] for t in found["threads"]] == ["a/b c"]
             assert (await client.get("/ui/api/threads", params={"q": "%"})).json()["threads"] == []

@@ -1,7 +1,8 @@
 """The web viewer (``skialith ui``) in a real browser: headless Chromium from Debian's ``chromium``
 package, driven by Playwright, against a viewer process started with the CLI over real NATS and a
 real read model, after real LangGraph runs (an interrupt, an error, a fork, a subgraph, two runs
-that drift). Saves the screenshots the README shows (docs/images/ui-*.png)."""
+that drift) and a SkialithAgent. Takes the screenshots the README shows: written to docs/images/
+when missing there or with SKIALITH_UPDATE_SCREENSHOTS=1 (commit them), else to the test's temp folder."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from langgraph.types import Command
 from playwright.async_api import expect
 from test_hostile_input import IDS
 
-from skialith_langgraph import Projector, Settings, SkialithCheckpointer
+from skialith_langgraph import Projector, Settings, SkialithAgent, SkialithCheckpointer
 from skialith_langgraph.cli import main
 from skialith_langgraph.traces import TraceIngest
 from skialith_langgraph.ui import check_bind, is_loopback
@@ -137,14 +138,25 @@ async def viewer(
                 await proc.wait()
 
 
+def _shot_path(name: str, tmp_path: Path, readme: bool) -> Path:
+    target = IMAGES / f"{name}.png"
+    if readme and (not target.exists() or os.environ.get("SKIALITH_UPDATE_SCREENSHOTS") == "1"):
+        return target
+    return tmp_path / f"{name}.png"
+
+
 def _cfg(thread_id: str, **meta: Any) -> dict[str, Any]:
     return {"configurable": {"thread_id": thread_id}, "metadata": meta}
 
 
-async def fill(saver: SkialithCheckpointer) -> dict[str, Any]:
+async def fill(saver: SkialithCheckpointer, settings: Settings) -> dict[str, Any]:
     """Real LangGraph runs: finished, interrupted, errored, a chat, a fork, a subgraph with a linked
     child thread, and two runs that drift at step 2."""
     calls: Counter[str] = Counter()
+    async with SkialithAgent("support-bot", settings=settings) as bot_agent:
+        await bot_agent.checkpoint(0, {"messages": ["hello"]})
+        await bot_agent.save_event("tool-call", {"tool": "search"}, step=1)
+        await bot_agent.checkpoint(1, {"messages": ["hello", "found it"]})
     await linear(Counter()).compile(checkpointer=saver).ainvoke({"log": []}, _cfg("run-1"))
     skewed = Counter({"b": 1})  # node b writes b2 where run-1 wrote b1
     await linear(skewed).compile(checkpointer=saver).ainvoke({"log": []}, _cfg("run-2"))
@@ -185,16 +197,20 @@ async def _texts(page: Any, selector: str) -> list[str]:
 
 
 async def test_click_through_threads_thread_checkpoint_diff_timings_lineage_drift(
-    settings: Settings, browser: Any
+    settings: Settings, browser: Any, tmp_path: Path
 ) -> None:
     projector = Projector(settings, fetch_timeout=0.2)
     ingest = TraceIngest(settings, fetch_timeout=0.2)
     await projector.start()
     await ingest.start()
-    shots = settings.database_url.startswith("sqlite")  # one set of README screenshots
+    readme = settings.database_url.startswith("sqlite")  # one set of README screenshots
+
+    async def shot(page: Any, name: str, full_page: bool = False) -> None:
+        await page.screenshot(path=str(_shot_path(name, tmp_path, readme)), full_page=full_page)
+
     try:
         async with SkialithCheckpointer(settings=settings) as saver:
-            made = await fill(saver)
+            made = await fill(saver, settings)
         await ingest.catch_up(30)
         async with viewer(settings) as url:
             page = await browser.new_page(viewport={"width": 1400, "height": 900})
@@ -203,15 +219,26 @@ async def test_click_through_threads_thread_checkpoint_diff_timings_lineage_drif
             await page.goto(url)
             await page.locator("#threads tr.thread-row").first.wait_for(timeout=WAIT)
             ids = await _texts(page, "#threads tr.thread-row td.id")
-            assert ids == ["talk", "done", "fails", "asks", "summary", "research", "run-2", "run-1"]
+            assert ids == [
+                "talk",
+                "done",
+                "fails",
+                "asks",
+                "summary",
+                "research",
+                "run-2",
+                "run-1",
+                "support-bot",
+            ]
             row = {i: r for i, r in zip(ids, await page.locator("#threads tr.thread-row").all(), strict=True)}
             assert (await row["fails"].locator(".badge").text_content()) == "errored"
             assert (await row["asks"].locator(".badge").text_content()) == "interrupted"
             assert (await row["talk"].locator(".badge").text_content()) == "finished"
             # the update forked "done" at step 1: its newest checkpoint runs b next
             assert (await row["done"].locator(".badge").text_content()) == "next: b"
-            if shots:
-                await page.screenshot(path=str(IMAGES / "ui-threads.png"))
+            assert await row["support-bot"].get_attribute("data-kind") == "agent"
+            assert (await row["support-bot"].locator(".badge").text_content()) == "resumable"
+            await shot(page, "ui-threads")
 
             # search
             await page.fill("#search", "ru")
@@ -244,8 +271,7 @@ async def test_click_through_threads_thread_checkpoint_diff_timings_lineage_drif
             await _shows_checkpoint(page, made["fork"])
             fork_diff = await page.locator('#diff [data-channel="log"]').text_content()
             assert fork_diff is not None and "edited by hand" in fork_diff
-            if shots:
-                await page.screenshot(path=str(IMAGES / "ui-thread.png"), full_page=True)
+            await shot(page, "ui-thread", full_page=True)
 
             # the chat: messages as a conversation, the diff lists the added messages
             await page.goto(url + "#/thread?id=talk")
@@ -280,11 +306,17 @@ async def test_click_through_threads_thread_checkpoint_diff_timings_lineage_drif
             await page.locator("#gantt g.span").first.wait_for(timeout=WAIT)
             names = await page.locator("#gantt g.span").evaluate_all("gs => gs.map(g => g.dataset.name)")
             assert {"a", "b", "c"} <= set(names)
-            if shots:
-                await page.screenshot(path=str(IMAGES / "ui-timings.png"))
+            await shot(page, "ui-timings")
             await page.goto(url + "#/thread?id=fails&tab=timings")
             await page.locator("#gantt g.span").first.wait_for(timeout=WAIT)
             assert await page.locator('#gantt g.span[data-status="error"]').count() >= 1
+
+            # an agent: its checkpoints and events as spans
+            await page.goto(url + "#/")
+            await page.get_by_role("link", name="support-bot", exact=True).click()
+            await page.locator("#gantt g.span").first.wait_for(timeout=WAIT)
+            spans = await page.locator("#gantt g.span").evaluate_all("gs => gs.map(g => g.dataset.name)")
+            assert "tool-call" in spans
 
             # lineage: the subgraph namespace and the thread started from this one
             await page.goto(url + "#/thread?id=research&tab=lineage")
@@ -292,8 +324,7 @@ async def test_click_through_threads_thread_checkpoint_diff_timings_lineage_drif
             ns_labels = await _texts(page, "#lineage-ns g.lnode text")
             assert ns_labels[0].startswith("sub · ") and ns_labels[-1].startswith("root graph · ")
             assert await _texts(page, "#lineage-threads g.lnode text") == ["summary", "research"]
-            if shots:
-                await page.screenshot(path=str(IMAGES / "ui-lineage.png"))
+            await shot(page, "ui-lineage")
             await page.locator('#lineage-threads g.lnode[data-id="summary"]').click()
             await expect(page.locator("#thread-id")).to_have_text("summary", timeout=WAIT)
             await page.locator("#tree g.cp").first.wait_for(timeout=WAIT)
@@ -312,8 +343,7 @@ async def test_click_through_threads_thread_checkpoint_diff_timings_lineage_drif
             assert "b1" in (await first.locator("td.old").text_content() or "")
             assert "b2" in (await first.locator("td.new").text_content() or "")
             assert await page.locator('#drift tr.same[data-step="1"]').count() == 1
-            if shots:
-                await page.screenshot(path=str(IMAGES / "ui-drift.png"), full_page=True)
+            await shot(page, "ui-drift", full_page=True)
             await page.goto(url + "#/drift?a=run-1&b=nobody")
             await page.locator("#error").wait_for(timeout=WAIT)
             assert "no thread 'nobody'" in (await page.locator("#error").text_content() or "")
@@ -331,7 +361,7 @@ def _checkpoint(value: Any) -> dict[str, Any]:
 
 
 async def test_hostile_ids_and_payloads_are_shown_as_text_from_the_log(
-    nats_url: str, sqlite_url: str, unique: str, browser: Any
+    nats_url: str, sqlite_url: str, unique: str, browser: Any, tmp_path: Path
 ) -> None:
     """Script and onerror payloads and the hostile ids of the design's corpus, in thread ids,
     state values and metadata, with the projector stopped (the viewer answers from the log):
@@ -375,7 +405,7 @@ async def test_hostile_ids_and_payloads_are_shown_as_text_from_the_log(
         )
         assert listed[0] == chat_id and set(hostile) - {""} <= set(listed) and "(empty id)" in listed
         await clean()
-        await page.screenshot(path=str(IMAGES / "ui-hostile.png"))
+        await page.screenshot(path=str(_shot_path("ui-hostile", tmp_path, True)))
 
         for thread_id in hostile:
             await page.goto("about:blank")  # a fresh page each time: nothing left from the last id
