@@ -3,6 +3,8 @@ it), its path-form endpoints, its headers, and the package data that ships its a
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import tomllib
 from collections import Counter
 from pathlib import Path
@@ -70,5 +72,23 @@ async def test_mounted_under_another_app(settings: Settings) -> None:
             found = (await client.get("/ui/api/threads", params={"q": "b c"})).json()
             assert [t["thread_id"] for t in found["threads"]] == ["a/b c"]
             assert (await client.get("/ui/api/threads", params={"q": "%"})).json()["threads"] == []
+    finally:
+        await viewer.state.backend.aclose()
+
+
+async def test_nats_down_is_a_clear_error_not_a_hang(sqlite_url: str) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    viewer = create_app(
+        Settings(nats_url=f"nats://127.0.0.1:{port}", database_url=sqlite_url, connect_timeout=1.0)
+    )
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=viewer), base_url="http://t"
+        ) as client:
+            r = await asyncio.wait_for(client.get("/api/threads"), 30)
+            assert r.status_code == 503
+            assert f"127.0.0.1:{port}" in r.json()["error"] and "skialith up" in r.json()["error"]
     finally:
         await viewer.state.backend.aclose()

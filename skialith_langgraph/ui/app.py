@@ -25,6 +25,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..config import Settings
+from ..errors import SkialithError
 from ..inspect import InspectError, Inspector
 from . import data
 from .security import Guard
@@ -131,6 +132,8 @@ def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             return JSON({"error": str(exc)}, status_code=404)
         except ValueError as exc:  # bad parameters, an id that cannot be a subject token
             return JSON({"error": str(exc)}, status_code=400)
+        except SkialithError as exc:  # NATS or the database unreachable: the message names which
+            return JSON({"error": str(exc)}, status_code=503)
         except Exception:
             log.exception("viewer endpoint %s failed", request.url.path)
             return JSON({"error": "internal error (see the viewer's log)"}, status_code=500)
