@@ -15,6 +15,7 @@ One module per command group, each with ``register(subparsers)`` (built on
 * ``demo`` (:mod:`.demo`) kills an agent with kill -9 between two nodes and resumes it.
 * ``threads``, ``history``, ``show``, ``diff``, ``drift``, ``lineage``, ``audit``, ``export``,
   ``import`` (:mod:`.inspect`) read what agents did, through :class:`skialith_langgraph.inspect.Inspector`.
+* ``ui`` (:mod:`skialith_langgraph.ui.cli`) serves the web viewer over the same Inspector.
 
 A new command: a module here with ``register(subparsers)`` calling ``add_command(subparsers, NAME,
 RUN, help=ONE_LINE, description=...)``, and one line in :func:`build_parser`.
@@ -81,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     gc.register(commands)
     demo.register(commands)
     inspect.register(commands)
+    from ..ui import cli as ui_cli  # the viewer's module imports Starlette only when it runs
+
+    ui_cli.register(commands)
     return parser
 
 
