@@ -12,7 +12,8 @@ import time
 from collections.abc import Coroutine
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from .. import codec
@@ -110,7 +111,7 @@ class _SharedAgent(SkialithAgent):
     under an Idempotency-Key when the request carries one."""
 
     def __init__(self, agent_id: str, state: SidecarState, key: str | None = None, request: str = "") -> None:
-        super().__init__(agent_id, settings=state.settings)
+        super().__init__(agent_id, settings=state.settings, serde=state.serde)
         self._shared = state
         self._idem = (key, request)
 
@@ -145,9 +146,11 @@ async def _serialized(write: Coroutine[Any, Any, int]) -> int:
         raise ApiError(400, f"the value cannot be stored: {exc}") from exc
 
 
-def _timing(response: Response, started: float) -> None:
-    """``Server-Timing: ack;dur=<ms>``: from the request's arrival at the route to its PubAck."""
-    response.headers["Server-Timing"] = f"ack;dur={(time.perf_counter() - started) * 1000:.3f}"
+def _created(out: dict[str, Any], started: float) -> JSONResponse:
+    """201 with ``Server-Timing: ack;dur=<ms>`` (from the request's arrival at the route to its
+    PubAck); the body is built here, so FastAPI does not validate it a second time."""
+    timing = f"ack;dur={(time.perf_counter() - started) * 1000:.3f}"
+    return JSONResponse(out, status_code=201, headers={"Server-Timing": timing})
 
 
 def _idempotency(request: Request) -> Idempotency:
@@ -175,8 +178,8 @@ async def get_state(request: Request, agent_id: str) -> dict[str, Any]:
     summary="checkpoint(step, data); answers after the PubAck",
 )
 async def post_checkpoint(
-    request: Request, response: Response, agent_id: str, body: CheckpointIn, idempotency_key: IdemKey = None
-) -> dict[str, Any]:
+    request: Request, agent_id: str, body: CheckpointIn, idempotency_key: IdemKey = None
+) -> JSONResponse:
     started = time.perf_counter()
     key = check_key(idempotency_key)
     wire = body.model_dump()
@@ -187,8 +190,7 @@ async def post_checkpoint(
         return {"agentId": agent_id, "step": body.step, "seq": seq}
 
     out: dict[str, Any] = await _idempotency(request).run(agent._key, key, agent._idem[1], write)
-    _timing(response, started)
-    return out
+    return _created(out, started)
 
 
 @router.post(
@@ -198,8 +200,8 @@ async def post_checkpoint(
     summary="save_event(name, payload); answers after the PubAck",
 )
 async def post_event(
-    request: Request, response: Response, agent_id: str, body: EventIn, idempotency_key: IdemKey = None
-) -> dict[str, Any]:
+    request: Request, agent_id: str, body: EventIn, idempotency_key: IdemKey = None
+) -> JSONResponse:
     started = time.perf_counter()
     key = check_key(idempotency_key)
     wire = body.model_dump()
@@ -213,8 +215,7 @@ async def post_event(
         return {"agentId": agent_id, "name": body.name, "step": step, "seq": seq}
 
     out: dict[str, Any] = await _idempotency(request).run(agent._key, key, agent._idem[1], write)
-    _timing(response, started)
-    return out
+    return _created(out, started)
 
 
 @router.get(

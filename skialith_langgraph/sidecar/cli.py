@@ -11,7 +11,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +119,18 @@ async def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_on_uvloop(args: argparse.Namespace) -> Coroutine[Any, Any, int]:
+    """``skialith serve``'s entry: ``main()`` calls it before ``asyncio.run`` makes the loop, so
+    setting uvloop's policy here gives the sidecar uvloop (installed by ``uvicorn[standard]``)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - a minimal install: the stock loop
+        pass
+    else:
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return _serve(args)
+
+
 async def _lss_check(args: argparse.Namespace) -> int:
     from .lss import run_checks
 
@@ -152,7 +164,7 @@ def register(
     )
     connection_flags(serve)
     add_serve_flags(serve)
-    serve.set_defaults(run=_serve, default_log_level="INFO")
+    serve.set_defaults(run=_serve_on_uvloop, default_log_level="INFO")
 
     check = commands.add_parser(
         "lss-check",

@@ -114,6 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         server = NatsServer(store_dir=home / "nats", port=-1, log_file=home / "nats-server.log")
         server.start()  # on the main thread: it dies with this one
         try:
+            with contextlib.suppress(ImportError):
+                import uvloop
+
+                asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
             return asyncio.run(_run(args, home, server))
         finally:
             server.stop()

@@ -7,6 +7,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from .. import codec
 from ..checkpointer import SkialithCheckpointer
 from ..config import DEFAULT_DUPLICATE_WINDOW, Settings
 from ..inspect import Inspector
@@ -49,6 +50,7 @@ class SidecarState:
         self.inspector = Inspector(self.checkpointer)
         self.idempotency = Idempotency(window=DEFAULT_DUPLICATE_WINDOW)
         self.requests = Requests()
+        self.serde = codec.strict_serde()  # what SkialithAgent uses by default, made once
 
     async def open(self) -> None:
         """Connect to NATS, ensure the stream and the tables (idempotent)."""
