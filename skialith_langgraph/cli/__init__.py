@@ -16,6 +16,8 @@ One module per command group, each with ``register(subparsers)`` (built on
 * ``threads``, ``history``, ``show``, ``diff``, ``drift``, ``lineage``, ``audit``, ``export``,
   ``import`` (:mod:`.inspect`) read what agents did, through :class:`skialith_langgraph.inspect.Inspector`.
 * ``ui`` (:mod:`skialith_langgraph.ui.cli`) serves the web viewer over the same Inspector.
+* ``serve`` and ``lss-check`` (:mod:`skialith_langgraph.sidecar.cli`): the HTTP sidecar and the check
+  of a server against the Lithic State Specification.
 
 A new command: a module here with ``register(subparsers)`` calling ``add_command(subparsers, NAME,
 RUN, help=ONE_LINE, description=...)``, and one line in :func:`build_parser`.
@@ -33,9 +35,10 @@ from typing import Any
 
 from .. import __version__
 from ..errors import SkialithError
+from ..sidecar import cli as sidecar_cli
 from . import demo, gc, inspect, projector, status, up
 from ._common import CliError, _HelpFormatter, _home_database_url, common_flags
-from ._nats import add_nats_flags, nats_overrides
+from ._nats import _connection_flags, add_nats_flags, nats_overrides
 from .stack import RESTART_LIMIT, RESTART_WINDOW, EmbeddedStack
 
 __all__ = [
@@ -85,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ..ui import cli as ui_cli  # the viewer's module imports Starlette only when it runs
 
     ui_cli.register(commands)
+    sidecar_cli.register(
+        commands, parents=common_flags(), formatter_class=_HelpFormatter, connection_flags=_connection_flags
+    )
     return parser
 
 

@@ -16,6 +16,7 @@ from ..config import (
 from ..metrics import ProgressProbe, Readiness, render_metrics
 from ..readmodel import safe_url
 from ..server import RANDOM_PORT
+from ..sidecar import cli as sidecar_cli
 from ._common import (
     DEFAULT_PROGRESS_INTERVAL,
     _home_database_url,
@@ -111,6 +112,7 @@ async def _up(args: argparse.Namespace) -> int:
                 async with (
                     _health_server(args, lambda: render_metrics([probe, traces], stack.restarts), readiness),
                     _sweeping(stack.settings, args.sweep_interval),
+                    sidecar_cli.serving_in_up(args, stack.settings),
                 ):
                     await _serve(watch, stop, probe, args.progress_interval, quiet_idle=True)
         finally:
@@ -168,3 +170,4 @@ def register(subparsers: Any) -> None:
     )
     _add_retention_flags(up)
     _metrics_flags(up)
+    sidecar_cli.add_serve_flags(up, prefix="serve-")

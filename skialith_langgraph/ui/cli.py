@@ -76,7 +76,7 @@ def register(commands: Any) -> None:
         commands,
         "ui",
         run,
-        help="web viewer: threads, branch tree, state and diffs, timings, drift, lineage",
+        help="web viewer: threads, timelines, diffs, timings, drift",
         description=(
             "Serve the web viewer: threads with search, a thread's checkpoints as a branch tree, "
             "the state at a checkpoint and its diff to the parent, node timings (a Gantt chart from "
