@@ -5,9 +5,10 @@ export default defineConfig({
     // the official checkpointer validation suite calls describe/it/expect as globals
     globals: true,
     include: ["test/**/*.test.ts"],
+    globalSetup: ["test/support/global.ts"],
     testTimeout: 30_000,
     hookTimeout: 90_000,
-    // each test file starts its own sidecar (NATS + SQLite + projector): two at a time
+    // the validation suite and the fault tests start sidecars of their own (NATS + SQLite + projector)
     maxWorkers: 2,
   },
 });

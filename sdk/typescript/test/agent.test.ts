@@ -12,18 +12,12 @@ import {
   SkialithError,
 } from "@skialith/agent-core";
 
-import { type Sidecar, startSidecar } from "./support/sidecar.js";
+import { sharedSidecar } from "./support/sidecar.js";
 
-let sidecar: Sidecar;
+const sidecar = sharedSidecar();
 let n = 0;
 const agentId = (base = "agent") => `${base}-${process.pid}-${++n}`;
 
-beforeAll(async () => {
-  sidecar = await startSidecar();
-});
-afterAll(async () => {
-  await sidecar?.stop();
-});
 
 const JSON_VALUES = {
   text: "naïve — ✓ 𝄞",

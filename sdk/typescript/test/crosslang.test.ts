@@ -5,16 +5,10 @@
 
 import { SkialithAgent } from "@skialith/agent-core";
 
-import { type Sidecar, runPython, startSidecar } from "./support/sidecar.js";
+import { runPython, sharedSidecar } from "./support/sidecar.js";
 
-let sidecar: Sidecar;
+const sidecar = sharedSidecar();
 
-beforeAll(async () => {
-  sidecar = await startSidecar();
-});
-afterAll(async () => {
-  await sidecar?.stop();
-});
 
 const DATA = {
   messages: [

@@ -13,7 +13,7 @@ import {
 } from "@langchain/langgraph";
 import { SkialithSaver } from "@skialith/langgraph-checkpoint";
 
-import { type Sidecar, startSidecar } from "./support/sidecar.js";
+import { sharedSidecar } from "./support/sidecar.js";
 
 const State = Annotation.Root({
   messages: Annotation<BaseMessage[]>({ reducer: messagesStateReducer, default: () => [] }),
@@ -38,16 +38,10 @@ function build(checkpointer: SkialithSaver | MemorySaver) {
     .compile({ checkpointer });
 }
 
-let sidecar: Sidecar;
+const sidecar = sharedSidecar();
 let n = 0;
 const thread = () => ({ configurable: { thread_id: `graph-${process.pid}-${++n}` } });
 
-beforeAll(async () => {
-  sidecar = await startSidecar();
-});
-afterAll(async () => {
-  await sidecar?.stop();
-});
 
 describe("a LangGraph.js graph checkpointed through the sidecar", () => {
   it("stops at an interrupt, and another saver (another process) resumes it with Command", async () => {

@@ -5,7 +5,7 @@ import { resolve } from "node:path";
 
 import { SkialithAgent } from "@skialith/agent-core";
 
-import { REPO_ROOT, SDK_ROOT, type Sidecar, startSidecar } from "./support/sidecar.js";
+import { REPO_ROOT, SDK_ROOT, sharedSidecar } from "./support/sidecar.js";
 
 const SNIPPET = resolve(SDK_ROOT, "test/seed/snippet.ts");
 
@@ -29,17 +29,16 @@ function seedPages(): string[] {
 }
 
 describe("the seed's TypeScript snippet", () => {
-  let sidecar: Sidecar;
+  const sidecar = sharedSidecar();
   const saved = process.env.SKIALITH_URL;
 
-  beforeAll(async () => {
-    sidecar = await startSidecar();
+  beforeAll(() => {
+    // the snippet names no url: SKIALITH_URL points it at the test's sidecar
     process.env.SKIALITH_URL = sidecar.url;
   });
-  afterAll(async () => {
+  afterAll(() => {
     if (saved === undefined) delete process.env.SKIALITH_URL;
     else process.env.SKIALITH_URL = saved;
-    await sidecar?.stop();
   });
 
   it("is the snippet printed on the product page, character for character", (ctx) => {

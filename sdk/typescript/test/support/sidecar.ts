@@ -4,11 +4,13 @@
  * when ready. The Python is `SKIALITH_PYTHON`, default the repository's `.venv/bin/python`.
  */
 
-import { type ChildProcess, spawn } from "node:child_process";
+import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { createInterface } from "node:readline";
 import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+
+import { inject } from "vitest";
 
 /** sdk/typescript */
 export const SDK_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
@@ -30,10 +32,35 @@ export interface SidecarInfo {
 export interface Sidecar {
   info: SidecarInfo;
   url: string;
-  process: ChildProcess;
   /** Environment that points a Python process at this sidecar's NATS and database. */
   pythonEnv(): NodeJS.ProcessEnv;
   stop(): Promise<void>;
+}
+
+/** The environment of a Python process that talks to the NATS and database of `info`'s sidecar. */
+export function pythonEnvFor(info: SidecarInfo): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [key, name] of [
+    ["natsUrl", "SKIALITH_NATS_URL"],
+    ["databaseUrl", "SKIALITH_DATABASE_URL"],
+    ["stream", "SKIALITH_STREAM"],
+    ["subjectPrefix", "SKIALITH_SUBJECT_PREFIX"],
+  ] as const) {
+    const value = info[key];
+    if (typeof value === "string") env[name] = value;
+  }
+  return pythonEnvironment(env);
+}
+
+/** The sidecar the global setup started (test/support/global.ts), shared by the files that use it. */
+export function sharedSidecar(): Sidecar {
+  const info = inject("sidecar");
+  return {
+    info,
+    url: info.url,
+    pythonEnv: () => pythonEnvFor(info),
+    stop: async () => {}, // the global setup stops it
+  };
 }
 
 /** The environment Python processes of the tests run with. */
@@ -86,20 +113,7 @@ export async function startSidecar(args: string[] = []): Promise<Sidecar> {
   return {
     info,
     url: info.url,
-    process: child,
-    pythonEnv() {
-      const env: NodeJS.ProcessEnv = {};
-      for (const [key, env_name] of [
-        ["natsUrl", "SKIALITH_NATS_URL"],
-        ["databaseUrl", "SKIALITH_DATABASE_URL"],
-        ["stream", "SKIALITH_STREAM"],
-        ["subjectPrefix", "SKIALITH_SUBJECT_PREFIX"],
-      ] as const) {
-        const value = info[key];
-        if (typeof value === "string") env[env_name] = value;
-      }
-      return pythonEnvironment(env);
-    },
+    pythonEnv: () => pythonEnvFor(info),
     async stop() {
       if (child.exitCode !== null || child.signalCode !== null) return;
       child.kill("SIGTERM");

@@ -64,7 +64,7 @@ export class ConflictError extends APIError {}
 export class PayloadTooLargeError extends APIError {}
 /** 422: the body does not match the API's schema. */
 export class InvalidRequestError extends APIError {}
-/** 503: the sidecar cannot reach NATS JetStream; nothing was written. Retried before it is thrown. */
+/** 503: the sidecar cannot reach NATS JetStream (the write may or may not be stored). Retried before it is thrown. */
 export class UnavailableError extends APIError {}
 /** Any other 5xx. */
 export class InternalServerError extends APIError {}
@@ -78,7 +78,9 @@ const HINTS: Record<number, string> = {
   409: "an Idempotency-Key is reused only to retry the very same request; use a new key for new data",
   413: "send less data per call (split it over several checkpoints or events)",
   422: "fix the arguments of the call; nothing was written",
-  503: "start NATS (`skialith up`) or wait until it is back, then call again; nothing was written",
+  503:
+    "the sidecar cannot reach NATS JetStream: start it (`skialith up`) or wait until it is back, " +
+    "then call again (repeating a checkpoint, an event or a put is safe: it replaces what it wrote)",
 };
 
 /** The error for an answer with status `status` and body `body`. */
