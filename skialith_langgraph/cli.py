@@ -60,6 +60,7 @@ from .readmodel import ReadModel, safe_url
 from .readmodel.tables import metadata
 from .retention import DEFAULT_SWEEP_INTERVAL, DEFAULT_SWEEP_LIMIT, Sweeper
 from .server import LOCAL_HOSTS, RANDOM_PORT, NatsServer, StoreInUseError
+from .sidecar import cli as sidecar_cli
 from .traces import TraceIngest
 
 logger = logging.getLogger("skialith_langgraph.cli")
@@ -623,6 +624,7 @@ async def _up(args: argparse.Namespace) -> int:
                 async with (
                     _health_server(args, lambda: render_metrics([probe, traces], stack.restarts), readiness),
                     _sweeping(stack.settings, args.sweep_interval),
+                    sidecar_cli.serving_in_up(args, stack.settings),
                 ):
                     await _serve(watch, stop, probe, args.progress_interval, quiet_idle=True)
         finally:
@@ -1218,6 +1220,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_retention_flags(up)
     _metrics_flags(up)
+    sidecar_cli.add_serve_flags(up, prefix="serve-")
     up.set_defaults(run=_up, default_log_level="INFO")
 
     proj = commands.add_parser(
@@ -1355,6 +1358,7 @@ def build_parser() -> argparse.ArgumentParser:
     gc.set_defaults(run=_gc, default_log_level="WARNING")
 
     inspect_cli.register(commands, parents=[common], formatter_class=fmt, connection_flags=_connection_flags)
+    sidecar_cli.register(commands, parents=[common], formatter_class=fmt, connection_flags=_connection_flags)
     return parser
 
 
