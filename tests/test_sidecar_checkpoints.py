@@ -39,7 +39,9 @@ def checkpoint(cid: str, values: dict[str, Any], versions: dict[str, Any], v: in
     }
 
 
-def put_body(thread: str, ckpt: dict[str, Any], parent: str | None = None, ns: str = "", **meta: Any) -> dict[str, Any]:
+def put_body(
+    thread: str, ckpt: dict[str, Any], parent: str | None = None, ns: str = "", **meta: Any
+) -> dict[str, Any]:
     conf: dict[str, Any] = {"thread_id": thread, "checkpoint_ns": ns}
     if parent is not None:
         conf["checkpoint_id"] = parent
@@ -65,7 +67,9 @@ async def test_put_writes_get_list_delete_over_http(settings: Settings) -> None:
         first = put_body("t-1", checkpoint("1", {"a": typed(BINARY), "b": as_json(["x"])}, {"a": 1, "b": 1}))
         r = await client.post("/v1/checkpoints", json=first)
         assert r.status_code == 201, r.text
-        assert r.json() == {"config": {"configurable": {"thread_id": "t-1", "checkpoint_ns": "", "checkpoint_id": "1"}}}
+        assert r.json() == {
+            "config": {"configurable": {"thread_id": "t-1", "checkpoint_ns": "", "checkpoint_id": "1"}}
+        }
         # a task's writes to the first checkpoint: the error channel keeps its own index
         r = await client.post(
             "/v1/writes",
@@ -78,20 +82,26 @@ async def test_put_writes_get_list_delete_over_http(settings: Settings) -> None:
         )
         assert r.status_code == 201, r.text
         # the second checkpoint changes only "b": "a" is read back from the first one's blob
-        second = put_body("t-1", checkpoint("2", {"b": as_json(["x", "y"])}, {"a": 1, "b": 2}), parent="1", step=1)
+        second = put_body(
+            "t-1", checkpoint("2", {"b": as_json(["x", "y"])}, {"a": 1, "b": 2}), parent="1", step=1
+        )
         second["checkpoint"]["channel_values"]["a"] = typed(b"not sent: a did not change")
         second["newVersions"] = {"b": 2}
         assert (await client.post("/v1/checkpoints", json=second)).status_code == 201
 
         latest = (await client.get("/v1/checkpoints/tuple", params={"thread_id": "t-1"})).json()
         assert latest["config"]["configurable"]["checkpoint_id"] == "2"
-        assert latest["parentConfig"] == {"configurable": {"thread_id": "t-1", "checkpoint_ns": "", "checkpoint_id": "1"}}
+        assert latest["parentConfig"] == {
+            "configurable": {"thread_id": "t-1", "checkpoint_ns": "", "checkpoint_id": "1"}
+        }
         assert latest["checkpoint"]["channel_values"] == {"a": typed(BINARY), "b": as_json(["x", "y"])}
         assert latest["checkpoint"]["channel_versions"] == {"a": 1, "b": 2}  # numbers stay numbers
         assert latest["metadata"] == {"source": "loop", "step": 1, "parents": {}}
         assert latest["pendingWrites"] == []
 
-        old = (await client.get("/v1/checkpoints/tuple", params={"thread_id": "t-1", "checkpoint_id": "1"})).json()
+        old = (
+            await client.get("/v1/checkpoints/tuple", params={"thread_id": "t-1", "checkpoint_id": "1"})
+        ).json()
         assert old["parentConfig"] is None
         assert old["checkpoint"]["channel_values"] == {"a": typed(BINARY), "b": as_json(["x"])}
         # in LangGraph's order (task path, task id, index): the error's index is -1
@@ -137,14 +147,32 @@ async def test_python_reads_a_thread_written_over_http(settings: Settings) -> No
     ("mutate", "status", "says"),
     [
         (lambda b: b["checkpoint"]["channel_values"].update(a=typed(b"x", "msgpack")), 400, "reserved"),
-        (lambda b: b["checkpoint"]["channel_values"].update(a={"type": "bytes", "data": "@@@"}), 400, "base64"),
+        (
+            lambda b: b["checkpoint"]["channel_values"].update(a={"type": "bytes", "data": "@@@"}),
+            400,
+            "base64",
+        ),
         (lambda b: b["checkpoint"]["channel_values"].update(a=typed(b"x", "t" * 19)), 422, "type"),
         (lambda b: b["config"]["configurable"].pop("thread_id"), 422, "thread_id"),
         (lambda b: b["config"]["configurable"].update(thread_id=7), 400, "thread_id"),
         (lambda b: b["checkpoint"].pop("id"), 422, "id"),
         (lambda b: b.update(extra=1), 422, "extra"),
+        (lambda b: b["metadata"].update(big=2**64), 400, "64 bits"),
+        (lambda b: b["metadata"].update(s="\ud800"), 400, "valid Unicode"),
+        (lambda b: b["checkpoint"]["channel_values"].update({"\udfff": typed(b"x")}), 400, "valid Unicode"),
     ],
-    ids=["reserved-type", "bad-base64", "long-type", "no-thread", "int-thread", "no-id", "unknown-field"],
+    ids=[
+        "reserved-type",
+        "bad-base64",
+        "long-type",
+        "no-thread",
+        "int-thread",
+        "no-id",
+        "unknown-field",
+        "int-beyond-64-bits",
+        "lone-surrogate",
+        "lone-surrogate-channel",
+    ],
 )
 async def test_bad_puts_are_refused_and_nothing_is_written(
     settings: Settings, mutate: Any, status: int, says: str
@@ -154,7 +182,10 @@ async def test_bad_puts_are_refused_and_nothing_is_written(
         before = await stream_last_seq(settings)
         body = put_body("bad", checkpoint("1", {"a": typed(b"ok")}, {"a": 1}))
         mutate(body)
-        r = await client.post("/v1/checkpoints", json=body)
+        # json.dumps escapes lone surrogates (\\ud800), as a JavaScript client's JSON.stringify does
+        r = await client.post(
+            "/v1/checkpoints", content=json.dumps(body).encode(), headers={"content-type": "application/json"}
+        )
         assert r.status_code == status, r.text
         assert says in error(r)["message"]
         assert await stream_last_seq(settings) == before
@@ -176,6 +207,8 @@ async def test_writes_need_a_checkpoint_id(settings: Settings) -> None:
 
 async def test_a_body_that_is_not_json_is_a_400(settings: Settings) -> None:
     async with sidecar(settings) as client:
-        r = await client.post("/v1/checkpoints", content=b"{not json", headers={"content-type": "application/json"})
+        r = await client.post(
+            "/v1/checkpoints", content=b"{not json", headers={"content-type": "application/json"}
+        )
         assert r.status_code == 400
         assert isinstance(r, httpx.Response) and error(r)["code"] == "bad_request"

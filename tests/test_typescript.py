@@ -29,7 +29,9 @@ def test_typescript_suites() -> None:
     npm = shutil.which("npm")
     if npm is None:
         if os.environ.get("CI"):
-            pytest.fail("npm is not on PATH; CI must run the TypeScript suites: install Node >= 20", pytrace=False)
+            pytest.fail(
+                "npm is not on PATH; CI must run the TypeScript suites: install Node >= 20", pytrace=False
+            )
         pytest.skip("npm is not on PATH: install Node >= 20 to run the TypeScript suites")
     if not (SDK / "node_modules" / ".package-lock.json").exists():
         pytest.fail(
@@ -50,7 +52,9 @@ def test_typescript_suites() -> None:
         )
     except subprocess.TimeoutExpired as exc:
         out = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        pytest.fail(f"npm test did not finish within {TIMEOUT} s; its output:\n{out[-OUTPUT_TAIL:]}", pytrace=False)
+        pytest.fail(
+            f"npm test did not finish within {TIMEOUT} s; its output:\n{out[-OUTPUT_TAIL:]}", pytrace=False
+        )
     output = done.stdout + done.stderr
     if done.returncode != 0:
         pytest.fail(f"npm test failed (exit {done.returncode}):\n{output[-OUTPUT_TAIL:]}", pytrace=False)

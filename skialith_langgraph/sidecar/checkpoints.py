@@ -1,4 +1,4 @@
-"""Raw LangGraph checkpoints over HTTP, for the LangGraph.js checkpointer (``@skialith/langgraph-checkpoint``).
+"""Raw LangGraph checkpoints over HTTP, for the LangGraph.js checkpointer (@skialith/langgraph-checkpoint).
 
 Mounted by the sidecar app under ``/v1``:
 
@@ -37,6 +37,7 @@ from .errors import ApiError
 
 __all__ = ["PassThroughSerde", "Raw", "router"]
 
+_PLAIN = strict_serde()  # what stores the checkpoint's fields and the metadata
 STORED_TYPE = "msgpack"  # the type of what this module serializes itself (checkpoint body, metadata)
 _RESERVED = (STORED_TYPE, "empty")  # type names a client value may not use
 
@@ -57,7 +58,7 @@ class PassThroughSerde(SerializerProtocol):
     """
 
     def __init__(self) -> None:
-        self._plain = strict_serde()
+        self._plain = _PLAIN
 
     def dumps_typed(self, obj: Any) -> tuple[str, bytes]:
         if isinstance(obj, Raw):
@@ -128,7 +129,7 @@ class WriteIn(BaseModel):
 
 
 class WritesConfigurable(Configurable):
-    checkpoint_id: StrictStr  # type: ignore[assignment]  # required here
+    checkpoint_id: StrictStr  # required here
 
 
 class WritesConfig(BaseModel):
@@ -219,7 +220,23 @@ def _raw(value: Typed | WriteIn, where: str) -> Raw:
     try:
         return Raw(value.type, base64.b64decode(value.data, validate=True))
     except (binascii.Error, ValueError) as exc:
-        raise ApiError(400, f"{where}: data is not valid base64 ({exc}); send the serialized bytes in base64") from None
+        raise ApiError(
+            400, f"{where}: data is not valid base64 ({exc}); send the serialized bytes in base64"
+        ) from None
+
+
+def _storable(what: str, value: Any) -> None:
+    """Refuse (400) what JSON carries but the log cannot store: integers beyond 64 bits, strings with
+    lone surrogates. Checked before anything is published."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+        _PLAIN.dumps_typed(value)
+    except (TypeError, ValueError) as exc:
+        raise ApiError(
+            400,
+            f"{what} cannot be stored ({str(exc)[:200]}): integers must fit in 64 bits and strings must be "
+            "valid Unicode",
+        ) from None
 
 
 def _typed(value: Any) -> dict[str, str]:
@@ -259,8 +276,13 @@ async def put_checkpoint(request: Request, body: PutIn) -> dict[str, Any]:
     (their values must be in ``channel_values``; others are stored as absent); an unchanged
     channel is read back from the checkpoint that stored its version."""
     cp = body.checkpoint
+    fields = cp.model_dump(exclude={"channel_values"})
+    _storable("the checkpoint", {**fields, "channels": list(cp.channel_values)})
+    _storable("the metadata", body.metadata)
+    _storable("newVersions", body.newVersions)
+    _storable("the config", body.config.model_dump())
     values = {ch: _raw(v, f"channel_values[{ch!r}]") for ch, v in cp.channel_values.items()}
-    checkpoint: dict[str, Any] = {**cp.model_dump(exclude={"channel_values"}), "channel_values": values}
+    checkpoint: dict[str, Any] = {**fields, "channel_values": values}
     saved = await _saver(request).aput(
         _config(body.config.configurable),
         checkpoint,  # type: ignore[arg-type]
@@ -270,9 +292,14 @@ async def put_checkpoint(request: Request, body: PutIn) -> dict[str, Any]:
     return {"config": saved}
 
 
-@router.post("/writes", status_code=201, response_model=WritesOut, summary="put_writes: store a task's writes")
+@router.post(
+    "/writes", status_code=201, response_model=WritesOut, summary="put_writes: store a task's writes"
+)
 async def put_writes(request: Request, body: WritesIn) -> dict[str, Any]:
     """Answers after the PubAck (and after the put of their checkpoint, if in flight)."""
+    _storable(
+        "the request", body.model_dump(exclude={"writes"}) | {"channels": [w.channel for w in body.writes]}
+    )
     writes = [(w.channel, _raw(w, f"writes[{i}]")) for i, w in enumerate(body.writes)]
     await _saver(request).aput_writes(_config(body.config.configurable), writes, body.taskId, body.taskPath)
     return {"stored": len(writes)}
@@ -309,12 +336,16 @@ async def search(request: Request, body: SearchIn) -> dict[str, Any]:
         before = {"configurable": body.before.configurable.model_dump(exclude_none=True)}
     items = [
         _tuple(t)
-        async for t in _saver(request).alist(config, filter=body.filter or None, before=before, limit=body.limit)
+        async for t in _saver(request).alist(
+            config, filter=body.filter or None, before=before, limit=body.limit
+        )
     ]
     return {"items": items}
 
 
-@router.delete("/checkpoints", status_code=204, summary="delete_thread: every checkpoint and write of a thread")
+@router.delete(
+    "/checkpoints", status_code=204, summary="delete_thread: every checkpoint and write of a thread"
+)
 async def delete_thread(request: Request, thread_id: Annotated[str, Query()]) -> Response:
     await _saver(request).adelete_thread(thread_id)
     return Response(status_code=204)
