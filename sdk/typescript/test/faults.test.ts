@@ -1,19 +1,21 @@
 /**
- * Faults against a sidecar of this file's own: a token it requires, and its NATS killed (-9).
+ * Faults against a sidecar of this file's own: a token it requires, a body limit, and its NATS
+ * killed (-9).
  */
 
 import { readFileSync } from "node:fs";
 
-import { SkialithAgent, UnauthorizedError, UnavailableError } from "@skialith/agent-core";
+import { PayloadTooLargeError, SkialithAgent, UnauthorizedError, UnavailableError } from "@skialith/agent-core";
 import { SkialithSaver } from "@skialith/langgraph-checkpoint";
 
 import { type Sidecar, startSidecar } from "./support/sidecar.js";
 
 const TOKEN = `token-${process.pid}`;
+const MAX_BODY = 65_536; // bytes
 let sidecar: Sidecar;
 
 beforeAll(async () => {
-  sidecar = await startSidecar(["--token", TOKEN]);
+  sidecar = await startSidecar(["--token", TOKEN, "--max-body-bytes", String(MAX_BODY)]);
 });
 afterAll(async () => {
   await sidecar?.stop();
@@ -52,6 +54,39 @@ describe("a sidecar that requires a token", () => {
       if (saved === undefined) delete process.env.SKIALITH_API_TOKEN;
       else process.env.SKIALITH_API_TOKEN = saved;
     }
+  });
+});
+
+describe("a body over the sidecar's limit", () => {
+  it("is a PayloadTooLargeError naming the limit, not retried, and nothing is written", async () => {
+    let calls = 0;
+    const counting: typeof fetch = (input, init) => {
+      calls++;
+      return fetch(input, init);
+    };
+    const agent = new SkialithAgent({ agentId: "big", url: sidecar.url, token: TOKEN, fetch: counting });
+    const error = await agent.checkpoint(0, { text: "x".repeat(MAX_BODY) }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(PayloadTooLargeError);
+    expect((error as Error).message).toContain(String(MAX_BODY));
+    expect((error as Error).message).toMatch(/send less data per call/);
+    expect(calls).toBe(1);
+    expect(await agent.history()).toEqual([]);
+
+    // the checkpointer's put too
+    const saver = new SkialithSaver({ url: sidecar.url, token: TOKEN });
+    const checkpoint = {
+      v: 4,
+      id: "1",
+      ts: new Date().toISOString(),
+      channel_values: { big: "x".repeat(MAX_BODY) },
+      channel_versions: { big: 1 },
+      versions_seen: {},
+    };
+    const metadata = { source: "input" as const, step: -1, parents: {} };
+    await expect(
+      saver.put({ configurable: { thread_id: "big" } }, checkpoint, metadata, { big: 1 }),
+    ).rejects.toBeInstanceOf(PayloadTooLargeError);
+    expect(await saver.getTuple({ configurable: { thread_id: "big" } })).toBeUndefined();
   });
 });
 
