@@ -9,7 +9,9 @@ One nats-server (JetStream, file store, free port, temporary directory) and one 
 * ``floor``: a bare nats-py ``js.publish`` of a body of the same size, with a ``Nats-Msg-Id``;
 * ``sdk``: ``SkialithAgent.save_event`` / ``.checkpoint`` (serde + publish + PubAck);
 * ``http``: the same calls as ``POST /v1/agents/{id}/events`` / ``.../checkpoints`` through one
-  keep-alive ``httpx.AsyncClient`` (JSON, FastAPI validation, the SDK call in the sidecar, JSON back).
+  keep-alive ``httpx.AsyncClient`` (JSON, FastAPI validation, the SDK call in the sidecar, JSON back);
+* ``http (minimal client)``: the same requests written and read by hand on one keep-alive asyncio
+  connection, so the sidecar's share shows apart from the client library's.
 
 Every row runs in blocks of ``--block`` calls, rows taking turns, so background noise hits all
 alike. The payload is about 1 KiB of JSON (``{"kind", "text"}``). No projector runs: writes never
@@ -57,6 +59,39 @@ class Row:
     sample: Sample = field(default_factory=Sample)
 
 
+class RawHttp:
+    """A minimal keep-alive HTTP/1.1 client on one asyncio connection: separates what the sidecar
+    costs from what a client library (httpx) costs."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def connect(cls, url: str) -> RawHttp:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        return cls(*await asyncio.open_connection(host, int(port)))
+
+    async def post(self, path: str, body: Any) -> int:
+        raw = json.dumps(body).encode()
+        head = (
+            f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(raw)}\r\n\r\n"
+        )
+        self.writer.write(head.encode() + raw)
+        status_line = await self.reader.readline()
+        length = 0
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                length = int(value)
+        await self.reader.readexactly(length)
+        return int(status_line.split()[1])
+
+    async def close(self) -> None:
+        self.writer.close()
+        await self.writer.wait_closed()
+
+
 def _timed(fn: Callable[[int], Awaitable[Any]]) -> Callable[[], Awaitable[None]]:
     counter = iter(range(1 << 62))
     return lambda: fn(next(counter))
@@ -101,6 +136,7 @@ async def _measure(settings: Settings, iterations: int, warmup: int, block: int)
     nc = await nats.connect(settings.nats_url)
     js = nc.jetstream()
     http = httpx.AsyncClient(base_url=url, timeout=10.0)
+    raw = await RawHttp.connect(url)
     event = {"kind": "thought", "text": TEXT}
     body = codec.dumps(
         codec.EventMsg(
@@ -126,6 +162,13 @@ async def _measure(settings: Settings, iterations: int, warmup: int, block: int)
         )
         assert r.status_code == 201, r.text
 
+    async def raw_event(i: int) -> None:
+        status = await raw.post("/v1/agents/bench-raw/events", {"name": f"e{i}", "payload": event, "step": 0})
+        assert status == 201
+
+    async def raw_checkpoint(i: int) -> None:
+        assert await raw.post("/v1/agents/bench-raw/checkpoints", {"step": i, "data": event}) == 201
+
     async def sdk_checkpoint(i: int) -> None:
         await agent.checkpoint(i, event)
 
@@ -137,8 +180,10 @@ async def _measure(settings: Settings, iterations: int, warmup: int, block: int)
         Row("publish", "floor (bare nats-py PubAck)", _timed(floor)),
         Row("save_event", "sdk (SkialithAgent)", _timed(sdk_event)),
         Row("save_event", "http (sidecar, keep-alive)", _timed(http_event)),
+        Row("save_event", "http (minimal client)", _timed(raw_event)),
         Row("checkpoint", "sdk (SkialithAgent)", _timed(sdk_checkpoint)),
         Row("checkpoint", "http (sidecar, keep-alive)", _timed(http_checkpoint)),
+        Row("checkpoint", "http (minimal client)", _timed(raw_checkpoint)),
     ]
     try:
         for row in rows:
@@ -156,6 +201,7 @@ async def _measure(settings: Settings, iterations: int, warmup: int, block: int)
                     row.sample.add(time.perf_counter_ns() - t0)
     finally:
         await http.aclose()
+        await raw.close()
         await nc.close()
         await agent.close()
         proc.terminate()
@@ -164,12 +210,14 @@ async def _measure(settings: Settings, iterations: int, warmup: int, block: int)
     hops = {}
     for op in ("save_event", "checkpoint"):
         sdk = summaries[(op, "sdk (SkialithAgent)")]
-        over = summaries[(op, "http (sidecar, keep-alive)")]
-        hops[op] = {q: getattr(over, q) - getattr(sdk, q) for q in ("p50", "p95", "p99")}
+        for client, path in (("httpx", "http (sidecar, keep-alive)"), ("minimal", "http (minimal client)")):
+            over = summaries[(op, path)]
+            hops[f"{op} ({client})"] = {q: getattr(over, q) - getattr(sdk, q) for q in ("p50", "p95", "p99")}
     return {
         "iterations": iterations,
         "warmup": warmup,
         "block": block,
+        "loop": type(asyncio.get_running_loop()).__module__,
         "machine": {
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
@@ -202,7 +250,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=2000, help="timed calls per row")
     parser.add_argument("--warmup", type=int, default=200, help="untimed calls per row first")
     parser.add_argument("--block", type=int, default=50, help="calls per row per turn")
+    parser.add_argument(
+        "--loop", choices=["asyncio", "uvloop"], default="asyncio", help="this process's event loop"
+    )
     args = parser.parse_args(argv)
+    if args.loop == "uvloop":
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     result = asyncio.run(run(args.iterations, args.warmup, args.block))
     print(_report(result))
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from pathlib import Path
 
 import httpx
@@ -14,6 +15,7 @@ from sidecar_support import agent_path, error, sidecar, stream_last_seq
 from skialith import SkialithAgent
 from skialith_langgraph.config import Settings
 from skialith_langgraph.errors import ConfigError
+from skialith_langgraph.server import NatsServer
 from skialith_langgraph.sidecar import create_app
 from skialith_langgraph.sidecar.server import check_bind, running
 
@@ -246,3 +248,37 @@ def test_committed_openapi_is_the_served_one(settings: Settings) -> None:
     assert committed == served, (
         "docs/openapi.json is stale: run 'python -m skialith_langgraph.sidecar.openapi'"
     )
+
+
+async def test_nats_down_is_a_503_that_says_so(tmp_path: Path, sqlite_url: str, unique: str) -> None:
+    """Stop the sidecar's nats-server for real: writes answer 503 naming NATS (no hang), /readyz
+    says not ready; once it is back, writes succeed again."""
+    with socket.socket() as probe:  # a fixed port, so that the client reconnects to the restarted server
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    server = NatsServer(store_dir=tmp_path / "nats", port=free)
+    server.start()
+    try:
+        settings = Settings(
+            nats_url=server.url, database_url=sqlite_url, stream=f"SK{unique}".upper(), publish_timeout=1.0
+        )
+        async with sidecar(settings) as client:
+            ok = await client.post(agent_path("down", "checkpoints"), json={"step": 0, "data": 1})
+            assert ok.status_code == 201
+            server.stop()
+            r = await client.post(agent_path("down", "checkpoints"), json={"step": 1, "data": 2})
+            assert r.status_code == 503, r.text
+            assert error(r)["code"] == "unavailable" and "NATS" in error(r)["message"]
+            ready = await client.get("/readyz")
+            assert ready.status_code == 503 and ready.json()["checks"]["nats"] != "ok"
+            server.start()
+            deadline = asyncio.get_running_loop().time() + 20
+            while True:
+                r = await client.post(agent_path("down", "checkpoints"), json={"step": 1, "data": 2})
+                if r.status_code == 201 or asyncio.get_running_loop().time() > deadline:
+                    break
+                await asyncio.sleep(0.2)
+            assert r.status_code == 201, r.text
+            assert (await client.get(agent_path("down", "state"))).json()["data"] == 2
+    finally:
+        server.stop()
