@@ -1,5 +1,6 @@
 /** SkialithAgent against a real sidecar: resume, checkpoint, saveEvent, history, errors, retries. */
 
+import { createServer as createHttpServer } from "node:http";
 import { createServer, type Server } from "node:net";
 import type { AddressInfo } from "node:net";
 
@@ -137,6 +138,19 @@ describe("errors", () => {
     expect(error).toBeInstanceOf(ConnectionError);
     expect((error as Error).message).toContain(`http://127.0.0.1:${port}`);
     expect((error as Error).message).toMatch(/skialith serve.*after 2 attempts/);
+  });
+
+  it("a url that is not a sidecar: the error says to check the url", async () => {
+    const web = await listen(
+      createHttpServer((_, res) => res.writeHead(200, { "content-type": "text/html" }).end("<html></html>")) as unknown as Server,
+    );
+    try {
+      const port = (web.address() as AddressInfo).port;
+      const agent = new SkialithAgent({ agentId: "a", url: `http://127.0.0.1:${port}` });
+      await expect(agent.resume()).rejects.toThrow(/without a JSON body; check that the url points at a Skialith sidecar/);
+    } finally {
+      web.close();
+    }
   });
 
   it("a sidecar that does not answer: RequestTimeoutError after the timeout", async () => {

@@ -145,7 +145,15 @@ export class SkialithClient {
       }
       if (response.ok) {
         if (response.status === 204) return undefined as T;
-        return (await response.json()) as T;
+        try {
+          return (await response.json()) as T;
+        } catch (cause) {
+          throw new SkialithError(
+            `${options.what}: ${this.url} answered ${response.status} without a JSON body; ` +
+              "check that the url points at a Skialith sidecar (`skialith serve`)",
+            { cause },
+          );
+        }
       }
       if (options.allow?.includes(response.status)) {
         await response.body?.cancel();
