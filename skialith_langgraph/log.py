@@ -25,6 +25,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
+from .cluster import why_no_ack
 from .config import DEFAULT_DUPLICATE_WINDOW, Settings, safe_nats_url
 from .errors import CodecError, ConfigError, ConnectError, LogError, PublishError, StreamNotFoundError
 from .identity import StreamIdentity, StreamWatch
@@ -547,14 +548,23 @@ class Log:
         try:
             ack = await self.js.publish(subject, body, timeout=self.settings.publish_timeout, headers=headers)
         except nats.errors.TimeoutError as exc:
+            # on a cluster, ask it why (at most 1 s more): a stream without a leader (quorum lost)
+            why = await why_no_ack(self.nc, self.settings.stream, min(1.0, self.settings.publish_timeout))
+            cause = f" Cause: {why}." if why else f" Is the server up? {_HINT}."
             raise PublishError(
                 f"no PubAck from NATS at {self.url!r} within {self.settings.publish_timeout} s "
-                f"for {subject!r}; the write may or may not be stored. Is the server up? {_HINT}."
-                f"{self._denied()}",
+                f"for {subject!r}; the write may or may not be stored (a retry is safe: see "
+                f"docs/production.md).{cause}{self._denied()}",
                 url=self.url,
                 subject=subject,
             ) from exc
         except nats.js.errors.NoStreamResponseError as exc:
+            # on a cluster, the nodes of a stream without a leader answer "no responders" too
+            why = await why_no_ack(self.nc, self.settings.stream, min(1.0, self.settings.publish_timeout))
+            if why:
+                raise PublishError(
+                    f"JetStream at {self.url!r} did not store {subject!r}: {why}", url=self.url, subject=subject
+                ) from exc
             raise StreamNotFoundError(
                 f"no stream at {self.url!r} takes {subject!r}; call setup() first",
                 url=self.url,
