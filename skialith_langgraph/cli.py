@@ -38,7 +38,7 @@ from typing import Any
 import nats.js.errors
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import __version__, cluster, inspect_cli
+from . import __version__, cluster, inspect_cli, regions
 from .config import (
     DEFAULT_DATABASE_URL,
     DEFAULT_HOME,
@@ -1365,6 +1365,7 @@ def build_parser() -> argparse.ArgumentParser:
     gc.set_defaults(run=_gc, default_log_level="WARNING")
 
     inspect_cli.register(commands, parents=[common], formatter_class=fmt, connection_flags=_connection_flags)
+    regions.register(commands, parents=[common], formatter_class=fmt, connection_flags=_connection_flags)
     return parser
 
 

@@ -42,6 +42,7 @@ CLUSTER_NAME = "skialith"
 ROUTE_PORT_OFFSET = 2000  # node i routes on its client port + 2000 (4322 -> 6322), as docs/production.md
 LEAF_PORT_OFFSET = 3000  # and takes leaf node connections on client port + 3000, when asked
 ROUTE_USER = "skialith-route"
+LEAF_USER = "skialith-leaf"
 _META_LEADER_LINES = ("metadata leader", "JetStream cluster new metadata leader")
 DEFAULT_READY_TIMEOUT = 20.0  # seconds for the nodes to elect a JetStream metadata leader
 
@@ -304,6 +305,8 @@ class LocalCluster:
             lines.append("leafnodes {")
             if leaf_port is not None:
                 lines.append(f"  listen: 127.0.0.1:{leaf_port}")
+                if self.token:
+                    lines += ["  authorization {", f'    user: "{LEAF_USER}"', f'    password: "{self.token}"', "  }"]
             if self.leaf_remotes:
                 lines.append("  remotes: [")
                 lines.append("    {")
@@ -320,7 +323,8 @@ class LocalCluster:
     @property
     def leaf_urls(self) -> list[str]:
         """Where another region's leaf node connects (``leaf_listen=True``)."""
-        return [f"nats-leaf://127.0.0.1:{n.leaf_port}" for n in self.nodes if n.leaf_port is not None]
+        auth = f"{LEAF_USER}:{self.token}@" if self.token else ""
+        return [f"nats-leaf://{auth}127.0.0.1:{n.leaf_port}" for n in self.nodes if n.leaf_port is not None]
 
 
 def use_cluster(stack: Any, nodes: int) -> None:

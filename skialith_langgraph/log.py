@@ -312,7 +312,10 @@ class Log:
         # (a drain waits for pull subscriptions and can take its full 30 s timeout)
         await self._identity.close()
         if self._owned and not self.nc.is_closed:
-            await self.nc.close()
+            try:
+                await self.nc.close()
+            except (OSError, nats.errors.Error) as exc:  # every server gone (a region lost): closed anyway
+                logger.debug("closing the NATS connection to %s: %s", self.url, exc)
 
     @property
     def url(self) -> str:

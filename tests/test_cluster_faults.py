@@ -250,9 +250,9 @@ async def test_kill_9_of_the_stream_leader_loses_no_acknowledged_write(
             f"{len(writers.successes)} acknowledged"
         )
         assert window < ERROR_WINDOW_BOUND, f"error window {window:.2f} s"
-        assert all(
-            isinstance(m, str) and ("PubAck" in m or "NATS" in m) for _, _, m in writers.failures
-        ), writers.failures[:3]
+        kinds = sorted({m[:150] for _, _, m in writers.failures})
+        print("failures:\n  " + "\n  ".join(kinds))
+        assert all("nats://" in m for _, _, m in writers.failures), kinds  # each names where
         await check_nothing_lost(writers, settings)
         # the projector on the follower's node kept projecting while the leader's node is down
         await check_read_model(settings.replace(nats_url=follower.url), writers)
