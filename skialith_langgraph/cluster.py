@@ -22,11 +22,14 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
 import logging
 import random
 import socket
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,9 +44,9 @@ logger = logging.getLogger(__name__)
 CLUSTER_NAME = "skialith"
 ROUTE_PORT_OFFSET = 2000  # node i routes on its client port + 2000 (4322 -> 6322), as docs/production.md
 LEAF_PORT_OFFSET = 3000  # and takes leaf node connections on client port + 3000, when asked
+MONITOR_PORT_OFFSET = 4000  # and serves /healthz (readiness of JetStream, its streams) on + 4000
 ROUTE_USER = "skialith-route"
 LEAF_USER = "skialith-leaf"
-_META_LEADER_LINES = ("metadata leader", "JetStream cluster new metadata leader")
 DEFAULT_READY_TIMEOUT = 20.0  # seconds for the nodes to elect a JetStream metadata leader
 
 
@@ -128,6 +131,7 @@ class LocalCluster:
         self.leaf_remotes = list(leaf_remotes or [])
         self.leaf_deny = list(leaf_deny or [])
         self._ports: list[tuple[str, int, int, int | None]] = []
+        self._monitor: dict[str, int] = {}
         for i in range(nodes):
             if port == RANDOM_PORT:
                 client, route = free_port(), free_port()
@@ -136,6 +140,7 @@ class LocalCluster:
                 client, route = port + i, port + i + ROUTE_PORT_OFFSET
                 leaf = port + i + LEAF_PORT_OFFSET if leaf_listen else None
             self._ports.append((f"{name_prefix}{i + 1}", client, route, leaf))
+            self._monitor[f"{name_prefix}{i + 1}"] = free_port() if port == RANDOM_PORT else port + i + MONITOR_PORT_OFFSET
         self.nodes: list[Node] = [
             Node(
                 name,
@@ -257,30 +262,66 @@ class LocalCluster:
         """Start node ``name`` again on its ports and store."""
         self.node(name).server.start(timeout)
 
-    def wait_meta_leader(self, timeout: float = DEFAULT_READY_TIMEOUT) -> None:
-        """Wait until a node's log says a JetStream metadata leader was elected (clusters only)."""
-        if len(self.nodes) == 1:
-            return
+    def wait_meta_leader(self, timeout: float = DEFAULT_READY_TIMEOUT, offsets: Any = None) -> None:
+        """Wait until every running node's ``/healthz`` answers 200: JetStream has a metadata leader
+        and the node's streams and consumers are current (after a restart, their leaders elected)."""
         deadline = time.monotonic() + timeout
         while True:
+            sick = []
             for node in self.nodes:
-                try:
-                    text = node.server.log_file.read_text(errors="replace")
-                except OSError:
+                if not node.server.running:
                     continue
-                if any(line in text for line in _META_LEADER_LINES):
-                    return
+                url = f"http://127.0.0.1:{self._monitor[node.name]}/healthz"
+                try:
+                    with urllib.request.urlopen(url, timeout=2) as reply:
+                        if reply.status != 200:
+                            sick.append(f"{node.name}: {reply.status}")
+                except (OSError, ValueError) as exc:
+                    sick.append(f"{node.name}: {exc}")
+            if not sick:
+                break
             if time.monotonic() > deadline:
                 raise ConnectError(
-                    f"the {len(self.nodes)} nodes at {self.url!r} elected no JetStream metadata leader "
-                    f"within {timeout} s; see their logs in {str(self.home)!r}"
+                    f"the nodes at {self.url!r} are not healthy after {timeout} s ({'; '.join(sick)}); "
+                    f"see their logs in {str(self.home)!r}"
                 )
-            time.sleep(0.05)
+            time.sleep(0.1)
+        if len(self.nodes) > 1 and self.running:
+            left = max(1.0, deadline - time.monotonic())
+            # in a thread: our caller may run an event loop (skialith up)
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                pool.submit(asyncio.run, self._streams_led(left)).result()
+
+    async def _streams_led(self, timeout: float) -> None:
+        """Wait until every stream of the cluster answers a stream info with a leader (after a
+        restart the streams elect theirs after the metadata leader; a client must not time out)."""
+        import nats
+        import nats.errors
+        import nats.js.errors
+
+        deadline = time.monotonic() + timeout
+        nc = await nats.connect(servers=self.urls, token=self.token, connect_timeout=2)
+        try:
+            js = nc.jetstream(timeout=1.0)
+            while True:
+                try:
+                    names = await js.streams_info()
+                    if all(i.cluster is None or i.cluster.leader for i in names):
+                        for info in names:
+                            await js.stream_info(info.config.name)
+                        return
+                except (nats.errors.TimeoutError, nats.js.errors.APIError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise ConnectError(f"the streams at {self.url!r} have no leader after {timeout:.0f} s")
+                await asyncio.sleep(0.1)
+        finally:
+            await nc.close()
 
     # -- configuration ------------------------------------------------------------------------------
 
     def _config(self, name: str, route_port: int, leaf_port: int | None) -> str:
-        lines = [f"server_name: {name}"]
+        lines = [f"server_name: {name}", f"http: 127.0.0.1:{self._monitor[name]}"]
         js = []
         if self.domain:
             js.append(f"  domain: {self.domain}")
