@@ -140,7 +140,9 @@ class LocalCluster:
                 client, route = port + i, port + i + ROUTE_PORT_OFFSET
                 leaf = port + i + LEAF_PORT_OFFSET if leaf_listen else None
             self._ports.append((f"{name_prefix}{i + 1}", client, route, leaf))
-            self._monitor[f"{name_prefix}{i + 1}"] = free_port() if port == RANDOM_PORT else port + i + MONITOR_PORT_OFFSET
+            self._monitor[f"{name_prefix}{i + 1}"] = (
+                free_port() if port == RANDOM_PORT else port + i + MONITOR_PORT_OFFSET
+            )
         self.nodes: list[Node] = [
             Node(
                 name,
@@ -308,7 +310,7 @@ class LocalCluster:
                     names = await js.streams_info()
                     if all(i.cluster is None or i.cluster.leader for i in names):
                         for info in names:
-                            await js.stream_info(info.config.name)
+                            await js.stream_info(str(info.config.name))
                         return
                 except (nats.errors.TimeoutError, nats.js.errors.APIError):
                     pass
@@ -338,7 +340,12 @@ class LocalCluster:
                 f"  listen: 127.0.0.1:{route_port}",
             ]
             if secret:
-                lines += ["  authorization {", f'    user: "{ROUTE_USER}"', f'    password: "{secret}"', "  }"]
+                lines += [
+                    "  authorization {",
+                    f'    user: "{ROUTE_USER}"',
+                    f'    password: "{secret}"',
+                    "  }",
+                ]
             lines.append("  routes: [")
             lines += [f'    "nats-route://{auth}127.0.0.1:{peer[2]}"' for peer in self._ports]
             lines += ["  ]", "}"]
@@ -347,7 +354,12 @@ class LocalCluster:
             if leaf_port is not None:
                 lines.append(f"  listen: 127.0.0.1:{leaf_port}")
                 if self.token:
-                    lines += ["  authorization {", f'    user: "{LEAF_USER}"', f'    password: "{self.token}"', "  }"]
+                    lines += [
+                        "  authorization {",
+                        f'    user: "{LEAF_USER}"',
+                        f'    password: "{self.token}"',
+                        "  }",
+                    ]
             if self.leaf_remotes:
                 lines.append("  remotes: [")
                 lines.append("    {")

@@ -566,7 +566,9 @@ class Log:
             why = await why_no_ack(self.nc, self.settings.stream, min(1.0, self.settings.publish_timeout))
             if why:
                 raise PublishError(
-                    f"JetStream at {self.url!r} did not store {subject!r}: {why}", url=self.url, subject=subject
+                    f"JetStream at {self.url!r} did not store {subject!r}: {why}",
+                    url=self.url,
+                    subject=subject,
                 ) from exc
             raise StreamNotFoundError(
                 f"no stream at {self.url!r} takes {subject!r}; call setup() first",

@@ -154,7 +154,9 @@ def register(
     )
     connection_flags(mirror)
     mirror.add_argument("--source-domain", required=True, help="the JetStream domain of the origin region")
-    mirror.add_argument("--replicas", type=int, choices=[1, 3, 5], default=None, help="replicas of the mirror")
+    mirror.add_argument(
+        "--replicas", type=int, choices=[1, 3, 5], default=None, help="replicas of the mirror"
+    )
     mirror.set_defaults(run=_mirror, default_log_level="INFO")
     prom = commands.add_parser(
         "promote",

@@ -49,7 +49,9 @@ def cluster_settings(cluster: LocalCluster, unique: str, database: Path, **overr
     return Settings(**values)
 
 
-async def stream_leader(urls: list[str], stream: str, *, token: str | None = None, timeout: float = 20.0) -> str:
+async def stream_leader(
+    urls: list[str], stream: str, *, token: str | None = None, timeout: float = 20.0
+) -> str:
     """The server name of ``stream``'s leader, once it has one (waits up to ``timeout`` seconds)."""
     deadline = time.monotonic() + timeout
     nc = await nats.connect(servers=urls, token=token, connect_timeout=2, max_reconnect_attempts=-1)

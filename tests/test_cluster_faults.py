@@ -156,7 +156,9 @@ async def check_nothing_lost(writers: Writers, settings: Settings) -> None:
             latest = await saver.aget_tuple(config)
             assert latest is not None
             stored = latest.checkpoint["channel_values"]["steps"]
-            history = {tuple(t.checkpoint["channel_values"].get("steps", [])) async for t in saver.alist(config)}
+            history = {
+                tuple(t.checkpoint["channel_values"].get("steps", [])) async for t in saver.alist(config)
+            }
             for acked in acks:
                 assert stored[: len(acked)] == acked, f"{thread}: acknowledged {acked} is not in {stored}"
                 assert tuple(acked) in history, f"{thread}: the checkpoint of {acked} is gone"
@@ -267,9 +269,10 @@ async def test_without_quorum_writes_fail_fast_naming_it_and_resume_when_a_node_
     leader = None
     writers = Writers(settings)
     async with projectors(settings, [cluster.nodes[0].url, cluster.nodes[1].url]):
-        async with SkialithAgent("q", settings=settings) as agent, SkialithCheckpointer(
-            settings=settings
-        ) as saver:
+        async with (
+            SkialithAgent("q", settings=settings) as agent,
+            SkialithCheckpointer(settings=settings) as saver,
+        ):
             app = graph().compile(checkpointer=saver)
             config: Any = {"configurable": {"thread_id": "t"}}
             acked_runs = [list((await app.ainvoke({"steps": [i]}, config))["steps"]) for i in (1, 2)]

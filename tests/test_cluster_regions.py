@@ -76,7 +76,9 @@ async def test_region_a_killed_b_promoted_agents_resume_from_the_last_replicated
 ) -> None:
     token = secrets.token_urlsafe(24)
     prefix = f"sk{unique}"
-    with running_cluster(tmp_path / "a", nodes=3, token=token, domain="a", leaf_listen=True, name_prefix="a") as a:
+    with running_cluster(
+        tmp_path / "a", nodes=3, token=token, domain="a", leaf_listen=True, name_prefix="a"
+    ) as a:
         with running_cluster(
             tmp_path / "b",
             nodes=1,
