@@ -373,6 +373,14 @@ class LocalCluster:
             lines.append("}")
         return "\n".join(lines) + "\n"
 
+    def node_config(self, name: str) -> str:
+        """The nats-server configuration of node ``name`` beyond its client port, store and token
+        (given on its command line): what docs/production.md shows, byte for byte."""
+        for node_name, _client, route, leaf in self._ports:
+            if node_name == name:
+                return self._config(node_name, route, leaf)
+        raise SkialithError(f"no node {name!r} in {[n[0] for n in self._ports]}")
+
     @property
     def leaf_urls(self) -> list[str]:
         """Where another region's leaf node connects (``leaf_listen=True``)."""
@@ -393,8 +401,8 @@ def use_cluster(stack: Any, nodes: int) -> None:
 
 STREAM_NOT_FOUND = 10059  # JetStream's err_code
 QUORUM_HINT = (
-    "a replicated stream takes writes only while a majority of its replicas (2 of 3) are up and "
-    "have a leader; start the nodes that are down (see docs/production.md, Topologies)"
+    "a replicated stream answers writes and reads only while a majority of its replicas (2 of 3) "
+    "are up and have a leader; start the nodes that are down (see docs/production.md, Topologies)"
 )
 
 

@@ -294,6 +294,13 @@ async def test_without_quorum_writes_fail_fast_naming_it_and_resume_when_a_node_
                 print(f"\nno quorum, attempt {attempt}: PublishError after {took:.2f} s: {message}")
                 assert took < PUBLISH_TIMEOUT + 1.5, f"took {took:.2f} s"
                 assert "quorum" in message
+            # reads need the stream's identity (a stream info, answered by its leader): they fail
+            # the same way, bounded, naming the cause
+            for read in (agent.resume(), saver.aget_tuple(config)):
+                started = time.monotonic()
+                with pytest.raises(SkialithError, match="quorum"):
+                    await read
+                assert time.monotonic() - started < PUBLISH_TIMEOUT + 1.5
             with pytest.raises(SkialithError, match="quorum"):  # a graph run: its first read fails
                 await app.ainvoke({"steps": [3]}, config)
             returned_at = time.monotonic()

@@ -16,7 +16,9 @@ import asyncio
 import contextlib
 import operator
 import os
+import re
 import secrets
+import shlex
 import subprocess
 import sys
 import time
@@ -31,7 +33,7 @@ from skialith_langgraph.errors import SkialithError
 from skialith_langgraph.log import Log
 from skialith_langgraph.projector import Projector
 from skialith_langgraph.readmodel import ReadModel
-from skialith_langgraph.regions import create_mirror, mirror_state
+from skialith_langgraph.regions import mirror_state
 from tests.cluster import cluster_settings, running_cluster
 from tests.support import dump, dump_of_log, wait_for_watermark
 
@@ -58,6 +60,13 @@ def graph() -> Any:
     return g
 
 
+DOC = (Path(__file__).resolve().parent.parent / "docs" / "production.md").read_text()
+# the failover commands of docs/production.md, Two regions: "skialith mirror ...", "skialith promote"
+MIRROR, PROMOTE = next(
+    b.splitlines() for b in re.findall(r"```bash\n(.*?)\n```", DOC, flags=re.S) if "skialith promote" in b
+)
+
+
 def cli(*args: str, env: dict[str, str]) -> str:
     done = subprocess.run(
         [sys.executable, "-m", "skialith_langgraph.cli", *args],
@@ -69,6 +78,17 @@ def cli(*args: str, env: dict[str, str]) -> str:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
+
+
+def region_env(s: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SKIALITH_")}
+    env.update(
+        SKIALITH_NATS_URL=s.nats_url,
+        SKIALITH_NATS_TOKEN=s.nats_token or "",
+        SKIALITH_STREAM=s.stream,
+        SKIALITH_SUBJECT_PREFIX=s.subject_prefix,
+    )
+    return env
 
 
 async def test_region_a_killed_b_promoted_agents_resume_from_the_last_replicated_step(
@@ -92,7 +112,7 @@ async def test_region_a_killed_b_promoted_agents_resume_from_the_last_replicated
             sb = cluster_settings(b, unique, tmp_path / "b.db", publish_timeout=2.0)
             async with SkialithCheckpointer(settings=sa) as saver:
                 await saver.asetup()
-            await create_mirror(sb, "a")
+            cli(*shlex.split(MIRROR)[1:], env=region_env(sb))  # the documented command
             pa = Projector(sa, replica="a", fetch_timeout=0.1)
             pb = Projector(sb, replica="b", fetch_timeout=0.1)
             await pa.start()
@@ -147,15 +167,8 @@ async def drill(a: Any, b: Any, sa: Settings, sb: Settings, tmp_path: Path) -> N
     await asyncio.wait_for(asyncio.gather(*tasks), 30)
     assert all(acked.values()) and runs, "the load wrote nothing"
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SKIALITH_")}
-    env.update(
-        SKIALITH_NATS_URL=sb.nats_url,
-        SKIALITH_NATS_TOKEN=sb.nats_token or "",
-        SKIALITH_STREAM=sb.stream,
-        SKIALITH_SUBJECT_PREFIX=sb.subject_prefix,
-    )
     promoted_at = time.monotonic()
-    out = cli("promote", env=env)  # the documented command
+    out = await asyncio.to_thread(cli, *shlex.split(PROMOTE)[1:], env=region_env(sb))  # as documented
     assert f"takes {sb.subject_prefix}.>" in out, out
     promote_took = time.monotonic() - promoted_at
 
