@@ -25,7 +25,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
-from .cluster import why_no_ack
+from .cluster import clustered, leader_seq, why_no_ack
 from .config import DEFAULT_DUPLICATE_WINDOW, Settings, safe_nats_url
 from .errors import CodecError, ConfigError, ConnectError, LogError, PublishError, StreamNotFoundError
 from .identity import StreamIdentity, StreamWatch
@@ -598,6 +598,10 @@ class Log:
         return list(await asyncio.gather(*(self._last_seq(f) for f in filters)))
 
     async def _last_seq(self, subject_filter: str) -> int:
+        if clustered(self.nc):  # a follower may lag: ask the leader (see cluster.leader_seq)
+            return await leader_seq(
+                self.nc, self.settings.stream, {"last_by_subj": subject_filter}, self.settings.publish_timeout
+            )
         req = json.dumps({"last_by_subj": subject_filter}).encode()
         msg = await self._direct_get(req)
         if msg is None:
@@ -631,6 +635,9 @@ class Log:
 
     async def next_seq(self, subject_filter: str, *, after: int) -> int:
         """The stream sequence of the first message on ``subject_filter`` after ``after`` (0 if none)."""
+        if clustered(self.nc):
+            request = {"seq": after + 1, "next_by_subj": subject_filter}
+            return await leader_seq(self.nc, self.settings.stream, request, self.settings.publish_timeout)
         msg = await self._direct_get(json.dumps({"seq": after + 1, "next_by_subj": subject_filter}).encode())
         return int(msg.headers["Nats-Sequence"]) if msg is not None and msg.headers else 0
 
@@ -650,9 +657,28 @@ class Log:
         replies = _Replies()
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox, cb=replies.take)
+        behind_until = 0.0  # a follower answered without messages the leader has: read again until then
         try:
             while until_seq is None or seq <= until_seq:
                 batch, pending = await self._direct_batch(replies, inbox, subject_filter, seq, until_seq)
+                if (not batch or not pending) and until_seq is not None and clustered(self.nc):
+                    # any replica answers a direct get; one may not have the last messages yet
+                    after = int(batch[-1].headers["Nats-Sequence"]) if batch else seq - 1
+                    missed = await self.next_seq(subject_filter, after=after)
+                    if 0 < missed <= until_seq:
+                        behind_until = behind_until or asyncio.get_running_loop().time() + (
+                            self.settings.publish_timeout
+                        )
+                        if asyncio.get_running_loop().time() > behind_until:
+                            raise LogError(
+                                f"the replicas of stream {self.settings.stream!r} that answered reads stayed "
+                                f"behind its leader (seq {missed}) for {self.settings.publish_timeout} s",
+                                url=self.url,
+                            )
+                        pending = 1  # read on (the loop below takes what this batch has)
+                        if not batch:
+                            await asyncio.sleep(0.005)
+                            continue
                 for msg in batch:
                     found = int(msg.headers["Nats-Sequence"])
                     if until_seq is not None and found > until_seq:
