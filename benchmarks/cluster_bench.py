@@ -60,15 +60,25 @@ async def latencies(s: Settings, n: int) -> dict[str, Any]:
             pubacks.append(time.perf_counter() - t)
     finally:
         await log.close()
-    aputs = []
-    async with SkialithCheckpointer(settings=s) as saver:
+    aputs, reads = [], []
+    async with SkialithCheckpointer(settings=s) as saver, SkialithCheckpointer(settings=s) as other:
         config: Any = {"configurable": {"thread_id": "bench", "checkpoint_ns": ""}}
+        latest: Any = {"configurable": {"thread_id": "bench", "checkpoint_ns": ""}}
         for i in range(n):
             cp = empty_checkpoint()
             t = time.perf_counter()
             config = await saver.aput(config, cp, {"source": "loop", "step": i, "parents": {}}, {})
             aputs.append(time.perf_counter() - t)
-    return {"puback_1KiB": summary(pubacks), "aput": summary(aputs), "n": n}
+            t = time.perf_counter()
+            found = await other.aget_tuple(latest)  # another checkpointer: no own-writes head
+            reads.append(time.perf_counter() - t)
+            assert found is not None and found.checkpoint["id"] == cp["id"]
+    return {
+        "puback_1KiB": summary(pubacks),
+        "aput": summary(aputs),
+        "aget_tuple_latest_other_process_no_projector": summary(reads),
+        "n": n,
+    }
 
 
 async def mirror_lag(sa: Settings, sb: Settings, rate: float, seconds: float) -> dict[str, Any]:
