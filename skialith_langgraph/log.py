@@ -789,11 +789,24 @@ class Log:
             chunk = held.pop(part) if held is not None else None
             if chunk is None:
                 msg = await self._direct_get(json.dumps({"last_by_subj": part}).encode())
+                if msg is None and clustered(self.nc) and await self._last_seq(part):
+                    msg = await self._part_from_a_current_replica(part)
                 if msg is None:
                     raise MissingPartError(f"part {i} of {base!r} is missing from the stream", url=self.url)
                 chunk = msg.data
             chunks.append(chunk)
         return b"".join(chunks)
+
+    async def _part_from_a_current_replica(self, part: str) -> Any:
+        """A part the leader has and the replica that answered has not yet: ask again (any replica
+        answers a direct get), up to ``publish_timeout`` seconds."""
+        deadline = asyncio.get_running_loop().time() + self.settings.publish_timeout
+        while asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.005)
+            msg = await self._direct_get(json.dumps({"last_by_subj": part}).encode())
+            if msg is not None:
+                return msg
+        return None
 
     def parse_parts(self, value: str, subject: str | None = None) -> tuple[int, str]:
         """Parse a ``Skialith-Parts`` header: ``"<n> <base>"``.

@@ -335,7 +335,8 @@ async def test_a_write_acknowledged_on_r3_is_read_at_once_by_another_process(
     the third one may not hold a write the PubAck (a majority) already confirmed. Reads ask the
     leader where a thread ends, and read again until a replica has it: none of 60 reads right
     after each PubAck finds an older checkpoint (13 of 300 did before)."""
-    settings = cluster_settings(cluster, unique, tmp_path / "rm.db")
+    # agent checkpoints of ~3 KiB travel in parts: a replica must have the parts too
+    settings = cluster_settings(cluster, unique, tmp_path / "rm.db", chunk_size=1024)
     async with (
         SkialithCheckpointer(settings=settings) as writer,
         SkialithCheckpointer(settings=settings) as reader,
@@ -350,6 +351,7 @@ async def test_a_write_acknowledged_on_r3_is_read_at_once_by_another_process(
             await writer.aput(config, checkpoint, {"step": i}, {})
             found = await reader.aget_tuple(config)
             stale += found is None or found.checkpoint["id"] != checkpoint["id"]
-            await agent.checkpoint(i, {"i": i})
-            stale += (await other.resume()).step_index != i + 1
+            await agent.checkpoint(i, {"i": i, "pad": str(i) * 3000})
+            state = await other.resume()
+            stale += state.step_index != i + 1 or state.data != {"i": i, "pad": str(i) * 3000}
         assert stale == 0, f"{stale} reads found an older state than the one acknowledged"
