@@ -174,12 +174,28 @@ async def check_nothing_lost(writers: Writers, settings: Settings) -> None:
                 assert by_step[step] == data, f"{agent_id} step {step}: {by_step.get(step)} != {data}"
 
 
-async def check_read_model(settings: Settings, writers: Writers) -> None:
+def projector_states(running: list[Projector]) -> list[str]:
+    """What each projector is doing, for a failure message."""
+    out = []
+    for p in running:
+        task: asyncio.Task[None] | None = getattr(p, "_task", None)
+        ended = task is not None and task.done() and not task.cancelled()
+        failure = task.exception() if ended and task is not None else None
+        out.append(f"{p.durable}: running={p.running} ended={ended} failure={failure!r} stats={p.stats}")
+    return out
+
+
+async def check_read_model(
+    settings: Settings, writers: Writers, running: list[Projector] | None = None
+) -> None:
     """After projection, the read model equals a replay of the whole log, one row per agent step."""
     log = await Log.open(settings)
     model = ReadModel.from_url(settings.database_url)
     try:
-        await wait_for_watermark(model, await log.stream_last_seq(), timeout=30)
+        try:
+            await wait_for_watermark(model, await log.stream_last_seq(), timeout=30)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; projectors: {projector_states(running or [])}") from exc
         async with model.connect() as conn:
             assert await dump(conn) == await dump_of_log(log)
             rows = (
@@ -230,7 +246,7 @@ async def test_kill_9_of_the_stream_leader_loses_no_acknowledged_write(
     leader = await stream_leader(cluster.urls, settings.stream, token=cluster.token)
     follower = next(n for n in cluster.nodes if n.name != leader)
     # one projector on the leader's node (it loses its connection), one on a follower's
-    async with projectors(settings, [cluster.node(leader).url, follower.url]):
+    async with projectors(settings, [cluster.node(leader).url, follower.url]) as running:
         writers = Writers(settings)
         tasks = writers.tasks()
         try:
@@ -259,7 +275,7 @@ async def test_kill_9_of_the_stream_leader_loses_no_acknowledged_write(
         assert all("nats://" in m or settings.stream in m for _, _, m in writers.failures), kinds
         await check_nothing_lost(writers, settings)
         # the projector on the follower's node kept projecting while the leader's node is down
-        await check_read_model(settings.replace(nats_url=follower.url), writers)
+        await check_read_model(settings.replace(nats_url=follower.url), writers, running)
         cluster.start_node(leader)  # the node returns and catches up; its projector reconnects
     await check_read_model(settings, writers)
 
@@ -270,7 +286,7 @@ async def test_without_quorum_writes_fail_fast_naming_it_and_resume_when_a_node_
     settings = cluster_settings(cluster, unique, tmp_path / "rm.db", publish_timeout=PUBLISH_TIMEOUT)
     leader = None
     writers = Writers(settings)
-    async with projectors(settings, [cluster.nodes[0].url, cluster.nodes[1].url]):
+    async with projectors(settings, [cluster.nodes[0].url, cluster.nodes[1].url]) as running:
         async with (
             SkialithAgent("q", settings=settings) as agent,
             SkialithCheckpointer(settings=settings) as saver,
@@ -325,7 +341,7 @@ async def test_without_quorum_writes_fail_fast_naming_it_and_resume_when_a_node_
                     await asyncio.sleep(0.2)
             writers.graph_acks["t"].append(list(out["steps"]))
         await check_nothing_lost(writers, settings)
-        await check_read_model(settings.replace(nats_url=cluster.node(second.name).url), writers)
+        await check_read_model(settings.replace(nats_url=cluster.node(second.name).url), writers, running)
 
 
 async def test_a_write_acknowledged_on_r3_is_read_at_once_by_another_process(
