@@ -18,6 +18,8 @@ One module per command group, each with ``register(subparsers)`` (built on
 * ``ui`` (:mod:`skialith_langgraph.ui.cli`) serves the web viewer over the same Inspector.
 * ``serve`` and ``lss-check`` (:mod:`skialith_langgraph.sidecar.cli`): the HTTP sidecar and the check
   of a server against the Lithic State Specification.
+* ``mirror`` and ``promote`` (:mod:`skialith_langgraph.regions`): a second region's mirror and its
+  promotion on failover.
 
 A new command: a module here with ``register(subparsers)`` calling ``add_command(subparsers, NAME,
 RUN, help=ONE_LINE, description=...)``, and one line in :func:`build_parser`.
@@ -33,7 +35,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from .. import __version__
+from .. import __version__, regions
 from ..errors import SkialithError
 from ..sidecar import cli as sidecar_cli
 from . import demo, gc, inspect, projector, status, up
@@ -88,9 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     from ..ui import cli as ui_cli  # the viewer's module imports Starlette only when it runs
 
     ui_cli.register(commands)
-    sidecar_cli.register(
-        commands, parents=common_flags(), formatter_class=_HelpFormatter, connection_flags=_connection_flags
-    )
+    for external in (sidecar_cli, regions):  # modules outside this package, older signature
+        external.register(
+            commands,
+            parents=common_flags(),
+            formatter_class=_HelpFormatter,
+            connection_flags=_connection_flags,
+        )
     return parser
 
 

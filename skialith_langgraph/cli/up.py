@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from .. import cluster
 from ..config import (
     DEFAULT_HOME,
     DEFAULT_NATS_PORT,
@@ -90,6 +91,8 @@ async def _up(args: argparse.Namespace) -> int:
         sync_always=args.sync_always,
         overrides=_retention_overrides(args),
     )
+    if args.cluster > 1:  # N clustered nodes and an RN stream (skialith_langgraph/cluster.py)
+        cluster.use_cluster(stack, args.cluster)
     async with _stop_signals() as stop:
         await stack.start()
         try:
@@ -167,6 +170,14 @@ def register(subparsers: Any) -> None:
         type=_positive_float,
         default=DEFAULT_PROGRESS_INTERVAL,
         help="seconds between progress log lines (only when something changed)",
+    )
+    up.add_argument(
+        "--cluster",
+        type=int,
+        choices=[1, 3, 5],
+        default=1,
+        help="run N clustered nats-servers (client ports NATS_PORT.., routes +2000, stores in "
+        "HOME/cluster) and create the stream with N replicas; prints every URL",
     )
     _add_retention_flags(up)
     _metrics_flags(up)
