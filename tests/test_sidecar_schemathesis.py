@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given
+from hypothesis.errors import Unsatisfiable
 from hypothesis import settings as hypothesis_settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -79,4 +80,11 @@ def test_no_server_errors(label: str, mode: GenerationMode, devserver: dict[str,
     def run(case: Any) -> None:
         case.call_and_validate(base_url=devserver["url"], headers=headers, checks=[not_a_server_error])
 
-    run()
+    try:
+        run()
+    except Unsatisfiable:
+        if mode is not GenerationMode.NEGATIVE:
+            raise
+        # the schemathesis that resolves beside langgraph-api (4.15) finds no schema-breaking
+        # request for some operations; the positive run of the same operation still ran
+        pytest.skip(f"schemathesis {schemathesis.__version__} generated no invalid request for {label}")
