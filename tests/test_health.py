@@ -25,6 +25,7 @@ from sqlalchemy.engine import make_url
 
 from skialith_langgraph import Settings, SkialithCheckpointer
 from skialith_langgraph.metrics import METRICS
+from skialith_langgraph.sidecar.app import METRICS as SIDECAR_METRICS
 from tests.tcp_proxy import TcpProxy
 from tests.test_cli import STOP_TIMEOUT, Run, _eventually, _projector_args, cli_runner
 from tests.test_ownership import _foreign_lease
@@ -56,8 +57,11 @@ def _served(text: str) -> set[str]:
     return set(re.findall(r"^# HELP (\S+) ", text, re.MULTILINE))
 
 
+SIDECAR = {name for name, _, _ in SIDECAR_METRICS}  # served by the sidecar (skialith serve, up --serve)
+
+
 def test_every_metric_is_documented() -> None:
-    assert _documented() == {name for name, _, _ in METRICS}
+    assert _documented() == {name for name, _, _ in METRICS} | SIDECAR
 
 
 async def test_projector_readyz_follows_the_database(
@@ -128,7 +132,8 @@ def test_up_restarts_its_nats_server_until_the_bound(run_cli: Callable[..., Run]
     database_url = f"sqlite+aiosqlite:///{home / 'skialith.db'}"
     _eventually(lambda: _get(f"{url}/readyz")[0] == 200, what="up ready")
     code, metrics = _get(f"{url}/metrics")
-    assert code == 200 and _served(metrics) == _documented()  # up serves every metric there is
+    # up (without --serve) serves every metric there is but the sidecar's
+    assert code == 200 and _served(metrics) == _documented() - SIDECAR
 
     for restart in (1, 2, 3):
         os.kill(pid, signal.SIGKILL)
