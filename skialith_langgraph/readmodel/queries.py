@@ -26,6 +26,7 @@ from sqlalchemy import (
     or_,
     select,
     tuple_,
+    type_coerce,
     union_all,
 )
 from sqlalchemy.engine import Dialect, Row
@@ -125,18 +126,79 @@ def _values(
     return values
 
 
+async def _writes_and_blobs(
+    conn: AsyncConnection,
+    serde: SerializerProtocol,
+    keys: Sequence[tuple[str, str, str]],
+    tk: str,
+    nk: str,
+    want: set[tuple[str, str]],
+) -> tuple[dict[tuple[str, str, str], list[PendingWrite]], dict[tuple[str, str], tuple[str, bytes]]]:
+    """:func:`_writes_for` and :func:`_blobs_for` (one thread and namespace) in one statement."""
+    items = sorted(want) or [("", "")]  # an empty IN does not compile
+    statement = union_all(
+        select(
+            literal_column("'w'").label("kind"),
+            _W.thread_key,
+            _W.ns_key,
+            _W.checkpoint_id,
+            _W.task_id,
+            _W.idx,
+            _W.channel,
+            type_coerce(null(), _B.version.type).label("version"),
+            _W.type,
+            _W.blob,
+            _W.task_path,
+        ).where(tuple_(_W.thread_key, _W.ns_key, _W.checkpoint_id).in_(list(keys))),
+        select(
+            literal_column("'b'"),
+            _B.thread_key,
+            _B.ns_key,
+            null(),
+            null(),
+            null(),
+            _B.channel,
+            _B.version,
+            _B.type,
+            _B.blob,
+            null(),
+        ).where(_B.thread_key == tk, _B.ns_key == nk, tuple_(_B.channel, _B.version).in_(items)),
+    )
+    raw: dict[tuple[str, str, str], list[tuple[tuple[str, str, int], PendingWrite]]] = {k: [] for k in keys}
+    blobs: dict[tuple[str, str], tuple[str, bytes]] = {}
+    for r in await conn.execute(statement):
+        if r.kind == "w":
+            value = await unspill(conn, r.thread_key, r.type, r.blob)
+            raw[(r.thread_key, r.ns_key, r.checkpoint_id)].append(
+                ((r.task_path, r.task_id, r.idx), (r.task_id, r.channel, serde.loads_typed(value)))
+            )
+        elif (r.channel, r.version) in want:
+            blobs[(r.channel, r.version)] = await unspill(conn, tk, r.type, r.blob)
+    out: dict[tuple[str, str, str], list[PendingWrite]] = {}
+    for k, found in raw.items():
+        found.sort(key=lambda item: item[0])
+        out[k] = [w for _, w in found]
+    return out, blobs
+
+
 async def _tuples(
     conn: AsyncConnection, serde: SerializerProtocol, rows: Sequence[Row[Any]]
 ) -> list[CheckpointTuple]:
     heads = [_Head(r, serde.loads_typed((r.type, r.checkpoint))) for r in rows]
-    writes = await _writes_for(conn, serde, [(r.thread_key, r.ns_key, r.checkpoint_id) for r in rows])
+    keys = [(r.thread_key, r.ns_key, r.checkpoint_id) for r in rows]
     wanted: dict[tuple[str, str], set[tuple[str, str]]] = {}
     for h in heads:
         bucket = wanted.setdefault((h.row.thread_key, h.row.ns_key), set())
         bucket.update((ch, version_key(v)) for ch, v in h.checkpoint["channel_versions"].items())
     blobs: dict[tuple[str, str], dict[tuple[str, str], tuple[str, bytes]]] = {}
-    for (tk, nk), want in wanted.items():
-        blobs[(tk, nk)] = await _blobs_for(conn, tk, nk, want)
+    if len(wanted) == 1 and len(keys) <= PAGE and all(len(w) <= PAGE for w in wanted.values()):
+        # the usual list: one thread and namespace, one statement for its writes and blobs
+        (tk, nk), want = next(iter(wanted.items()))
+        writes, blobs[(tk, nk)] = await _writes_and_blobs(conn, serde, keys, tk, nk, want)
+    else:
+        writes = await _writes_for(conn, serde, keys)
+        for (tk, nk), want in wanted.items():
+            blobs[(tk, nk)] = await _blobs_for(conn, tk, nk, want)
     out = []
     for h in heads:
         r = h.row
@@ -200,8 +262,11 @@ _ONE = select(
 ).where(_C.thread_key == bindparam("tk"), _C.ns_key == bindparam("nk"))
 _LATEST = _ONE.order_by(_C.checkpoint_id.desc()).limit(1)
 _BY_ID = _ONE.where(_C.checkpoint_id == bindparam("cid"))
+# ``rest``: the pending writes and newest blobs read with the row (``_RestRow``s), or None
 _OneRow = namedtuple(
-    "_OneRow", "checkpoint_id parent_checkpoint_id type checkpoint metadata_type metadata watermark"
+    "_OneRow",
+    "checkpoint_id parent_checkpoint_id type checkpoint metadata_type metadata watermark rest",
+    defaults=(None,),
 )
 _RestRow = namedtuple("_RestRow", "kind task_id idx channel version type blob task_path")
 
@@ -232,13 +297,139 @@ def _rest(n_pairs: int) -> Any:
     )
 
 
+def _latest_all(dialect: str) -> Any:
+    """The latest checkpoint of a thread and namespace with the watermark (as ``_LATEST``), its
+    pending writes, and the newest blob of each channel of the namespace, in one statement (one
+    snapshot, one round trip): ``kind`` 'c', 'w' and 'b' rows in ``_AllRow``'s shape.
+
+    The newest blob version of each channel is what the latest checkpoint of a thread refers to
+    unless the thread forked (``update_state`` on an older checkpoint); :func:`tuple_of` checks
+    every (channel, version) the checkpoint names against them and reads the missing ones with
+    the second statement. The channels are found by a skip scan of the blobs' key (a loose index
+    scan on MySQL, a recursive CTE elsewhere: one index probe per channel), so the cost follows
+    the number of channels, not the thread's history."""
+    tk: Any = bindparam("tk")
+    nk: Any = bindparam("nk")
+    c2 = checkpoints.alias("c2")
+    b2, b3, b4 = (checkpoint_blobs.alias(n) for n in ("b2", "b3", "b4"))
+    # every lookup below is an ORDER BY ... LIMIT 1 or a primary key probe, so that the plan is an
+    # index probe whatever the planner's statistics (a fresh table's lead it to scan the thread)
+    latest_id = (
+        select(c2.c.checkpoint_id)
+        .where(c2.c.thread_key == tk, c2.c.ns_key == nk)
+        .order_by(c2.c.checkpoint_id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+
+    def next_channel(after: Any = None) -> Any:
+        q = select(b2.c.channel).where(b2.c.thread_key == tk, b2.c.ns_key == nk)
+        if after is not None:
+            q = q.where(b2.c.channel > after)
+        return q.order_by(b2.c.channel).limit(1).scalar_subquery()
+
+    chv: Any
+    if dialect == "mysql":
+        # MariaDB and MySQL read MAX per group of a key prefix by a loose index scan, one probe per
+        # channel ("Using index for group-by"); their recursive CTE below would scan the thread
+        chv = (
+            select(b3.c.channel, func.max(b3.c.version).label("version"))
+            .where(b3.c.thread_key == tk, b3.c.ns_key == nk)
+            .group_by(b3.c.thread_key, b3.c.ns_key, b3.c.channel)  # the whole key prefix: else no loose scan
+            .subquery("skialith_chv")
+        )
+    else:
+        # PostgreSQL has no loose index scan: a skip scan by recursive CTE, one probe per channel
+        ch = select(next_channel().label("channel")).cte("skialith_ch", recursive=True)
+        ch = ch.union_all(select(next_channel(ch.c.channel)).where(ch.c.channel.is_not(None)))
+        newest = (
+            select(b3.c.version)
+            .where(b3.c.thread_key == tk, b3.c.ns_key == nk, b3.c.channel == ch.c.channel)
+            .order_by(b3.c.version.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+        found = ch.c.channel.is_not(None)
+        chv = select(ch.c.channel, newest.label("version")).where(found).cte("skialith_chv")
+
+    def blob_column(column: str) -> Any:
+        return (
+            select(b4.c[column])
+            .where(
+                b4.c.thread_key == tk,
+                b4.c.ns_key == nk,
+                b4.c.channel == chv.c.channel,
+                b4.c.version == chv.c.version,
+            )
+            .scalar_subquery()
+        )
+
+    head = select(
+        literal_column("'c'").label("kind"),
+        _C.checkpoint_id,
+        _C.parent_checkpoint_id,
+        _C.type,
+        _C.checkpoint.label("data"),
+        _C.metadata_type,
+        _C.metadata,
+        _WATERMARK.scalar_subquery().label("watermark"),
+        null().label("task_id"),
+        null().label("idx"),
+        null().label("channel"),
+        null().label("version"),
+        null().label("task_path"),
+    ).where(_C.thread_key == tk, _C.ns_key == nk, _C.checkpoint_id == latest_id)
+    writes = select(
+        literal_column("'w'"),
+        _W.checkpoint_id,
+        null(),
+        _W.type,
+        _W.blob,
+        null(),
+        null(),
+        null(),
+        _W.task_id,
+        _W.idx,
+        _W.channel,
+        null(),
+        _W.task_path,
+    ).where(_W.thread_key == tk, _W.ns_key == nk, _W.checkpoint_id == latest_id)
+    blobs = select(
+        literal_column("'b'"),
+        null(),
+        null(),
+        blob_column("type"),
+        blob_column("blob"),
+        null(),
+        null(),
+        null(),
+        null(),
+        null(),
+        chv.c.channel,
+        chv.c.version,
+        null(),
+    )
+    return union_all(head, writes, blobs)
+
+
+_AllRow = namedtuple(
+    "_AllRow",
+    "kind checkpoint_id parent_checkpoint_id type data metadata_type metadata watermark "
+    "task_id idx channel version task_path",
+)
 _HOT = {"latest": _LATEST, "by_id": _BY_ID, "watermark": _WATERMARK}
 
 
 @functools.lru_cache(maxsize=256)
 def _compiled(dialect: Dialect, name: str, n_pairs: int = 0) -> tuple[str, tuple[str, ...], dict[str, Any]]:
     """(SQL in the driver's paramstyle, parameter names in order, default values) of a hot statement."""
-    compiled = (_rest(n_pairs) if name == "rest" else _HOT[name]).compile(dialect=dialect)
+    if name == "rest":
+        statement = _rest(n_pairs)
+    elif name == "latest_all":
+        statement = _latest_all(dialect.name)
+    else:
+        statement = _HOT[name]
+    compiled = statement.compile(dialect=dialect)
     return str(compiled), tuple(compiled.positiontup or ()), dict(compiled.params)
 
 
@@ -302,10 +493,15 @@ async def head_row(
         "created": stream[1] if stream else None,
     }
     name = "by_id" if checkpoint_id else "latest"
-    rows = await _driver_rows(conn, name, params)
-    if rows:
-        row = _OneRow(*rows[0])
-        return row, None if row.watermark is None else int(row.watermark)
+    if name == "latest":
+        row = _all_row(await _driver_rows(conn, "latest_all", params))
+        if row is not None:
+            return row, None if row.watermark is None else int(row.watermark)
+    else:
+        rows = await _driver_rows(conn, name, params)
+        if rows:
+            row = _OneRow(*rows[0])
+            return row, None if row.watermark is None else int(row.watermark)
     if projection_name is None:
         return None, 0
     if not complete:
@@ -318,6 +514,46 @@ async def head_row(
     return (_OneRow(*rows[0]) if rows else None), mark
 
 
+def _all_row(rows: Sequence[tuple[Any, ...]]) -> Any:
+    """The ``_OneRow`` (with ``rest``) of the rows of the ``latest_all`` statement, or None."""
+    head: Any = None
+    rest = []
+    for raw in rows:
+        r = _AllRow(*raw)
+        if r.kind == "c":
+            head = r
+        else:
+            rest.append(_RestRow(r.kind, r.task_id, r.idx, r.channel, r.version, r.type, r.data, r.task_path))
+    if head is None:
+        return None
+    return _OneRow(
+        head.checkpoint_id,
+        head.parent_checkpoint_id,
+        head.type,
+        head.data,
+        head.metadata_type,
+        head.metadata,
+        head.watermark,
+        rest,
+    )
+
+
+async def _from_rest(
+    conn: AsyncConnection, serde: SerializerProtocol, tk: str, rows: Sequence[Any]
+) -> tuple[list[PendingWrite], dict[tuple[str, str], tuple[str, bytes]]]:
+    """The pending writes (in ``writes_sort_key`` order) and the blobs of ``_RestRow``s."""
+    writes: list[tuple[tuple[str, str, int], PendingWrite]] = []
+    blobs: dict[tuple[str, str], tuple[str, bytes]] = {}
+    for r in rows:
+        value = await unspill(conn, tk, r.type, r.blob)
+        if r.kind == "w":
+            writes.append(((r.task_path, r.task_id, r.idx), (r.task_id, r.channel, serde.loads_typed(value))))
+        else:
+            blobs[(r.channel, r.version)] = value
+    writes.sort(key=lambda item: item[0])
+    return [w for _, w in writes], blobs
+
+
 async def tuple_of(
     conn: AsyncConnection, serde: SerializerProtocol, thread_id: str, ns: str, row: Any
 ) -> CheckpointTuple:
@@ -327,26 +563,40 @@ async def tuple_of(
     pairs = sorted({(ch, version_key(v)) for ch, v in versions.items()})
     tk, nk, cid = token(thread_id, field="thread_id"), token(ns, field="checkpoint_ns"), row.checkpoint_id
     pending: list[PendingWrite]
+    if row.rest is not None:
+        # read with the row: the newest blob of each channel that has any. Used if it holds every
+        # blob the checkpoint names, except of channels without a blob at all (none to read then:
+        # a checkpoint's blobs are applied with it or before it); else the thread forked
+        wanted = set(pairs)
+        have = {(r.channel, r.version) for r in row.rest if r.kind == "b"}
+        stored = {channel for channel, _ in have}
+        if all(p in have or p[0] not in stored for p in wanted):
+            rest = [r for r in row.rest if r.kind == "w" or (r.channel, r.version) in wanted]
+            pending, blobs = await _from_rest(conn, serde, tk, rest)
+            return _tuple(serde, thread_id, ns, row, checkpoint, blobs, pending)
     if len(pairs) > PAGE:  # a very wide state: page the blobs
         blobs = await _blobs_for(conn, tk, nk, set(pairs))
         pending = (await _writes_for(conn, serde, [(tk, nk, cid)]))[(tk, nk, cid)]
     else:
-        writes: list[tuple[tuple[str, str, int], PendingWrite]] = []
-        blobs = {}
         params: dict[str, Any] = {"tk": tk, "nk": nk, "cid": cid}
         for i, (channel, version) in enumerate(pairs or [("", "")]):  # an empty IN does not compile
             params[f"c{i}"], params[f"v{i}"] = channel, version
-        for raw in await _driver_rows(conn, "rest", params, max(1, len(pairs))):
-            r = _RestRow(*raw)
-            value = await unspill(conn, tk, r.type, r.blob)
-            if r.kind == "w":
-                writes.append(
-                    ((r.task_path, r.task_id, r.idx), (r.task_id, r.channel, serde.loads_typed(value)))
-                )
-            else:
-                blobs[(r.channel, r.version)] = value
-        writes.sort(key=lambda item: item[0])
-        pending = [w for _, w in writes]
+        rows = [_RestRow(*raw) for raw in await _driver_rows(conn, "rest", params, max(1, len(pairs)))]
+        pending, blobs = await _from_rest(conn, serde, tk, rows)
+    return _tuple(serde, thread_id, ns, row, checkpoint, blobs, pending)
+
+
+def _tuple(
+    serde: SerializerProtocol,
+    thread_id: str,
+    ns: str,
+    row: Any,
+    checkpoint: dict[str, Any],
+    blobs: dict[tuple[str, str], tuple[str, bytes]],
+    pending: list[PendingWrite],
+) -> CheckpointTuple:
+    versions = checkpoint["channel_versions"]
+    cid = row.checkpoint_id
     return CheckpointTuple(
         config=_config(thread_id, ns, cid),
         checkpoint={**checkpoint, "channel_values": _values(serde, versions, blobs)},  # type: ignore[typeddict-item]
