@@ -28,7 +28,7 @@ from .config import DEFAULT_DATABASE_URL
 from .errors import CodecError, ReadModelError
 from .identity import StreamIdentity
 from .log import Log
-from .readmodel import PROJECTION, ReadModel
+from .readmodel import PROJECTION, ReadModel, queries
 from .readmodel.apply import ALIVE_STALE, alive_at, apply_messages
 from .readmodel.tables import metadata
 
@@ -204,7 +204,7 @@ async def _watermark(
     conn: AsyncConnection, model: ReadModel, name: str, stream: StreamIdentity
 ) -> int | None:
     """The watermark of ``name``, or ``None`` if the read model answers for another stream."""
-    mark = await identity.watermark(conn, name, stream)
+    mark = await queries.watermark(conn, name, (stream.stream, stream.created))
     return mark if mark is not None else await identity.judge(conn, model, name, stream)
 
 

@@ -6,8 +6,6 @@ watermark and then read on the same connection.
 
 from __future__ import annotations
 
-import functools
-from collections import namedtuple
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,34 +14,21 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import CheckpointTuple, DeltaChannelHistory, PendingWrite
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from sqlalchemy import (
-    Select,
-    and_,
-    bindparam,
-    exists,
     func,
-    literal_column,
-    null,
-    or_,
     select,
     tuple_,
-    type_coerce,
-    union_all,
 )
-from sqlalchemy.engine import Dialect, Row
+from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..codec import CheckpointMsg, PruneMsg, WritesMsg, version_key
-from ..errors import ReadModelError
 from ..subjects import token
 from .apply import unspill
+from .statements import AllRow, OneRow, PageRest, PageRow, RestRow, driver_rows
 from .tables import (
     checkpoint_blobs,
     checkpoint_writes,
     checkpoints,
-    pg_escape,
-    pg_unescape,
-    projection,
-    stream_identity,
 )
 
 _C = checkpoints.c
@@ -126,6 +111,11 @@ def _values(
     return values
 
 
+def _padded(items: list[Any]) -> list[Any]:
+    """``items`` (not empty) and its last item repeated, to a power of two in all."""
+    return items + items[-1:] * ((1 << (len(items) - 1).bit_length()) - len(items))
+
+
 async def _writes_and_blobs(
     conn: AsyncConnection,
     serde: SerializerProtocol,
@@ -134,42 +124,23 @@ async def _writes_and_blobs(
     nk: str,
     want: set[tuple[str, str]],
 ) -> tuple[dict[tuple[str, str, str], list[PendingWrite]], dict[tuple[str, str], tuple[str, bytes]]]:
-    """:func:`_writes_for` and :func:`_blobs_for` (one thread and namespace) in one statement."""
-    items = sorted(want) or [("", "")]  # an empty IN does not compile
-    statement = union_all(
-        select(
-            literal_column("'w'").label("kind"),
-            _W.thread_key,
-            _W.ns_key,
-            _W.checkpoint_id,
-            _W.task_id,
-            _W.idx,
-            _W.channel,
-            type_coerce(null(), _B.version.type).label("version"),
-            _W.type,
-            _W.blob,
-            _W.task_path,
-        ).where(tuple_(_W.thread_key, _W.ns_key, _W.checkpoint_id).in_(list(keys))),
-        select(
-            literal_column("'b'"),
-            _B.thread_key,
-            _B.ns_key,
-            null(),
-            null(),
-            null(),
-            _B.channel,
-            _B.version,
-            _B.type,
-            _B.blob,
-            null(),
-        ).where(_B.thread_key == tk, _B.ns_key == nk, tuple_(_B.channel, _B.version).in_(items)),
-    )
+    """:func:`_writes_for` and :func:`_blobs_for` of checkpoints of one thread and namespace, in
+    one statement on the driver's cursor (at most :data:`PAGE` of each)."""
+    # IN lists padded to a power of two (repeating their last item): a few statement shapes to compile
+    ids = _padded(sorted({cid for _, _, cid in keys}))
+    items = _padded(sorted(want) or [("", "")])  # an empty IN does not compile
+    params: dict[str, Any] = {"tk": tk, "nk": nk}
+    for i, cid in enumerate(ids):
+        params[f"i{i}"] = cid
+    for i, (channel, version) in enumerate(items):
+        params[f"c{i}"], params[f"v{i}"] = channel, version
+    rows = await driver_rows(conn, "page_rest", params, shape=(len(ids), len(items)))
     raw: dict[tuple[str, str, str], list[tuple[tuple[str, str, int], PendingWrite]]] = {k: [] for k in keys}
     blobs: dict[tuple[str, str], tuple[str, bytes]] = {}
-    for r in await conn.execute(statement):
+    for r in map(PageRest._make, rows):
         if r.kind == "w":
-            value = await unspill(conn, r.thread_key, r.type, r.blob)
-            raw[(r.thread_key, r.ns_key, r.checkpoint_id)].append(
+            value = await unspill(conn, tk, r.type, r.blob)
+            raw[(tk, nk, r.checkpoint_id)].append(
                 ((r.task_path, r.task_id, r.idx), (r.task_id, r.channel, serde.loads_typed(value)))
             )
         elif (r.channel, r.version) in want:
@@ -222,249 +193,12 @@ async def _tuples(
     return out
 
 
-def _head_query() -> Select[Any]:
-    return select(
-        _C.thread_key,
-        _C.ns_key,
-        _C.checkpoint_id,
-        _C.thread_id,
-        _C.checkpoint_ns,
-        _C.parent_checkpoint_id,
-        _C.type,
-        _C.checkpoint,
-        _C.metadata_type,
-        _C.metadata,
-    )
-
-
-# The single-checkpoint read (get_tuple) is the hot read: two statements, the first also returning
-# the projection watermark, the second the checkpoint's pending writes and blobs together. They are
-# compiled once per dialect (and number of blobs) and run on the driver's own cursor: SQLAlchemy's
-# execution and result layers cost ~0.4 ms a statement on aiomysql, more than the server does.
-# The watermark counts only if the read model was filled from the reader's stream (identity.py):
-# else it is NULL, and the read is answered from the log.
-_WATERMARK = select(projection.c.last_seq).where(
-    projection.c.name == bindparam("projection"),
-    exists().where(
-        stream_identity.c.id == 1,
-        stream_identity.c.stream == bindparam("stream"),
-        stream_identity.c.created == bindparam("created"),
-    ),
-)
-_ONE = select(
-    _C.checkpoint_id,
-    _C.parent_checkpoint_id,
-    _C.type,
-    _C.checkpoint,
-    _C.metadata_type,
-    _C.metadata,
-    _WATERMARK.scalar_subquery().label("watermark"),
-).where(_C.thread_key == bindparam("tk"), _C.ns_key == bindparam("nk"))
-_LATEST = _ONE.order_by(_C.checkpoint_id.desc()).limit(1)
-_BY_ID = _ONE.where(_C.checkpoint_id == bindparam("cid"))
-# ``rest``: the pending writes and newest blobs read with the row (``_RestRow``s), or None
-_OneRow = namedtuple(
-    "_OneRow",
-    "checkpoint_id parent_checkpoint_id type checkpoint metadata_type metadata watermark rest",
-    defaults=(None,),
-)
-_RestRow = namedtuple("_RestRow", "kind task_id idx channel version type blob task_path")
-
-
-def _rest(n_pairs: int) -> Any:
-    """Pending writes of one checkpoint and ``n_pairs`` of its (channel, version) blobs."""
-    pairs = [tuple_(bindparam(f"c{i}"), bindparam(f"v{i}")) for i in range(n_pairs)]
-    return union_all(
-        select(
-            literal_column("'w'").label("kind"),
-            _W.task_id,
-            _W.idx,
-            _W.channel,
-            null().label("version"),
-            _W.type,
-            _W.blob,
-            _W.task_path,
-        ).where(
-            _W.thread_key == bindparam("tk"),
-            _W.ns_key == bindparam("nk"),
-            _W.checkpoint_id == bindparam("cid"),
-        ),
-        select(literal_column("'b'"), null(), null(), _B.channel, _B.version, _B.type, _B.blob, null()).where(
-            _B.thread_key == bindparam("tk"),
-            _B.ns_key == bindparam("nk"),
-            tuple_(_B.channel, _B.version).in_(pairs),
-        ),
-    )
-
-
-def _latest_all(dialect: str) -> Any:
-    """The latest checkpoint of a thread and namespace with the watermark (as ``_LATEST``), its
-    pending writes, and the newest blob of each channel of the namespace, in one statement (one
-    snapshot, one round trip): ``kind`` 'c', 'w' and 'b' rows in ``_AllRow``'s shape.
-
-    The newest blob version of each channel is what the latest checkpoint of a thread refers to
-    unless the thread forked (``update_state`` on an older checkpoint); :func:`tuple_of` checks
-    every (channel, version) the checkpoint names against them and reads the missing ones with
-    the second statement. The channels are found by a skip scan of the blobs' key (a loose index
-    scan on MySQL, a recursive CTE elsewhere: one index probe per channel), so the cost follows
-    the number of channels, not the thread's history."""
-    tk: Any = bindparam("tk")
-    nk: Any = bindparam("nk")
-    c2 = checkpoints.alias("c2")
-    b2, b3, b4 = (checkpoint_blobs.alias(n) for n in ("b2", "b3", "b4"))
-    # every lookup below is an ORDER BY ... LIMIT 1 or a primary key probe, so that the plan is an
-    # index probe whatever the planner's statistics (a fresh table's lead it to scan the thread)
-    latest_id = (
-        select(c2.c.checkpoint_id)
-        .where(c2.c.thread_key == tk, c2.c.ns_key == nk)
-        .order_by(c2.c.checkpoint_id.desc())
-        .limit(1)
-        .scalar_subquery()
-    )
-
-    def next_channel(after: Any = None) -> Any:
-        q = select(b2.c.channel).where(b2.c.thread_key == tk, b2.c.ns_key == nk)
-        if after is not None:
-            q = q.where(b2.c.channel > after)
-        return q.order_by(b2.c.channel).limit(1).scalar_subquery()
-
-    chv: Any
-    if dialect == "mysql":
-        # MariaDB and MySQL read MAX per group of a key prefix by a loose index scan, one probe per
-        # channel ("Using index for group-by"); their recursive CTE below would scan the thread
-        chv = (
-            select(b3.c.channel, func.max(b3.c.version).label("version"))
-            .where(b3.c.thread_key == tk, b3.c.ns_key == nk)
-            .group_by(b3.c.thread_key, b3.c.ns_key, b3.c.channel)  # the whole key prefix: else no loose scan
-            .subquery("skialith_chv")
-        )
-    else:
-        # PostgreSQL has no loose index scan: a skip scan by recursive CTE, one probe per channel
-        ch = select(next_channel().label("channel")).cte("skialith_ch", recursive=True)
-        ch = ch.union_all(select(next_channel(ch.c.channel)).where(ch.c.channel.is_not(None)))
-        newest = (
-            select(b3.c.version)
-            .where(b3.c.thread_key == tk, b3.c.ns_key == nk, b3.c.channel == ch.c.channel)
-            .order_by(b3.c.version.desc())
-            .limit(1)
-            .scalar_subquery()
-        )
-        found = ch.c.channel.is_not(None)
-        chv = select(ch.c.channel, newest.label("version")).where(found).cte("skialith_chv")
-
-    def blob_column(column: str) -> Any:
-        return (
-            select(b4.c[column])
-            .where(
-                b4.c.thread_key == tk,
-                b4.c.ns_key == nk,
-                b4.c.channel == chv.c.channel,
-                b4.c.version == chv.c.version,
-            )
-            .scalar_subquery()
-        )
-
-    head = select(
-        literal_column("'c'").label("kind"),
-        _C.checkpoint_id,
-        _C.parent_checkpoint_id,
-        _C.type,
-        _C.checkpoint.label("data"),
-        _C.metadata_type,
-        _C.metadata,
-        _WATERMARK.scalar_subquery().label("watermark"),
-        null().label("task_id"),
-        null().label("idx"),
-        null().label("channel"),
-        null().label("version"),
-        null().label("task_path"),
-    ).where(_C.thread_key == tk, _C.ns_key == nk, _C.checkpoint_id == latest_id)
-    writes = select(
-        literal_column("'w'"),
-        _W.checkpoint_id,
-        null(),
-        _W.type,
-        _W.blob,
-        null(),
-        null(),
-        null(),
-        _W.task_id,
-        _W.idx,
-        _W.channel,
-        null(),
-        _W.task_path,
-    ).where(_W.thread_key == tk, _W.ns_key == nk, _W.checkpoint_id == latest_id)
-    blobs = select(
-        literal_column("'b'"),
-        null(),
-        null(),
-        blob_column("type"),
-        blob_column("blob"),
-        null(),
-        null(),
-        null(),
-        null(),
-        null(),
-        chv.c.channel,
-        chv.c.version,
-        null(),
-    )
-    return union_all(head, writes, blobs)
-
-
-_AllRow = namedtuple(
-    "_AllRow",
-    "kind checkpoint_id parent_checkpoint_id type data metadata_type metadata watermark "
-    "task_id idx channel version task_path",
-)
-_HOT = {"latest": _LATEST, "by_id": _BY_ID, "watermark": _WATERMARK}
-
-
-@functools.lru_cache(maxsize=256)
-def _compiled(dialect: Dialect, name: str, n_pairs: int = 0) -> tuple[str, tuple[str, ...], dict[str, Any]]:
-    """(SQL in the driver's paramstyle, parameter names in order, default values) of a hot statement."""
-    if name == "rest":
-        statement = _rest(n_pairs)
-    elif name == "latest_all":
-        statement = _latest_all(dialect.name)
-    else:
-        statement = _HOT[name]
-    compiled = statement.compile(dialect=dialect)
-    return str(compiled), tuple(compiled.positiontup or ()), dict(compiled.params)
-
-
-async def _driver_rows(
-    conn: AsyncConnection, name: str, params: dict[str, Any], n_pairs: int = 0
-) -> list[tuple[Any, ...]]:
-    """Run a hot statement on the driver's connection under ``conn`` (aiomysql, psycopg or aiosqlite)."""
-    sql, names, defaults = _compiled(conn.dialect, name, n_pairs)
-    args: tuple[Any, ...] | dict[str, Any]
-    if names:  # positional paramstyle (aiomysql's format, aiosqlite's qmark)
-        args = tuple(params[k] if k in params else defaults[k] for k in names)
-    else:  # named (psycopg's pyformat)
-        args = {k: params.get(k, v) for k, v in defaults.items()}
-    if not conn.in_transaction():
-        await conn.begin()  # so that closing ``conn`` ends what the driver's statements began
-    driver: Any = (await conn.get_raw_connection()).driver_connection
-    try:
-        if conn.dialect.name == "mysql":
-            async with driver.cursor() as cur:
-                await cur.execute(sql, args)
-                return list(await cur.fetchall())
-        if conn.dialect.name == "postgresql":  # text is stored NUL-escaped there (tables.pg_escape)
-            assert isinstance(args, dict)
-            args = {k: pg_escape(v) if isinstance(v, str) else v for k, v in args.items()}
-            async with driver.cursor() as cur:
-                await cur.execute(sql, args)
-                rows = await cur.fetchall()
-            return [tuple(pg_unescape(v) if isinstance(v, str) else v for v in row) for row in rows]
-        async with driver.execute(sql, args) as cur:
-            return list(await cur.fetchall())
-    except Exception as exc:
-        # the driver's own errors (a lost connection surfaces as IncompleteReadError) are not
-        # SQLAlchemy's: say that the read model failed, so the caller reads the log instead
-        url = conn.engine.url.render_as_string(hide_password=True)
-        raise ReadModelError(f"a read from {url!r} failed ({type(exc).__name__}: {exc})", url=url) from exc
+async def watermark(conn: AsyncConnection, name: str, stream: tuple[str, str]) -> int | None:
+    """The watermark of projection ``name`` if the read model records ``stream`` (name, creation
+    time) as its stream, else None: ``identity.watermark`` on the driver's cursor."""
+    params = {"projection": name, "stream": stream[0], "created": stream[1]}
+    rows = await driver_rows(conn, "watermark", params)
+    return int(rows[0][0]) if rows and rows[0][0] is not None else None
 
 
 async def head_row(
@@ -494,13 +228,13 @@ async def head_row(
     }
     name = "by_id" if checkpoint_id else "latest"
     if name == "latest":
-        row = _all_row(await _driver_rows(conn, "latest_all", params))
+        row = _all_row(await driver_rows(conn, "latest_all", params))
         if row is not None:
             return row, None if row.watermark is None else int(row.watermark)
     else:
-        rows = await _driver_rows(conn, name, params)
+        rows = await driver_rows(conn, name, params)
         if rows:
-            row = _OneRow(*rows[0])
+            row = OneRow(*rows[0])
             return row, None if row.watermark is None else int(row.watermark)
     if projection_name is None:
         return None, 0
@@ -508,25 +242,25 @@ async def head_row(
         return None, None
     # No row, so no watermark from that statement. Read the watermark, then look again: without
     # one snapshot for both statements (SQLite outside a transaction), only that order is safe.
-    found = await _driver_rows(conn, "watermark", params)
+    found = await driver_rows(conn, "watermark", params)
     mark = int(found[0][0]) if found and found[0][0] is not None else None
-    rows = await _driver_rows(conn, name, params)
-    return (_OneRow(*rows[0]) if rows else None), mark
+    rows = await driver_rows(conn, name, params)
+    return (OneRow(*rows[0]) if rows else None), mark
 
 
 def _all_row(rows: Sequence[tuple[Any, ...]]) -> Any:
-    """The ``_OneRow`` (with ``rest``) of the rows of the ``latest_all`` statement, or None."""
+    """The ``OneRow`` (with ``rest``) of the rows of the ``latest_all`` statement, or None."""
     head: Any = None
     rest = []
     for raw in rows:
-        r = _AllRow(*raw)
+        r = AllRow(*raw)
         if r.kind == "c":
             head = r
         else:
-            rest.append(_RestRow(r.kind, r.task_id, r.idx, r.channel, r.version, r.type, r.data, r.task_path))
+            rest.append(RestRow(r.kind, r.task_id, r.idx, r.channel, r.version, r.type, r.data, r.task_path))
     if head is None:
         return None
-    return _OneRow(
+    return OneRow(
         head.checkpoint_id,
         head.parent_checkpoint_id,
         head.type,
@@ -541,7 +275,7 @@ def _all_row(rows: Sequence[tuple[Any, ...]]) -> Any:
 async def _from_rest(
     conn: AsyncConnection, serde: SerializerProtocol, tk: str, rows: Sequence[Any]
 ) -> tuple[list[PendingWrite], dict[tuple[str, str], tuple[str, bytes]]]:
-    """The pending writes (in ``writes_sort_key`` order) and the blobs of ``_RestRow``s."""
+    """The pending writes (in ``writes_sort_key`` order) and the blobs of ``RestRow``s."""
     writes: list[tuple[tuple[str, str, int], PendingWrite]] = []
     blobs: dict[tuple[str, str], tuple[str, bytes]] = {}
     for r in rows:
@@ -581,7 +315,7 @@ async def tuple_of(
         params: dict[str, Any] = {"tk": tk, "nk": nk, "cid": cid}
         for i, (channel, version) in enumerate(pairs or [("", "")]):  # an empty IN does not compile
             params[f"c{i}"], params[f"v{i}"] = channel, version
-        rows = [_RestRow(*raw) for raw in await _driver_rows(conn, "rest", params, max(1, len(pairs)))]
+        rows = [RestRow(*raw) for raw in await driver_rows(conn, "rest", params, max(1, len(pairs)))]
         pending, blobs = await _from_rest(conn, serde, tk, rows)
     return _tuple(serde, thread_id, ns, row, checkpoint, blobs, pending)
 
@@ -634,22 +368,21 @@ async def list_tuples(
     """
     if limit is not None and limit <= 0:
         return
-    q = _head_query()
+    params: dict[str, Any] = {"cid": checkpoint_id, "before": before_id}
     if thread_id is not None:
-        q = q.where(_C.thread_key == token(thread_id, field="thread_id"))
+        params["tk"] = token(thread_id, field="thread_id")
     if ns is not None:
-        q = q.where(_C.ns_key == token(ns, field="checkpoint_ns"))
-    if checkpoint_id:
-        q = q.where(_C.checkpoint_id == checkpoint_id)
-    if before_id:
-        q = q.where(_C.checkpoint_id < before_id)
-    q = q.order_by(_C.checkpoint_id.desc(), _C.thread_key, _C.ns_key)
+        params["nk"] = token(ns, field="checkpoint_ns")
     emitted = 0
-    after: Row[Any] | None = None
+    after: Any = None
     while True:
         page_size = PAGE if (filter or limit is None) else min(PAGE, limit - emitted)
-        page = q if after is None else q.where(_after(after))
-        rows = (await conn.execute(page.limit(page_size))).all()
+        if after is not None:
+            params.update(a_cid=after.checkpoint_id, a_tk=after.thread_key, a_nk=after.ns_key)
+        params["lim"] = page_size
+        shape: tuple[bool, ...] = (thread_id is not None, ns is not None, bool(checkpoint_id))
+        shape += (bool(before_id), after is not None)
+        rows: list[Any] = [PageRow._make(r) for r in await driver_rows(conn, "page", params, shape=shape)]
         if not rows:
             return
         after = rows[-1]
@@ -668,19 +401,6 @@ async def list_tuples(
                 return
         if len(rows) < page_size and not filter:
             return
-
-
-def _after(row: Row[Any]) -> Any:
-    """Rows after ``row`` in ``(checkpoint_id DESC, thread_key, ns_key)`` order."""
-    return or_(
-        _C.checkpoint_id < row.checkpoint_id,
-        and_(
-            _C.checkpoint_id == row.checkpoint_id,
-            or_(
-                _C.thread_key > row.thread_key, and_(_C.thread_key == row.thread_key, _C.ns_key > row.ns_key)
-            ),
-        ),
-    )
 
 
 async def delta_history(
