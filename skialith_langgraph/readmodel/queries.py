@@ -348,6 +348,49 @@ async def get_tuple(
     return None if row is None else await tuple_of(conn, serde, thread_id, ns, row)
 
 
+def _page_params(
+    thread_id: str | None, ns: str | None, checkpoint_id: str | None, before_id: str | None
+) -> dict[str, Any]:
+    params: dict[str, Any] = {"cid": checkpoint_id, "before": before_id}
+    if thread_id is not None:
+        params["tk"] = token(thread_id, field="thread_id")
+    if ns is not None:
+        params["nk"] = token(ns, field="checkpoint_ns")
+    return params
+
+
+def _page_size(filter: dict[str, Any] | None, limit: int | None, emitted: int) -> int:
+    return PAGE if (filter or limit is None) else min(PAGE, limit - emitted)
+
+
+def _page_shape(params: dict[str, Any], after: bool, mark: bool = False) -> tuple[bool, ...]:
+    shape = ("tk" in params, "nk" in params, bool(params["cid"]), bool(params["before"]), after)
+    return (*shape, True) if mark else shape
+
+
+async def first_page(
+    conn: AsyncConnection,
+    *,
+    thread_id: str | None,
+    ns: str | None,
+    checkpoint_id: str | None,
+    before_id: str | None,
+    filter: dict[str, Any] | None,
+    limit: int | None,
+    projection_name: str,
+    stream: tuple[str, str],
+) -> tuple[list[Any], int | None]:
+    """The first page :func:`list_tuples` would read with these arguments, and the watermark of
+    ``projection_name`` from the same statement (None if the page is empty, or the read model
+    does not record ``stream``)."""
+    params = _page_params(thread_id, ns, checkpoint_id, before_id)
+    params.update(lim=_page_size(filter, limit, 0), projection=projection_name)
+    params.update(stream=stream[0], created=stream[1])
+    found = await driver_rows(conn, "page", params, shape=_page_shape(params, False, True))
+    mark = found[0][-1] if found else None
+    return [PageRow._make(r[:-1]) for r in found], None if mark is None else int(mark)
+
+
 async def list_tuples(
     conn: AsyncConnection,
     serde: SerializerProtocol,
@@ -358,6 +401,7 @@ async def list_tuples(
     before_id: str | None,
     filter: dict[str, Any] | None,
     limit: int | None,
+    first: list[Any] | None = None,
 ) -> AsyncIterator[CheckpointTuple]:
     """Checkpoints newest first (per thread and namespace), as LangGraph's ``list``.
 
@@ -365,24 +409,24 @@ async def list_tuples(
     in ``(checkpoint_id DESC, thread_key, ns_key)`` order, so rows written or deleted meanwhile
     cannot repeat or skip a row, whatever snapshot each statement sees (SQLite starts a fresh one
     per statement). Tuples are yielded page by page, the first after the first page.
+    ``first``: the first page, read already by :func:`first_page` with the same arguments.
     """
     if limit is not None and limit <= 0:
         return
-    params: dict[str, Any] = {"cid": checkpoint_id, "before": before_id}
-    if thread_id is not None:
-        params["tk"] = token(thread_id, field="thread_id")
-    if ns is not None:
-        params["nk"] = token(ns, field="checkpoint_ns")
+    params = _page_params(thread_id, ns, checkpoint_id, before_id)
     emitted = 0
     after: Any = None
     while True:
-        page_size = PAGE if (filter or limit is None) else min(PAGE, limit - emitted)
-        if after is not None:
-            params.update(a_cid=after.checkpoint_id, a_tk=after.thread_key, a_nk=after.ns_key)
-        params["lim"] = page_size
-        shape: tuple[bool, ...] = (thread_id is not None, ns is not None, bool(checkpoint_id))
-        shape += (bool(before_id), after is not None)
-        rows: list[Any] = [PageRow._make(r) for r in await driver_rows(conn, "page", params, shape=shape)]
+        page_size = _page_size(filter, limit, emitted)
+        rows: list[Any]
+        if after is None and first is not None:
+            rows = first
+        else:
+            if after is not None:
+                params.update(a_cid=after.checkpoint_id, a_tk=after.thread_key, a_nk=after.ns_key)
+            params["lim"] = page_size
+            shape = _page_shape(params, after is not None)
+            rows = [PageRow._make(r) for r in await driver_rows(conn, "page", params, shape=shape)]
         if not rows:
             return
         after = rows[-1]

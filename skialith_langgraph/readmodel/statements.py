@@ -234,9 +234,12 @@ def _latest_all(dialect: str) -> Any:
     return union_all(head, writes, blobs)
 
 
-def _page(thread: bool, ns: bool, cid: bool, before: bool, after: bool) -> Any:
-    """One page of ``list_tuples`` (``head_query`` rows, newest first), every value a parameter."""
+def _page(thread: bool, ns: bool, cid: bool, before: bool, after: bool, mark: bool = False) -> Any:
+    """One page of ``list_tuples`` (``head_query`` rows, newest first), every value a parameter;
+    with ``mark``, each row also carries the watermark (as ``_ONE``), from the same snapshot."""
     q = head_query()
+    if mark:
+        q = q.add_columns(_WATERMARK.scalar_subquery().label("watermark"))
     if thread:
         q = q.where(_C.thread_key == bindparam("tk"))
     if ns:
