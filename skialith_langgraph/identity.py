@@ -34,6 +34,7 @@ from sqlalchemy import exists, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from .cluster import why_no_ack
 from .errors import LogError, ProjectionError, StreamNotFoundError
 from .readmodel.tables import projection, stream_identity
 
@@ -149,8 +150,10 @@ class StreamWatch:
             self._current = None
             raise StreamNotFoundError(f"stream {name!r} not found at {url!r}; call setup()", url=url) from exc
         except (nats.errors.Error, TimeoutError) as exc:
+            why = await why_no_ack(self._log.nc, name)  # on a cluster: a lost quorum, say so
             raise LogError(
-                f"cannot read the identity of stream {name!r} at {url!r} ({type(exc).__name__}: {exc})",
+                f"cannot read the identity of stream {name!r} at {url!r} ({type(exc).__name__}: {exc})"
+                + (f"; {why}" if why else ""),
                 url=url,
             ) from exc
         self._current = StreamIdentity(name, _created(info))

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import datetime as dt
@@ -436,11 +437,15 @@ class Inspector:
         page = max(limit, 1)
         agents = kind != THREAD and status is None and not metadata
         while len(out) < limit:
-            rows: list[tuple[str, int, int, str] | _AgentRow] = []
-            if kind != AGENT:
-                rows.extend(await self._thread_rows(cursor, page))
+            rows: list[tuple[str, int, int, str, CheckpointTuple | None] | _AgentRow] = []
+            # the two pages are read side by side (each waits on NATS and the database)
+            threads_page, agents_page = await asyncio.gather(
+                self._thread_rows(cursor, page) if kind != AGENT else _nothing(),
+                self._agent_rows(cursor, page) if agents else _nothing(),
+            )
+            rows.extend(threads_page)
             if agents:  # merged by sequence: the top ``page`` of both lists' top ``page``s
-                rows = sorted([*rows, *await self._agent_rows(cursor, page)], key=lambda r: (-r[2], r[3]))
+                rows = sorted([*rows, *agents_page], key=lambda r: (-r[2], r[3]))
                 rows = rows[:page]
             for row in rows:
                 thread_id, count, last_seq, key = row[:4]
@@ -452,7 +457,7 @@ class Inspector:
                     if len(out) >= limit:
                         return ThreadPage(out, f"{last_seq}:{key}")
                     continue
-                tup = await self.checkpointer.aget_tuple(_config(thread_id))
+                tup = row[4]
                 if tup is None:  # deleted since the page was read
                     continue
                 ts = _ts(tup)
@@ -484,16 +489,53 @@ class Inspector:
 
     async def _thread_rows(
         self, cursor: tuple[int, str] | None, limit: int
-    ) -> list[tuple[str, int, int, str]]:
+    ) -> list[tuple[str, int, int, str, CheckpointTuple | None]]:
+        """A page of ``(thread_id, checkpoints, last_seq, thread_key, latest checkpoint)``, the
+        last written first, all read in one whole-stream view (one consistency check, not one per
+        thread). The page is chosen from the index (thread_key, seq) alone; then one statement
+        reads the page's latest root checkpoints (as get_tuple's, the greatest checkpoint id) and
+        one per thread its blobs and pending writes."""
         core = await self.checkpointer._acore()
         last = func.max(_C.seq)
-        q = select(func.min(_C.thread_id), func.count(), last, _C.thread_key).group_by(_C.thread_key)
+        q = select(_C.thread_key, func.count(), last).group_by(_C.thread_key)
         if cursor is not None:
             q = q.having(or_(last < cursor[0], and_(last == cursor[0], _C.thread_key > cursor[1])))
         q = q.order_by(last.desc(), _C.thread_key).limit(limit)
+        root = token("", field="checkpoint_ns")
+        other = checkpoints.alias("newer")
+        out: list[tuple[str, int, int, str, CheckpointTuple | None]] = []
         async with core.view(None) as conn:
-            rows = (await conn.execute(q)).all()
-        return [(str(r[0]), int(r[1]), int(r[2]), str(r[3])) for r in rows]
+            page = (await conn.execute(q)).all()
+            if not page:
+                return out
+            heads = select(
+                _C.thread_key,
+                _C.thread_id,
+                _C.checkpoint_id,
+                _C.parent_checkpoint_id,
+                _C.type,
+                _C.checkpoint,
+                _C.metadata_type,
+                _C.metadata,
+            ).where(
+                _C.thread_key.in_([str(k) for k, _, _ in page]),
+                _C.ns_key == root,
+                _C.checkpoint_id
+                == select(func.max(other.c.checkpoint_id))
+                .where(other.c.thread_key == _C.thread_key, other.c.ns_key == root)
+                .scalar_subquery(),
+            )
+            rows = {str(r.thread_key): r for r in (await conn.execute(heads)).all()}
+            serde = self.checkpointer.serde
+            for k, n, seq in page:
+                row = rows.get(str(k))
+                if row is None:  # no root checkpoint (deleted since, or subgraphs only): not listed
+                    out.append((str(k), int(n), int(seq), str(k), None))
+                    continue
+                tid = str(row.thread_id)
+                latest = await queries.tuple_of(conn, serde, tid, "", row)
+                out.append((tid, int(n), int(seq), str(k), latest))
+        return out
 
     async def _agent_rows(self, cursor: tuple[int, str] | None, limit: int) -> list[_AgentRow]:
         """A page of agents from ``skialith_agent_events``, read-your-writes over every agent's
@@ -705,8 +747,9 @@ class Inspector:
         (``checkpoint_ns`` values: ``node:task`` segments joined by ``|``, each under the namespace
         it was called from, with its checkpoint count), its ancestors and its descendants through
         the metadata key :data:`PARENT_KEY` (``parent_thread_id``) of each thread's latest
-        checkpoint. Finding descendants decodes the metadata of every thread's latest checkpoint
-        (one row per thread, read through the whole-stream view)."""
+        checkpoint; and the thread it was copied from and its copies (:meth:`copy_links`).
+        Finding descendants decodes the metadata of every thread's latest checkpoint (one row per
+        thread, read through the whole-stream view)."""
         core = await self.checkpointer._acore()
         tk = token(thread_id, field="thread_id")
         q = (
@@ -720,6 +763,7 @@ class Inspector:
         if not counts:
             raise InspectError(f"no thread {thread_id!r} (no checkpoint is stored for it)")
         parents = await self._parent_links()
+        copied_from, copies = await self.copy_links(thread_id)
         ancestors: list[str] = []
         cur = parents.get(thread_id)
         while cur is not None and cur not in ancestors and cur != thread_id:
@@ -742,7 +786,43 @@ class Inspector:
             "parent_key": PARENT_KEY,
             "ancestors": list(reversed(ancestors)),  # the root first
             "children": descend(thread_id, frozenset({thread_id, *ancestors})),
+            "copied_from": copied_from,
+            "copies": copies,
         }
+
+    async def copy_links(self, thread_id: str) -> tuple[str | None, list[str]]:
+        """``(source, copies)``: the thread ``thread_id`` was copied from with ``copy_thread`` (or
+        ``skialith import --thread``), and the threads copied from it, oldest copy first.
+
+        Nothing is written to mark a copy: a copy holds the same checkpoint ids as its source
+        (LangGraph's ids are unique per write, so two threads share one only by a copy), written
+        later. So the threads holding this thread's first root checkpoint id are its family; the
+        one that wrote it first (lowest stream sequence) is the original, every other one a copy
+        of it (a copy of a copy is shown as a copy of the original).
+        """
+        core = await self.checkpointer._acore()
+        tk = token(thread_id, field="thread_id")
+        root = token("", field="checkpoint_ns")
+        first = (
+            select(_C.checkpoint_id)
+            .where(_C.thread_key == tk, _C.ns_key == root)
+            .order_by(_C.checkpoint_id)
+            .limit(1)
+            .scalar_subquery()
+        )
+        q = (
+            select(_C.thread_id, _C.seq)
+            .where(_C.ns_key == root, _C.checkpoint_id == first)
+            .order_by(_C.seq, _C.thread_key)
+        )
+        async with core.view(None) as conn:
+            family = [str(tid) for tid, _ in (await conn.execute(q)).all()]
+        if thread_id not in family or len(family) < 2:
+            return None, []
+        original = family[0]
+        if thread_id == original:
+            return None, family[1:]
+        return original, []
 
     async def _parent_links(self) -> dict[str, str]:
         """``{thread: parent_thread_id}`` from each thread's latest checkpoint's metadata."""
@@ -930,6 +1010,10 @@ def _typed(serde: Any, typ: str, data: bytes) -> dict[str, Any]:
 
 def _untyped(item: dict[str, Any]) -> tuple[str, bytes]:
     return str(item["type"]), base64.b64decode(item["data"], validate=True)
+
+
+async def _nothing() -> list[Any]:
+    return []
 
 
 def _parse_cursor(after: str | None) -> tuple[int, str] | None:

@@ -25,6 +25,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
+from .cluster import clustered, leader_seq, why_no_ack
 from .config import DEFAULT_DUPLICATE_WINDOW, Settings, safe_nats_url
 from .errors import CodecError, ConfigError, ConnectError, LogError, PublishError, StreamNotFoundError
 from .identity import StreamIdentity, StreamWatch
@@ -311,7 +312,10 @@ class Log:
         # (a drain waits for pull subscriptions and can take its full 30 s timeout)
         await self._identity.close()
         if self._owned and not self.nc.is_closed:
-            await self.nc.close()
+            try:
+                await self.nc.close()
+            except (OSError, nats.errors.Error) as exc:  # every server gone (a region lost): closed anyway
+                logger.debug("closing the NATS connection to %s: %s", self.url, exc)
 
     @property
     def url(self) -> str:
@@ -547,14 +551,25 @@ class Log:
         try:
             ack = await self.js.publish(subject, body, timeout=self.settings.publish_timeout, headers=headers)
         except nats.errors.TimeoutError as exc:
+            # on a cluster, ask it why (at most 1 s more): a stream without a leader (quorum lost)
+            why = await why_no_ack(self.nc, self.settings.stream, min(1.0, self.settings.publish_timeout))
+            cause = f" Cause: {why}." if why else f" Is the server up? {_HINT}."
             raise PublishError(
                 f"no PubAck from NATS at {self.url!r} within {self.settings.publish_timeout} s "
-                f"for {subject!r}; the write may or may not be stored. Is the server up? {_HINT}."
-                f"{self._denied()}",
+                f"for {subject!r}; the write may or may not be stored (a retry is safe: see "
+                f"docs/production.md).{cause}{self._denied()}",
                 url=self.url,
                 subject=subject,
             ) from exc
         except nats.js.errors.NoStreamResponseError as exc:
+            # on a cluster, the nodes of a stream without a leader answer "no responders" too
+            why = await why_no_ack(self.nc, self.settings.stream, min(1.0, self.settings.publish_timeout))
+            if why:
+                raise PublishError(
+                    f"JetStream at {self.url!r} did not store {subject!r}: {why}",
+                    url=self.url,
+                    subject=subject,
+                ) from exc
             raise StreamNotFoundError(
                 f"no stream at {self.url!r} takes {subject!r}; call setup() first",
                 url=self.url,
@@ -583,6 +598,10 @@ class Log:
         return list(await asyncio.gather(*(self._last_seq(f) for f in filters)))
 
     async def _last_seq(self, subject_filter: str) -> int:
+        if clustered(self.nc):  # a follower may lag: ask the leader (see cluster.leader_seq)
+            return await leader_seq(
+                self.nc, self.settings.stream, {"last_by_subj": subject_filter}, self.settings.publish_timeout
+            )
         req = json.dumps({"last_by_subj": subject_filter}).encode()
         msg = await self._direct_get(req)
         if msg is None:
@@ -616,6 +635,9 @@ class Log:
 
     async def next_seq(self, subject_filter: str, *, after: int) -> int:
         """The stream sequence of the first message on ``subject_filter`` after ``after`` (0 if none)."""
+        if clustered(self.nc):
+            request = {"seq": after + 1, "next_by_subj": subject_filter}
+            return await leader_seq(self.nc, self.settings.stream, request, self.settings.publish_timeout)
         msg = await self._direct_get(json.dumps({"seq": after + 1, "next_by_subj": subject_filter}).encode())
         return int(msg.headers["Nats-Sequence"]) if msg is not None and msg.headers else 0
 
@@ -635,9 +657,28 @@ class Log:
         replies = _Replies()
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox, cb=replies.take)
+        behind_until = 0.0  # a follower answered without messages the leader has: read again until then
         try:
             while until_seq is None or seq <= until_seq:
                 batch, pending = await self._direct_batch(replies, inbox, subject_filter, seq, until_seq)
+                if (not batch or not pending) and until_seq is not None and clustered(self.nc):
+                    # any replica answers a direct get; one may not have the last messages yet
+                    after = int(batch[-1].headers["Nats-Sequence"]) if batch else seq - 1
+                    missed = await self.next_seq(subject_filter, after=after)
+                    if 0 < missed <= until_seq:
+                        behind_until = behind_until or asyncio.get_running_loop().time() + (
+                            self.settings.publish_timeout
+                        )
+                        if asyncio.get_running_loop().time() > behind_until:
+                            raise LogError(
+                                f"the replicas of stream {self.settings.stream!r} that answered reads stayed "
+                                f"behind its leader (seq {missed}) for {self.settings.publish_timeout} s",
+                                url=self.url,
+                            )
+                        pending = 1  # read on (the loop below takes what this batch has)
+                        if not batch:
+                            await asyncio.sleep(0.005)
+                            continue
                 for msg in batch:
                     found = int(msg.headers["Nats-Sequence"])
                     if until_seq is not None and found > until_seq:
@@ -748,11 +789,24 @@ class Log:
             chunk = held.pop(part) if held is not None else None
             if chunk is None:
                 msg = await self._direct_get(json.dumps({"last_by_subj": part}).encode())
+                if msg is None and clustered(self.nc) and await self._last_seq(part):
+                    msg = await self._part_from_a_current_replica(part)
                 if msg is None:
                     raise MissingPartError(f"part {i} of {base!r} is missing from the stream", url=self.url)
                 chunk = msg.data
             chunks.append(chunk)
         return b"".join(chunks)
+
+    async def _part_from_a_current_replica(self, part: str) -> Any:
+        """A part the leader has and the replica that answered has not yet: ask again (any replica
+        answers a direct get), up to ``publish_timeout`` seconds."""
+        deadline = asyncio.get_running_loop().time() + self.settings.publish_timeout
+        while asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.005)
+            msg = await self._direct_get(json.dumps({"last_by_subj": part}).encode())
+            if msg is not None:
+                return msg
+        return None
 
     def parse_parts(self, value: str, subject: str | None = None) -> tuple[int, str]:
         """Parse a ``Skialith-Parts`` header: ``"<n> <base>"``.

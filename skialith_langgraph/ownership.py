@@ -43,6 +43,7 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from sqlalchemy import func, select
 
+from .cluster import clustered
 from .config import Settings
 from .errors import LogError, SkialithError
 from .log import Log
@@ -175,7 +176,9 @@ async def _last(js: JetStreamContext, kv_stream: str, key: str) -> tuple[int, Ho
     """The revision of ``key``'s last message and its holder (``None``: no lease, or a delete marker)."""
     subject = f"$KV.{kv_stream.removeprefix('KV_')}.{key}"
     try:
-        msg = await js.get_msg(kv_stream, subject=subject, direct=True)
+        # on a cluster any replica answers a direct get, one that lags with an older revision: every
+        # compare-and-swap on it would fail, and the lease be judged lost; the leader has the last
+        msg = await js.get_msg(kv_stream, subject=subject, direct=not clustered(getattr(js, "_nc", None)))
     except nats.js.errors.NotFoundError:
         return 0, None
     if msg.headers and msg.headers.get(_KV_OPERATION) in ("DEL", "PURGE"):
@@ -284,6 +287,10 @@ class Lease:
                 _LIVE.add(self.owner)
                 return None
         last, holder = await _last(self.js, self._kv_stream, self.key)
+        if holder is not None and holder.owner == self.owner:
+            self.revision = last  # ours after all (every write raced a renewal of ours that was stored)
+            _LIVE.add(self.owner)
+            return None
         return holder
 
     async def acquire(self) -> None:

@@ -60,3 +60,20 @@ def test_the_license_file_matches_readme_and_pyproject() -> None:
 def test_readme_speaks_to_users_not_to_the_project_s_own_process() -> None:
     for phrase in ("the seed's", "seed snippet", "the issue", "issue's"):
         assert phrase not in README.lower(), phrase
+
+
+def test_readme_inspect_commands_parse_as_the_cli_defines_them() -> None:
+    """Every ``skialith`` line of the README's Inspect section is a valid command line."""
+    import shlex
+
+    from skialith_langgraph.cli import build_parser
+
+    section = README.split("## Inspect what an agent did", 1)[1].split("\n## ", 1)[0]
+    block = re.findall(r"```bash\n(.+?)\n```", section, flags=re.S)[0]
+    parser = build_parser()
+    lines = [line.split("  #", 1)[0].strip() for line in block.splitlines() if line.startswith("skialith ")]
+    assert {line.split()[1] for line in lines} >= {
+        "threads", "history", "show", "diff", "drift", "lineage", "audit", "export", "import",
+    }  # fmt: skip
+    for line in lines:
+        parser.parse_args(shlex.split(line)[1:])  # exits 2 on a flag the command does not have

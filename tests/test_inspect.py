@@ -340,6 +340,25 @@ async def test_lineage_namespaces_and_linked_threads(store: Settings) -> None:
             await insp.lineage("nobody")
 
 
+async def test_lineage_links_copy_thread_copies_to_their_source(store: Settings) -> None:
+    async with SkialithCheckpointer(settings=store) as saver:
+        app = linear(Counter()).compile(checkpointer=saver)
+        await app.ainvoke({"log": []}, _cfg("orig"))
+        await app.ainvoke({"log": []}, _cfg("unrelated"))
+        await saver.acopy_thread("orig", "copy-1")
+        await saver.acopy_thread("orig", "copy-2")
+        # a copy goes on on its own: still a copy of its source
+        await app.ainvoke({"log": []}, _cfg("copy-1"))
+        insp = Inspector(saver)
+        tree = await insp.lineage("orig")
+        assert (tree["copied_from"], tree["copies"]) == (None, ["copy-1", "copy-2"])
+        copy = await insp.lineage("copy-1")
+        assert (copy["copied_from"], copy["copies"]) == ("orig", [])
+        assert copy["ancestors"] == [] and copy["children"] == []  # metadata links are separate
+        other = await insp.lineage("unrelated")
+        assert (other["copied_from"], other["copies"]) == (None, [])
+
+
 def test_namespace_tree_nests_by_segments() -> None:
     tree = namespace_tree({"": 3, "a:1|b:2": 2, "c:9": 1})
     assert [(c["ns"], c["checkpoints"]) for c in tree["children"]] == [("a:1", 0), ("c:9", 1)]

@@ -19,7 +19,7 @@ from graphs import chat, linear, with_interrupt
 from langchain_core.messages import HumanMessage
 
 from skialith_langgraph import Projector, Settings, SkialithAgent, SkialithCheckpointer
-from skialith_langgraph.cli import main
+from skialith_langgraph.cli import build_parser, main
 
 HOSTILE = "a.b.*.> \x1b[31mred\n"
 
@@ -159,7 +159,8 @@ async def test_export_import_round_trip_between_streams(
 
 
 def test_help_lists_each_command_with_one_line() -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    """``skialith --help`` on an 80-column terminal: every registered command, one line each."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "COLUMNS": "80"}
     out = subprocess.run(
         [sys.executable, "-m", "skialith_langgraph.cli", "--help"],
         capture_output=True,
@@ -167,9 +168,18 @@ def test_help_lists_each_command_with_one_line() -> None:
         env=env,
         timeout=60,
     )
-    assert out.returncode == 0
-    for name in ("threads", "history", "show", "diff", "drift", "lineage", "audit", "export", "import"):
-        assert f"\n    {name} " in out.stdout, name
+    assert out.returncode == 0, out.stderr
+    section = out.stdout.split("\ncommands:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert section[0].strip().startswith("{up,")  # the choices, then one line per command
+    listed = [line.split()[0] for line in section[1:]]
+    commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert listed == list(commands)  # one line each: no continuation line
+    for name in ("up", "projector", "status", "gc", "demo", "threads", "history", "show", "diff"):
+        assert name in listed
+    for name in ("drift", "lineage", "audit", "export", "import"):
+        assert name in listed
+    for line in section[1:]:
+        assert len(line.split(None, 1)) == 2, f"no help text: {line!r}"
 
 
 async def test_drift_exit_status_follows_the_threshold(
@@ -221,3 +231,40 @@ async def test_lineage_prints_namespaces_and_linked_threads(
     assert json.loads(out)["children"] == [{"thread_id": "down", "children": []}]
     code, _, err = await _run(capsys, store, "lineage", "nobody")
     assert code == 1 and "nobody" in err
+
+
+async def test_lineage_shows_a_copy_thread_copy_under_its_source(
+    store: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with SkialithCheckpointer(settings=store) as saver:
+        cfg: Any = {"configurable": {"thread_id": "src"}}
+        await linear(Counter()).compile(checkpointer=saver).ainvoke({"log": []}, cfg)
+        await saver.acopy_thread("src", "cp")
+    code, out, _ = await _run(capsys, store, "lineage", "cp")
+    assert code == 0 and "\x1b" not in out  # piped: no colour codes
+    assert out.splitlines()[-3:] == [
+        "copies (copy_thread: the same checkpoint ids):",
+        "  - src  (original)",
+        "    - cp  (this thread, a copy)",
+    ]
+    code, out, _ = await _run(capsys, store, "lineage", "src", "--json")
+    assert json.loads(out)["copies"] == ["cp"]
+
+
+async def test_tables_are_plain_columns_when_piped(
+    store: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await _fill(store)
+    code, out, _ = await _run(capsys, store, "threads", "--json")
+    count = {t["thread_id"]: t["checkpoints"] for t in json.loads(out)["threads"]}["done"]
+    for argv, header, rows in (
+        (["threads"], ["KIND", "ID"], 3),
+        (["history", "done"], ["STEP", "SOURCE"], count),
+        (["audit", "done"], ["SEQ", "TIME"], None),
+    ):
+        code, out, _ = await _run(capsys, store, *argv)
+        lines = out.splitlines()
+        assert code == 0 and "\x1b" not in out and "\u2500" not in out, argv  # no colour, no box
+        assert lines[0].split()[:2] == header, argv
+        if rows is not None:  # one row a line, however long
+            assert len(lines) == 1 + rows, argv

@@ -96,4 +96,5 @@ def test_inspect_notebook_plots_step_timings(executed: dict[str, Any]) -> None:
     nb = executed["03_inspect"]
     assert "image/png" in outputs(nb, "mime")
     text = outputs(nb)
-    assert "research" in text and "channels with new versions" in text
+    assert "research" in text and "branch at step" in text  # Inspector.history marks the forks
+    assert "added    answer = " in text and "changed  findings" in text  # Inspector.diff

@@ -261,7 +261,7 @@ async def test_keep_last_keeps_delta_channel_ancestors(
 async def test_gc_cli_dry_run_then_real_run(
     settings: Settings, log: Log, projector: Projector, saver: SkialithCheckpointer
 ) -> None:
-    ttl = 4.0  # a subprocess takes its time to start on a loaded machine
+    ttl = 10.0  # a gc subprocess takes ~5 s just to import on a loaded 2-core machine
     await write(saver, "cli-old", 3)
     await asyncio.sleep(ttl + 0.5)
     live = await write(saver, "cli-live", 5)

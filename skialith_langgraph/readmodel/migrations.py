@@ -15,6 +15,7 @@ from .tables import (
     blob_parts,
     checkpoint_blobs,
     checkpoint_writes,
+    checkpoints_thread_seq,
     dead_letters,
     metadata,
     nopad_collation,
@@ -134,6 +135,12 @@ async def _projector_alive(conn: AsyncConnection) -> None:
     await conn.exec_driver_sql(f"ALTER TABLE {projection.name} ADD COLUMN alive_at {kind} NULL")
 
 
+async def _inspect_thread_seq_index(conn: AsyncConnection) -> None:
+    """The index (thread_key, seq) of skialith_checkpoints, so the thread list of the inspection
+    views (issue 12, item 6) reads an index instead of every checkpoint row."""
+    await conn.run_sync(lambda sync: checkpoints_thread_seq.create(sync, checkfirst=True))
+
+
 # index + 1 is the schema version; append only
 MIGRATIONS: list[Callable[[AsyncConnection], Awaitable[None]]] = [
     _v1,
@@ -142,6 +149,7 @@ MIGRATIONS: list[Callable[[AsyncConnection], Awaitable[None]]] = [
     _stream_identity,
     _dead_letters,
     _projector_alive,
+    _inspect_thread_seq_index,  # issue 12 (inspection); keep it last when merging other migrations
 ]
 
 # the key of PostgreSQL's transaction-level advisory lock that serializes migrations

@@ -16,6 +16,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     Float,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -125,6 +126,11 @@ checkpoints = Table(
     Column("metadata_type", SHORT, nullable=False),
     Column("metadata", BLOB, nullable=False),
     Column("seq", BigInteger, nullable=False),
+)
+# a thread's last stream sequence and checkpoint count from the index alone: the thread list of
+# 'skialith threads' (most recently written first) reads it instead of every checkpoint row
+checkpoints_thread_seq = Index(
+    "ix_skialith_checkpoints_thread_seq", checkpoints.c.thread_key, checkpoints.c.seq
 )
 
 checkpoint_blobs = Table(

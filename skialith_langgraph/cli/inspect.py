@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from .config import Settings
-from .inspect import InspectError, Inspector, dumps_jsonl, parse_since
+from ..config import Settings
+from ..inspect import InspectError, Inspector, dumps_jsonl, parse_since
+from ._common import add_command
+from ._nats import _connection_flags, nats_overrides
+from ._render import line, shown, table
+
+HISTORY_PAGE = 50  # checkpoints 'skialith history' prints unless --limit says otherwise
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    from .cli import nats_overrides  # the cli module imports this one
-
     return Settings.from_env(
         database_url=args.database_url,
         stream=args.stream,
@@ -29,32 +33,13 @@ def _settings(args: argparse.Namespace) -> Settings:
     )
 
 
-def _out(text: str = "") -> None:
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
+def _out(text: str = "", style: str | None = None) -> None:
+    line(text, style)
 
 
 def _json(value: Any) -> None:
-    _out(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False))
-
-
-def shown(value: Any, width: int | None = None) -> str:
-    """A value for a terminal: control characters escaped (an id or value cannot move the cursor
-    or change colours), cut to ``width``."""
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True)
-    if not text.isprintable():
-        text = text.encode("unicode_escape").decode("ascii")
-    if width is not None and len(text) > width:
-        text = text[: max(width - 1, 0)] + "…"
-    return text
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], width: int = 60) -> list[str]:
-    cells = [[shown("" if c is None else c, width) for c in row] for row in rows]
-    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
-    return lines
+    sys.stdout.write(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
 
 
 def _metadata_filter(items: Sequence[str]) -> dict[str, Any]:
@@ -80,14 +65,14 @@ async def _threads(args: argparse.Namespace) -> int:
     if args.json:
         _json(page.as_dict())
         return 0
-    for line in table(
+    table(
         ["kind", "id", "checkpoints", "last step", "last activity", "status"],
         [
             [t.kind, t.thread_id, t.checkpoints, t.last_step, t.last_activity, _status(t.status, t.next)]
             for t in page.threads
         ],
-    ):
-        _out(line)
+        styles=[t.status for t in page.threads],
+    )
     if page.cursor:
         _out(f"more: skialith threads --after {page.cursor}")
     return 0
@@ -99,12 +84,13 @@ def _status(state: str, nxt: Sequence[str]) -> str:
 
 async def _history(args: argparse.Namespace) -> int:
     async with Inspector.open(_settings(args)) as insp:
-        entries = await insp.history(args.thread, limit=args.limit, before=args.before)
+        entries = await insp.history(args.thread, limit=args.limit or None, before=args.before)
     if args.json:
         _json([e.as_dict() for e in entries])
         return 0
-    rows = []
+    rows, styles = [], []
     for e in entries:
+        styles.append("error" if e.errors else "interrupt" if e.interrupts else None)
         marks = []
         if e.fork:
             marks.append(f"fork from {e.parent_checkpoint_id}")
@@ -125,10 +111,9 @@ async def _history(args: argparse.Namespace) -> int:
                 "; ".join(marks),
             ]
         )
-    for line in table(
-        ["step", "source", "nodes", "time", "duration", "writes", "checkpoint", "notes"], rows, 80
-    ):
-        _out(line)
+    table(["step", "source", "nodes", "time", "duration", "writes", "checkpoint", "notes"], rows, 80, styles)
+    if args.limit and len(entries) == args.limit:
+        _out(f"older: skialith history {shlex.quote(args.thread)} --before {entries[0].checkpoint_id}")
     return 0
 
 
@@ -139,24 +124,24 @@ async def _show(args: argparse.Namespace) -> int:
         _json(state)
         return 0
     _out(f"thread {shown(state['thread_id'])}  checkpoint {state['checkpoint_id']}  ({state['ts']})")
-    _out(f"status: {_status(state['status'], state['next'])}")
+    _out(f"status: {_status(state['status'], state['next'])}", state["status"])
     for channel, messages in state["messages"].items():
-        _out(f"\n{shown(channel)} (conversation):")
+        _out(f"\n{shown(channel)} (conversation):", "title")
         for m in messages:
             _out(f"  {shown(m['role']):>9}: {shown(m['content'])}")
             if m.get("tool_calls"):
                 _out(f"{'':>13}tool calls: {shown(m['tool_calls'])}")
     if state["values"]:
-        _out("\nvalues:")
+        _out("\nvalues:", "title")
         for channel, value in state["values"].items():
             _out(f"  {shown(channel)} = {shown(value)}")
     if state["pending_writes"]:
-        _out("\npending writes:")
+        _out("\npending writes:", "title")
         for w in state["pending_writes"]:
             _out(f"  task {shown(w['task_id'])}: {shown(w['channel'])} = {shown(w['value'], 200)}")
     for what in ("interrupts", "errors"):
         for item in state[what]:
-            _out(f"{what[:-1]}: {shown(item)}")
+            _out(f"{what[:-1]}: {shown(item)}", what[:-1])
     return 0
 
 
@@ -172,26 +157,27 @@ async def _diff(args: argparse.Namespace) -> int:
         name = shown(channel)
         if change["op"] != "changed":
             value = change.get("new", change.get("old"))
-            _out(f"{'+' if change['op'] == 'added' else '-'} {name} = {shown(value, 200)}")
+            _out(f"{'+' if change['op'] == 'added' else '-'} {name} = {shown(value, 200)}", change["op"])
         elif "messages" in change:
             md = change["messages"]
-            _out(f"~ {name} (messages):")
+            _out(f"~ {name} (messages):", "changed")
             for m in md["added"]:
-                _out(f"    + [{shown(m['role'])}] {shown(m['content'], 200)}")
+                _out(f"    + [{shown(m['role'])}] {shown(m['content'], 200)}", "added")
             for m in md["removed"]:
-                _out(f"    - [{shown(m['role'])}] {shown(m['content'], 200)}")
+                _out(f"    - [{shown(m['role'])}] {shown(m['content'], 200)}", "removed")
             for m in md["edited"]:
                 _out(
                     f"    ~ {shown(m['id'])}: "
-                    f"{shown(m['old']['content'], 90)} -> {shown(m['new']['content'], 90)}"
+                    f"{shown(m['old']['content'], 90)} -> {shown(m['new']['content'], 90)}",
+                    "changed",
                 )
         else:
-            _out(f"~ {name}:")
+            _out(f"~ {name}:", "changed")
             for c in change["changes"]:
                 path = c["path"] or "(value)"
                 old, new = shown(c.get("old"), 90), shown(c.get("new"), 90)
                 text = {"added": f"+ {new}", "removed": f"- {old}"}.get(c["op"], f"{old} -> {new}")
-                _out(f"    {shown(path)}: {text}")
+                _out(f"    {shown(path)}: {text}", c["op"])
     return 0
 
 
@@ -212,13 +198,12 @@ async def _drift(args: argparse.Namespace) -> int:
         ]
         for s in d["steps"]
     ]
-    for line in table(["step", "checkpoint a", "checkpoint b", "differing", "channels"], rows):
-        _out(line)
+    table(["step", "checkpoint a", "checkpoint b", "differing", "channels"], rows)
     first = d["first_divergence"]
     if first is None:
-        _out("no drift: the runs have the same state at every step")
+        _out("no drift: the runs have the same state at every step", "finished")
     else:
-        _out(f"first divergence at step {first}:")
+        _out(f"first divergence at step {first}:", "errored")
         step = next(s for s in d["steps"] if s["step"] == first)
         for channel, change in step["channels"].items():
             _out(f"  {shown(channel)}: {shown(change, 200)}")
@@ -259,6 +244,15 @@ async def _lineage(args: argparse.Namespace) -> int:
             descendants(item["children"], depth + 1)
 
     descendants(tree["children"], depth + 1)
+    if tree["copied_from"] or tree["copies"]:
+        _out("copies (copy_thread: the same checkpoint ids):")
+        if tree["copied_from"]:
+            _out(f"  - {shown(tree['copied_from'])}  (original)")
+            _out(f"    - {shown(tree['thread_id'])}  (this thread, a copy)")
+        else:
+            _out(f"  - {shown(tree['thread_id'])}  (this thread, the original)")
+            for copy in tree["copies"]:
+                _out(f"    - {shown(copy)}  (copy)")
     return 0
 
 
@@ -272,8 +266,7 @@ async def _audit(args: argparse.Namespace) -> int:
         [e["seq"], e["time"], e["kind"], e["node"] or e["task"], e["checkpoint_id"], e["run_id"], e["size"]]
         for e in trail
     ]
-    for line in table(["seq", "time", "kind", "node or task", "checkpoint", "run id", "bytes"], rows):
-        _out(line)
+    table(["seq", "time", "kind", "node or task", "checkpoint", "run id", "bytes"], rows)
     return 0
 
 
@@ -309,30 +302,24 @@ async def _import(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(
-    commands: Any,
-    *,
-    parents: list[argparse.ArgumentParser],
-    formatter_class: type[argparse.HelpFormatter],
-    connection_flags: Callable[[argparse.ArgumentParser], None],
-) -> None:
-    """Add the inspection commands to the ``skialith`` parser's subcommands."""
+def register(subparsers: Any) -> None:
+    """Add the inspection commands: threads, history, show, diff, drift, lineage, audit, export, import."""
 
     def command(
-        name: str, run: Callable[..., Any], help_text: str, description: str
+        name: str,
+        run: Callable[[argparse.Namespace], Coroutine[Any, Any, int]],
+        help_text: str,
+        description: str,
     ) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = commands.add_parser(
-            name, parents=parents, formatter_class=formatter_class, help=help_text, description=description
-        )
-        connection_flags(p)
+        p = add_command(subparsers, name, run, help=help_text, description=description)
+        _connection_flags(p)
         p.add_argument("--json", action="store_true", help="print JSON for scripts")
-        p.set_defaults(run=run, default_log_level="WARNING")
         return p
 
     threads = command(
         "threads",
         _threads,
-        "list threads and agents, most recently active first, with their status",
+        "threads and agents, most recently active first",
         "List LangGraph threads and SkialithAgent agents (kind thread / agent), most recently "
         "written first: checkpoints, last step, last activity and status (a thread: finished, "
         "interrupted, errored, or the nodes that run next; an agent: resumable, with the step its "
@@ -351,19 +338,24 @@ def register(
     history = command(
         "history",
         _history,
-        "a thread's checkpoints in order: step, nodes, time, writes, interrupts, errors, forks",
+        "a thread's checkpoints in order, forks as branches",
         "List a thread's checkpoints oldest first: step, source, the nodes that wrote, time, duration, "
         "pending writes, interrupts, errors, and where a fork (a new branch from an older "
         "checkpoint) starts.",
     )
     history.add_argument("thread", help="thread id")
-    history.add_argument("--limit", type=int, default=None, help="only the newest N checkpoints")
+    history.add_argument(
+        "--limit",
+        type=int,
+        default=HISTORY_PAGE,
+        help=f"the newest N checkpoints, a page (default: {HISTORY_PAGE}; 0: all)",
+    )
     history.add_argument("--before", default=None, help="only checkpoints before this checkpoint id")
 
     show = command(
         "show",
         _show,
-        "the state at a checkpoint: conversation, values, next nodes, interrupts, errors",
+        "the state at a checkpoint: conversation and values",
         "Show the state at a checkpoint (default: the latest): messages as a conversation, other "
         "channels as values, the next nodes, pending writes, interrupts and errors.",
     )
@@ -373,7 +365,7 @@ def register(
     diff = command(
         "diff",
         _diff,
-        "what changed per channel between two checkpoints (messages-aware)",
+        "what changed between two checkpoints, per channel",
         "Compare checkpoint A with checkpoint B, per channel: added, removed, changed; messages "
         "added, removed or edited by id; other values as a structural diff.",
     )
@@ -385,7 +377,7 @@ def register(
     drift = command(
         "drift",
         _drift,
-        "compare two runs step by step; exit 1 above --threshold (for CI)",
+        "compare two runs step by step; CI gate: --threshold",
         "Compare two runs (threads A and B) step by step, by the checkpoint metadata 'step' along "
         "each thread's current branch: per step the channels whose state differs, and the first step "
         "where the runs diverge. With --threshold N the exit status is 1 when some step has more "
@@ -405,18 +397,19 @@ def register(
     lineage = command(
         "lineage",
         _lineage,
-        "a thread's subgraph namespaces and the threads linked to it, as trees",
+        "subgraphs, copies and linked threads, as trees",
         "Show how state flowed across boundaries: the thread's subgraph namespaces (checkpoint_ns) "
         "as a tree with their checkpoint counts, and the threads linked to it through the "
         "checkpoint metadata key 'parent_thread_id' (its ancestors and descendants; pass "
-        "metadata={'parent_thread_id': ...} in the config of a run started from another thread).",
+        "metadata={'parent_thread_id': ...} in the config of a run started from another thread), "
+        "and the thread it was copied from with copy_thread, or its copies (they share checkpoint ids).",
     )
     lineage.add_argument("thread", help="thread id")
 
     audit = command(
         "audit",
         _audit,
-        "every stream message of a thread in log order",
+        "every stream message of a thread, in log order",
         "List every message of a thread still in the stream, in log order: sequence, server time, "
         "kind (checkpoint, writes, delete, prune, replay of a prune), node or task, run id, size. "
         "Values are not decoded.",
@@ -426,7 +419,7 @@ def register(
     export = command(
         "export",
         _export,
-        "write a thread as JSON Lines (exact bytes, and values decoded where possible)",
+        "write a thread as JSON Lines (exact and decoded)",
         "Write a thread as JSON Lines: a header, its checkpoints oldest first, then its pending "
         "writes; each value as its exact bytes (base64, with its type) and decoded where the "
         "serializer can. 'skialith import' restores it exactly.",

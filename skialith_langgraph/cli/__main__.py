@@ -1,0 +1,5 @@
+"""``python -m skialith_langgraph.cli``: the ``skialith`` command."""
+
+from . import main
+
+raise SystemExit(main())
