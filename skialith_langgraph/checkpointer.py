@@ -600,6 +600,29 @@ class _Core:
             raise
         return _Pending(stack, conn, stream, row, mark)
 
+    async def _open_page(self, args: dict[str, Any], stream: StreamIdentity) -> _Pending | None:
+        """A read-model connection and the first page of a list on it, with the watermark (see
+        :meth:`_open_read`); None if the database is down or failed."""
+        model = self.model
+        stack = AsyncExitStack()
+        conn: AsyncConnection | None = None
+        try:
+            async with asyncio.timeout(model.connect_timeout):
+                conn = await stack.enter_async_context(model.connect())
+                if conn.dialect.name == "postgresql":  # READ COMMITTED: a snapshot per statement anyway
+                    await conn.execution_options(isolation_level="AUTOCOMMIT")
+                rows, mark = await queries.first_page(
+                    conn, **args, projection_name=PROJECTION, stream=(stream.stream, stream.created)
+                )
+        except MODEL_ERRORS as exc:
+            await model_failed(model, conn, exc)
+            await stack.aclose()
+            return None
+        except BaseException:
+            await stack.aclose()
+            raise
+        return _Pending(stack, conn, stream, rows, mark)
+
     def _release(self, pending: _Pending | None) -> None:
         """Return a read's connection to the pool without waiting: ending its transaction (a
         ROLLBACK round trip on MySQL) is not the reader's wait."""
@@ -676,8 +699,36 @@ class _Core:
             "filter": filter,
             "limit": limit,
         }
+        target: int | None = None
+        streams = not isinstance(self.model.engine.pool, StaticPool)  # else one shared connection
+        if thread_id is not None and streams and not self.model.down and (limit is None or limit > 0):
+            # as get_tuple: the first page (with the watermark) runs alongside the log lookups
+            log = await self._log()
+            thread_filter = log.subjects.thread(token(thread_id, field="thread_id"))
+            early = asyncio.ensure_future(self._open_page(args, await log.identity()))
+            try:
+                thread_seq, global_seq = await log.last_seqs(thread_filter, log.subjects.global_ops)
+                # after the lookups: an advisory of the stream's re-creation arrived before their replies
+                stream = await log.identity()
+            except BaseException:
+                self._release(await early)
+                raise
+            target = max(thread_seq, global_seq)
+            pending = await early
+            mark = None if pending is None or pending.stream != stream else pending.mark
+            if pending is not None and mark is not None and mark >= target:
+                model_answered(self.model)
+                self.stats.database += 1
+                try:
+                    items = queries.list_tuples(pending.conn, self.serde, **args, first=pending.row)
+                    async for item in items:
+                        yield item
+                finally:
+                    await pending.stack.aclose()  # returned before the iteration ends, as a view's
+                return
+            self._release(pending)  # empty, behind, or another stream's: the view decides
         materialized: list[CheckpointTuple] | None = None
-        async with self.view(thread_id) as conn:
+        async with self.view(thread_id, target=target) as conn:
             if conn.engine is self.model.engine and not isinstance(conn.engine.pool, StaticPool):
                 async for item in queries.list_tuples(conn, self.serde, **args):
                     yield item

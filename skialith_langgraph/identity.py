@@ -15,7 +15,7 @@ re-created stream (:class:`StreamIdentity`).
   it when it may have changed: JetStream's stream advisories
   (``$JS.EVENT.ADVISORY.STREAM.{CREATED,DELETED,...}.<stream>``) and a NATS reconnect (advisories
   sent while disconnected are lost). The hot read compares it with the recorded one in the
-  statement that already reads the watermark (``queries._WATERMARK``): another stream's read model
+  statement that already reads the watermark (``statements._WATERMARK``): another stream's read model
   yields no watermark, and the read is answered from the log, with one warning saying why.
 """
 

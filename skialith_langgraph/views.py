@@ -28,7 +28,7 @@ from .config import DEFAULT_DATABASE_URL
 from .errors import CodecError, ReadModelError
 from .identity import StreamIdentity
 from .log import Log
-from .readmodel import PROJECTION, ReadModel
+from .readmodel import PROJECTION, ReadModel, queries
 from .readmodel.apply import ALIVE_STALE, alive_at, apply_messages
 from .readmodel.tables import metadata
 
@@ -92,18 +92,41 @@ async def consistent_view(
         target: the sequence to reach, when the caller already asked JetStream for it.
         scratch: a reusable in-memory model for the log replay.
     """
-    if target is None:
-        target = await log.stream_last_seq() if filters is None else await log.last_seq(*filters)
-    # after the target: an advisory of the stream's re-creation arrived before that reply
+    # The log lookup runs alongside the connect and the first watermark read: a snapshot taken
+    # before the lookup answers, whose watermark is at or past the log's end, holds every write
+    # acknowledged before this call (as in checkpointer.get_tuple).
     stream = await log.identity()
+    lookup: asyncio.Future[int] | None = None
+    if target is None:
+        lookup = asyncio.ensure_future(log.stream_last_seq() if filters is None else log.last_seq(*filters))
     async with AsyncExitStack() as stack:
         conn: AsyncConnection | None = None
         candidate: AsyncConnection | None = None
+        mark: int | None = None
+        unread = True  # no watermark read yet for ``stream``
         try:
-            # bounded: a database that stops answering (a partition) must not hang the read
+            try:
+                # bounded: a database that stops answering (a partition) must not hang the read
+                async with asyncio.timeout(model.connect_timeout + read_wait):
+                    candidate = await stack.enter_async_context(model.connect())
+                    mark, unread = await _watermark(candidate, model, name, stream), False
+            except MODEL_ERRORS:
+                raise
+            except BaseException:
+                if lookup is not None:
+                    lookup.cancel()
+                raise
+            finally:
+                if lookup is not None and not lookup.cancelled():
+                    target = await lookup  # a NATS failure is the read's error, as without a database
+                    # after the target: an advisory of the stream's re-creation arrived before that reply
+                    now = await log.identity()
+                    if now != stream:
+                        stream, unread = now, True
+            assert target is not None and candidate is not None
             async with asyncio.timeout(model.connect_timeout + read_wait):
-                candidate = await stack.enter_async_context(model.connect())
-                mark = await _watermark(candidate, model, name, stream)
+                if unread:
+                    mark = await _watermark(candidate, model, name, stream)
                 # a read model filled from another stream (None) never catches up: read the log now
                 caught_up = mark is not None and mark >= target
                 # and one that no projector fills neither
@@ -132,6 +155,7 @@ async def consistent_view(
             return
     if stats is not None:
         stats.log += 1
+    assert target is not None  # the lookup answered, or its failure ended the read
     async with replay(log, filters, target, scratch) as mem:
         yield mem
 
@@ -180,7 +204,7 @@ async def _watermark(
     conn: AsyncConnection, model: ReadModel, name: str, stream: StreamIdentity
 ) -> int | None:
     """The watermark of ``name``, or ``None`` if the read model answers for another stream."""
-    mark = await identity.watermark(conn, name, stream)
+    mark = await queries.watermark(conn, name, (stream.stream, stream.created))
     return mark if mark is not None else await identity.judge(conn, model, name, stream)
 
 

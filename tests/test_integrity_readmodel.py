@@ -352,10 +352,19 @@ async def test_list_during_concurrent_writes_has_no_duplicates_and_is_ordered(se
 
 
 class _HeadQueries:
-    """Counts the statements that read a page of checkpoint rows, on any engine."""
+    """Counts the statements that read a page of checkpoint rows, on any engine: through
+    SQLAlchemy, or on the driver's cursor (the hot statements, see readmodel.statements)."""
 
-    def __init__(self) -> None:
+    def __init__(self, monkeypatch: Any) -> None:
         self.count = 0
+        driver_rows = queries.driver_rows
+
+        async def counted(conn: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+            if name == "page":
+                self.count += 1
+            return await driver_rows(conn, name, *args, **kwargs)
+
+        monkeypatch.setattr(queries, "driver_rows", counted)
 
     def __call__(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         if (
@@ -365,11 +374,11 @@ class _HeadQueries:
             self.count += 1
 
 
-async def test_list_yields_its_first_item_after_the_first_page(settings: Settings) -> None:
+async def test_list_yields_its_first_item_after_the_first_page(settings: Settings, monkeypatch: Any) -> None:
     settings = dataclasses.replace(settings, read_wait=10.0)
     projector = Projector(settings, fetch_timeout=0.1)
     await projector.start()
-    heads = _HeadQueries()
+    heads = _HeadQueries(monkeypatch)
     try:
         async with SkialithCheckpointer(settings=settings) as writer:
             await _fill(writer, "long", 350)

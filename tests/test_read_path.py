@@ -1,4 +1,4 @@
-"""The read model's one-statement read of a thread's latest checkpoint (queries.latest_all) and the
+"""The read model's one-statement read of a thread's latest checkpoint (statements.latest_all) and the
 read that starts its first statement alongside the log lookups (checkpointer.get_tuple): what they
 return must equal what the writer stored, whatever the thread's shape."""
 
@@ -106,3 +106,103 @@ async def test_many_reads_at_once_then_close_return_every_connection(settings: S
         assert all(p.checkedout() == 0 for p in pools)  # type: ignore[attr-defined]
     finally:
         await projector.stop()
+
+
+async def test_list_pages_past_a_hundred_checkpoints_with_their_writes_and_blobs(settings: Settings) -> None:
+    """``alist`` from another process, served by the read model, pages a thread of more checkpoints
+    than one page holds (100): every checkpoint once, newest first, each with its own channel
+    values and pending writes; ``before``, ``limit``, ``filter`` and a namespace narrow it."""
+    fast = dataclasses.replace(settings, read_wait=0.0)
+    projector = Projector(settings, fetch_timeout=0.2)
+    await projector.start()
+    try:
+        async with (
+            SkialithCheckpointer(settings=fast) as writer,
+            SkialithCheckpointer(settings=fast) as reader,
+        ):
+            written: dict[str, list[str]] = {"": [], "sub": []}
+            for ns, count in (("", 130), ("sub", 3)):
+                cfg: RunnableConfig = {"configurable": {"thread_id": "t-pages", "checkpoint_ns": ns}}
+                for i in range(count):
+                    v = f"{i + 1:032}.0"
+                    cp = _checkpoint({"x": v, "y": "1"}, {"x": f"{ns}-{i}", "y": "kept"})
+                    cfg = await writer.aput(cfg, cp, {"step": i, "even": i % 2 == 0}, {"x": v, "y": "1"})
+                    await writer.aput_writes(cfg, [("x", f"w-{ns}-{i}")], f"task-{i}")
+                    written[ns].append(cp["id"])
+            await _caught_up(
+                reader, {"configurable": {"thread_id": "t-pages", "checkpoint_ns": ""}}, written[""][-1]
+            )
+
+            thread: RunnableConfig = {"configurable": {"thread_id": "t-pages", "checkpoint_ns": ""}}
+            before = reader.read_stats.database
+            tuples = [t async for t in reader.alist(thread)]
+            assert reader.read_stats.database == before + 1  # served by the read model
+            assert [t.config["configurable"]["checkpoint_id"] for t in tuples] == written[""][::-1]
+            for n, t in zip(range(129, -1, -1), tuples, strict=True):
+                assert t.checkpoint["channel_values"] == {"x": f"-{n}", "y": "kept"}
+                assert t.pending_writes == [(f"task-{n}", "x", f"w--{n}")]
+                assert t.metadata["step"] == n
+
+            older = [
+                t
+                async for t in reader.alist(
+                    thread, before={"configurable": {"checkpoint_id": written[""][120]}}, limit=3
+                )
+            ]
+            assert [t.checkpoint["channel_values"]["x"] for t in older] == ["-119", "-118", "-117"]
+            even = [t async for t in reader.alist(thread, filter={"even": True})]
+            assert [t.metadata["step"] for t in even] == list(range(128, -1, -2))
+            everything = [t async for t in reader.alist({"configurable": {"thread_id": "t-pages"}})]
+            assert len(everything) == 133
+            sub = [
+                t.checkpoint["channel_values"]["x"]
+                for t in everything
+                if t.config["configurable"]["checkpoint_ns"]
+            ]
+            assert sub == ["sub-2", "sub-1", "sub-0"]
+    finally:
+        await projector.stop()
+
+
+async def test_list_after_a_write_the_projector_has_not_applied_includes_that_write(
+    settings: Settings,
+) -> None:
+    """``alist`` from another process reads its first page alongside the log lookups; when the read
+    model is behind the thread's last write (its projector stopped), that page is not used and the
+    list still holds every acknowledged checkpoint, newest first."""
+    fast = dataclasses.replace(settings, read_wait=0.0)
+    projector = Projector(settings, fetch_timeout=0.2)
+    await projector.start()
+    stopped = False
+    try:
+        async with (
+            SkialithCheckpointer(settings=fast) as writer,
+            SkialithCheckpointer(settings=fast) as reader,
+        ):
+            cfg: RunnableConfig = {"configurable": {"thread_id": "t-behind", "checkpoint_ns": ""}}
+            ids = []
+            for i in range(3):
+                cp = _checkpoint({"x": f"{i + 1}"}, {"x": i})
+                cfg = await writer.aput(cfg, cp, {"step": i}, {"x": f"{i + 1}"})
+                ids.append(cp["id"])
+            thread: RunnableConfig = {"configurable": {"thread_id": "t-behind"}}
+            await _caught_up(reader, thread, ids[-1])
+            before = reader.read_stats.database
+            assert [t.config["configurable"]["checkpoint_id"] async for t in reader.alist(thread)] == ids[
+                ::-1
+            ]
+            assert reader.read_stats.database == before + 1
+
+            await projector.stop()
+            stopped = True
+            cp = _checkpoint({"x": "4"}, {"x": 3})
+            await writer.aput(cfg, cp, {"step": 3}, {"x": "4"})
+            ids.append(cp["id"])
+            logged = reader.read_stats.log
+            listed = [t async for t in reader.alist(thread)]
+            assert [t.config["configurable"]["checkpoint_id"] for t in listed] == ids[::-1]
+            assert listed[0].checkpoint["channel_values"] == {"x": 3}
+            assert reader.read_stats.log == logged + 1  # answered from the log, not the stale page
+    finally:
+        if not stopped:
+            await projector.stop()

@@ -44,7 +44,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 # the async driver each backend runs on: what users write (``mysql://``, ``postgres://``, a sync
 # driver from another project's docs) is mapped to it, since the read paths use these drivers'
-# own connections (see queries._driver_rows)
+# own connections (see readmodel.statements.driver_rows)
 ASYNC_DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
     "mysql": "mysql+aiomysql",

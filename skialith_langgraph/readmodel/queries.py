@@ -6,8 +6,6 @@ watermark and then read on the same connection.
 
 from __future__ import annotations
 
-import functools
-from collections import namedtuple
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,33 +14,21 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import CheckpointTuple, DeltaChannelHistory, PendingWrite
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from sqlalchemy import (
-    Select,
-    and_,
-    bindparam,
-    exists,
     func,
-    literal_column,
-    null,
-    or_,
     select,
     tuple_,
-    union_all,
 )
-from sqlalchemy.engine import Dialect, Row
+from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..codec import CheckpointMsg, PruneMsg, WritesMsg, version_key
-from ..errors import ReadModelError
 from ..subjects import token
 from .apply import unspill
+from .statements import AllRow, OneRow, PageRest, PageRow, RestRow, driver_rows
 from .tables import (
     checkpoint_blobs,
     checkpoint_writes,
     checkpoints,
-    pg_escape,
-    pg_unescape,
-    projection,
-    stream_identity,
 )
 
 _C = checkpoints.c
@@ -125,18 +111,65 @@ def _values(
     return values
 
 
+def _padded(items: list[Any]) -> list[Any]:
+    """``items`` (not empty) and its last item repeated, to a power of two in all."""
+    return items + items[-1:] * ((1 << (len(items) - 1).bit_length()) - len(items))
+
+
+async def _writes_and_blobs(
+    conn: AsyncConnection,
+    serde: SerializerProtocol,
+    keys: Sequence[tuple[str, str, str]],
+    tk: str,
+    nk: str,
+    want: set[tuple[str, str]],
+) -> tuple[dict[tuple[str, str, str], list[PendingWrite]], dict[tuple[str, str], tuple[str, bytes]]]:
+    """:func:`_writes_for` and :func:`_blobs_for` of checkpoints of one thread and namespace, in
+    one statement on the driver's cursor (at most :data:`PAGE` of each)."""
+    # IN lists padded to a power of two (repeating their last item): a few statement shapes to compile
+    ids = _padded(sorted({cid for _, _, cid in keys}))
+    items = _padded(sorted(want) or [("", "")])  # an empty IN does not compile
+    params: dict[str, Any] = {"tk": tk, "nk": nk}
+    for i, cid in enumerate(ids):
+        params[f"i{i}"] = cid
+    for i, (channel, version) in enumerate(items):
+        params[f"c{i}"], params[f"v{i}"] = channel, version
+    rows = await driver_rows(conn, "page_rest", params, shape=(len(ids), len(items)))
+    raw: dict[tuple[str, str, str], list[tuple[tuple[str, str, int], PendingWrite]]] = {k: [] for k in keys}
+    blobs: dict[tuple[str, str], tuple[str, bytes]] = {}
+    for r in map(PageRest._make, rows):
+        if r.kind == "w":
+            value = await unspill(conn, tk, r.type, r.blob)
+            raw[(tk, nk, r.checkpoint_id)].append(
+                ((r.task_path, r.task_id, r.idx), (r.task_id, r.channel, serde.loads_typed(value)))
+            )
+        elif (r.channel, r.version) in want:
+            blobs[(r.channel, r.version)] = await unspill(conn, tk, r.type, r.blob)
+    out: dict[tuple[str, str, str], list[PendingWrite]] = {}
+    for k, found in raw.items():
+        found.sort(key=lambda item: item[0])
+        out[k] = [w for _, w in found]
+    return out, blobs
+
+
 async def _tuples(
     conn: AsyncConnection, serde: SerializerProtocol, rows: Sequence[Row[Any]]
 ) -> list[CheckpointTuple]:
     heads = [_Head(r, serde.loads_typed((r.type, r.checkpoint))) for r in rows]
-    writes = await _writes_for(conn, serde, [(r.thread_key, r.ns_key, r.checkpoint_id) for r in rows])
+    keys = [(r.thread_key, r.ns_key, r.checkpoint_id) for r in rows]
     wanted: dict[tuple[str, str], set[tuple[str, str]]] = {}
     for h in heads:
         bucket = wanted.setdefault((h.row.thread_key, h.row.ns_key), set())
         bucket.update((ch, version_key(v)) for ch, v in h.checkpoint["channel_versions"].items())
     blobs: dict[tuple[str, str], dict[tuple[str, str], tuple[str, bytes]]] = {}
-    for (tk, nk), want in wanted.items():
-        blobs[(tk, nk)] = await _blobs_for(conn, tk, nk, want)
+    if len(wanted) == 1 and len(keys) <= PAGE and all(len(w) <= PAGE for w in wanted.values()):
+        # the usual list: one thread and namespace, one statement for its writes and blobs
+        (tk, nk), want = next(iter(wanted.items()))
+        writes, blobs[(tk, nk)] = await _writes_and_blobs(conn, serde, keys, tk, nk, want)
+    else:
+        writes = await _writes_for(conn, serde, keys)
+        for (tk, nk), want in wanted.items():
+            blobs[(tk, nk)] = await _blobs_for(conn, tk, nk, want)
     out = []
     for h in heads:
         r = h.row
@@ -160,120 +193,12 @@ async def _tuples(
     return out
 
 
-def _head_query() -> Select[Any]:
-    return select(
-        _C.thread_key,
-        _C.ns_key,
-        _C.checkpoint_id,
-        _C.thread_id,
-        _C.checkpoint_ns,
-        _C.parent_checkpoint_id,
-        _C.type,
-        _C.checkpoint,
-        _C.metadata_type,
-        _C.metadata,
-    )
-
-
-# The single-checkpoint read (get_tuple) is the hot read: two statements, the first also returning
-# the projection watermark, the second the checkpoint's pending writes and blobs together. They are
-# compiled once per dialect (and number of blobs) and run on the driver's own cursor: SQLAlchemy's
-# execution and result layers cost ~0.4 ms a statement on aiomysql, more than the server does.
-# The watermark counts only if the read model was filled from the reader's stream (identity.py):
-# else it is NULL, and the read is answered from the log.
-_WATERMARK = select(projection.c.last_seq).where(
-    projection.c.name == bindparam("projection"),
-    exists().where(
-        stream_identity.c.id == 1,
-        stream_identity.c.stream == bindparam("stream"),
-        stream_identity.c.created == bindparam("created"),
-    ),
-)
-_ONE = select(
-    _C.checkpoint_id,
-    _C.parent_checkpoint_id,
-    _C.type,
-    _C.checkpoint,
-    _C.metadata_type,
-    _C.metadata,
-    _WATERMARK.scalar_subquery().label("watermark"),
-).where(_C.thread_key == bindparam("tk"), _C.ns_key == bindparam("nk"))
-_LATEST = _ONE.order_by(_C.checkpoint_id.desc()).limit(1)
-_BY_ID = _ONE.where(_C.checkpoint_id == bindparam("cid"))
-_OneRow = namedtuple(
-    "_OneRow", "checkpoint_id parent_checkpoint_id type checkpoint metadata_type metadata watermark"
-)
-_RestRow = namedtuple("_RestRow", "kind task_id idx channel version type blob task_path")
-
-
-def _rest(n_pairs: int) -> Any:
-    """Pending writes of one checkpoint and ``n_pairs`` of its (channel, version) blobs."""
-    pairs = [tuple_(bindparam(f"c{i}"), bindparam(f"v{i}")) for i in range(n_pairs)]
-    return union_all(
-        select(
-            literal_column("'w'").label("kind"),
-            _W.task_id,
-            _W.idx,
-            _W.channel,
-            null().label("version"),
-            _W.type,
-            _W.blob,
-            _W.task_path,
-        ).where(
-            _W.thread_key == bindparam("tk"),
-            _W.ns_key == bindparam("nk"),
-            _W.checkpoint_id == bindparam("cid"),
-        ),
-        select(literal_column("'b'"), null(), null(), _B.channel, _B.version, _B.type, _B.blob, null()).where(
-            _B.thread_key == bindparam("tk"),
-            _B.ns_key == bindparam("nk"),
-            tuple_(_B.channel, _B.version).in_(pairs),
-        ),
-    )
-
-
-_HOT = {"latest": _LATEST, "by_id": _BY_ID, "watermark": _WATERMARK}
-
-
-@functools.lru_cache(maxsize=256)
-def _compiled(dialect: Dialect, name: str, n_pairs: int = 0) -> tuple[str, tuple[str, ...], dict[str, Any]]:
-    """(SQL in the driver's paramstyle, parameter names in order, default values) of a hot statement."""
-    compiled = (_rest(n_pairs) if name == "rest" else _HOT[name]).compile(dialect=dialect)
-    return str(compiled), tuple(compiled.positiontup or ()), dict(compiled.params)
-
-
-async def _driver_rows(
-    conn: AsyncConnection, name: str, params: dict[str, Any], n_pairs: int = 0
-) -> list[tuple[Any, ...]]:
-    """Run a hot statement on the driver's connection under ``conn`` (aiomysql, psycopg or aiosqlite)."""
-    sql, names, defaults = _compiled(conn.dialect, name, n_pairs)
-    args: tuple[Any, ...] | dict[str, Any]
-    if names:  # positional paramstyle (aiomysql's format, aiosqlite's qmark)
-        args = tuple(params[k] if k in params else defaults[k] for k in names)
-    else:  # named (psycopg's pyformat)
-        args = {k: params.get(k, v) for k, v in defaults.items()}
-    if not conn.in_transaction():
-        await conn.begin()  # so that closing ``conn`` ends what the driver's statements began
-    driver: Any = (await conn.get_raw_connection()).driver_connection
-    try:
-        if conn.dialect.name == "mysql":
-            async with driver.cursor() as cur:
-                await cur.execute(sql, args)
-                return list(await cur.fetchall())
-        if conn.dialect.name == "postgresql":  # text is stored NUL-escaped there (tables.pg_escape)
-            assert isinstance(args, dict)
-            args = {k: pg_escape(v) if isinstance(v, str) else v for k, v in args.items()}
-            async with driver.cursor() as cur:
-                await cur.execute(sql, args)
-                rows = await cur.fetchall()
-            return [tuple(pg_unescape(v) if isinstance(v, str) else v for v in row) for row in rows]
-        async with driver.execute(sql, args) as cur:
-            return list(await cur.fetchall())
-    except Exception as exc:
-        # the driver's own errors (a lost connection surfaces as IncompleteReadError) are not
-        # SQLAlchemy's: say that the read model failed, so the caller reads the log instead
-        url = conn.engine.url.render_as_string(hide_password=True)
-        raise ReadModelError(f"a read from {url!r} failed ({type(exc).__name__}: {exc})", url=url) from exc
+async def watermark(conn: AsyncConnection, name: str, stream: tuple[str, str]) -> int | None:
+    """The watermark of projection ``name`` if the read model records ``stream`` (name, creation
+    time) as its stream, else None: ``identity.watermark`` on the driver's cursor."""
+    params = {"projection": name, "stream": stream[0], "created": stream[1]}
+    rows = await driver_rows(conn, "watermark", params)
+    return int(rows[0][0]) if rows and rows[0][0] is not None else None
 
 
 async def head_row(
@@ -302,20 +227,65 @@ async def head_row(
         "created": stream[1] if stream else None,
     }
     name = "by_id" if checkpoint_id else "latest"
-    rows = await _driver_rows(conn, name, params)
-    if rows:
-        row = _OneRow(*rows[0])
-        return row, None if row.watermark is None else int(row.watermark)
+    if name == "latest":
+        row = _all_row(await driver_rows(conn, "latest_all", params))
+        if row is not None:
+            return row, None if row.watermark is None else int(row.watermark)
+    else:
+        rows = await driver_rows(conn, name, params)
+        if rows:
+            row = OneRow(*rows[0])
+            return row, None if row.watermark is None else int(row.watermark)
     if projection_name is None:
         return None, 0
     if not complete:
         return None, None
     # No row, so no watermark from that statement. Read the watermark, then look again: without
     # one snapshot for both statements (SQLite outside a transaction), only that order is safe.
-    found = await _driver_rows(conn, "watermark", params)
+    found = await driver_rows(conn, "watermark", params)
     mark = int(found[0][0]) if found and found[0][0] is not None else None
-    rows = await _driver_rows(conn, name, params)
-    return (_OneRow(*rows[0]) if rows else None), mark
+    rows = await driver_rows(conn, name, params)
+    return (OneRow(*rows[0]) if rows else None), mark
+
+
+def _all_row(rows: Sequence[tuple[Any, ...]]) -> Any:
+    """The ``OneRow`` (with ``rest``) of the rows of the ``latest_all`` statement, or None."""
+    head: Any = None
+    rest = []
+    for raw in rows:
+        r = AllRow(*raw)
+        if r.kind == "c":
+            head = r
+        else:
+            rest.append(RestRow(r.kind, r.task_id, r.idx, r.channel, r.version, r.type, r.data, r.task_path))
+    if head is None:
+        return None
+    return OneRow(
+        head.checkpoint_id,
+        head.parent_checkpoint_id,
+        head.type,
+        head.data,
+        head.metadata_type,
+        head.metadata,
+        head.watermark,
+        rest,
+    )
+
+
+async def _from_rest(
+    conn: AsyncConnection, serde: SerializerProtocol, tk: str, rows: Sequence[Any]
+) -> tuple[list[PendingWrite], dict[tuple[str, str], tuple[str, bytes]]]:
+    """The pending writes (in ``writes_sort_key`` order) and the blobs of ``RestRow``s."""
+    writes: list[tuple[tuple[str, str, int], PendingWrite]] = []
+    blobs: dict[tuple[str, str], tuple[str, bytes]] = {}
+    for r in rows:
+        value = await unspill(conn, tk, r.type, r.blob)
+        if r.kind == "w":
+            writes.append(((r.task_path, r.task_id, r.idx), (r.task_id, r.channel, serde.loads_typed(value))))
+        else:
+            blobs[(r.channel, r.version)] = value
+    writes.sort(key=lambda item: item[0])
+    return [w for _, w in writes], blobs
 
 
 async def tuple_of(
@@ -327,26 +297,40 @@ async def tuple_of(
     pairs = sorted({(ch, version_key(v)) for ch, v in versions.items()})
     tk, nk, cid = token(thread_id, field="thread_id"), token(ns, field="checkpoint_ns"), row.checkpoint_id
     pending: list[PendingWrite]
+    if row.rest is not None:
+        # read with the row: the newest blob of each channel that has any. Used if it holds every
+        # blob the checkpoint names, except of channels without a blob at all (none to read then:
+        # a checkpoint's blobs are applied with it or before it); else the thread forked
+        wanted = set(pairs)
+        have = {(r.channel, r.version) for r in row.rest if r.kind == "b"}
+        stored = {channel for channel, _ in have}
+        if all(p in have or p[0] not in stored for p in wanted):
+            rest = [r for r in row.rest if r.kind == "w" or (r.channel, r.version) in wanted]
+            pending, blobs = await _from_rest(conn, serde, tk, rest)
+            return _tuple(serde, thread_id, ns, row, checkpoint, blobs, pending)
     if len(pairs) > PAGE:  # a very wide state: page the blobs
         blobs = await _blobs_for(conn, tk, nk, set(pairs))
         pending = (await _writes_for(conn, serde, [(tk, nk, cid)]))[(tk, nk, cid)]
     else:
-        writes: list[tuple[tuple[str, str, int], PendingWrite]] = []
-        blobs = {}
         params: dict[str, Any] = {"tk": tk, "nk": nk, "cid": cid}
         for i, (channel, version) in enumerate(pairs or [("", "")]):  # an empty IN does not compile
             params[f"c{i}"], params[f"v{i}"] = channel, version
-        for raw in await _driver_rows(conn, "rest", params, max(1, len(pairs))):
-            r = _RestRow(*raw)
-            value = await unspill(conn, tk, r.type, r.blob)
-            if r.kind == "w":
-                writes.append(
-                    ((r.task_path, r.task_id, r.idx), (r.task_id, r.channel, serde.loads_typed(value)))
-                )
-            else:
-                blobs[(r.channel, r.version)] = value
-        writes.sort(key=lambda item: item[0])
-        pending = [w for _, w in writes]
+        rows = [RestRow(*raw) for raw in await driver_rows(conn, "rest", params, max(1, len(pairs)))]
+        pending, blobs = await _from_rest(conn, serde, tk, rows)
+    return _tuple(serde, thread_id, ns, row, checkpoint, blobs, pending)
+
+
+def _tuple(
+    serde: SerializerProtocol,
+    thread_id: str,
+    ns: str,
+    row: Any,
+    checkpoint: dict[str, Any],
+    blobs: dict[tuple[str, str], tuple[str, bytes]],
+    pending: list[PendingWrite],
+) -> CheckpointTuple:
+    versions = checkpoint["channel_versions"]
+    cid = row.checkpoint_id
     return CheckpointTuple(
         config=_config(thread_id, ns, cid),
         checkpoint={**checkpoint, "channel_values": _values(serde, versions, blobs)},  # type: ignore[typeddict-item]
@@ -364,6 +348,49 @@ async def get_tuple(
     return None if row is None else await tuple_of(conn, serde, thread_id, ns, row)
 
 
+def _page_params(
+    thread_id: str | None, ns: str | None, checkpoint_id: str | None, before_id: str | None
+) -> dict[str, Any]:
+    params: dict[str, Any] = {"cid": checkpoint_id, "before": before_id}
+    if thread_id is not None:
+        params["tk"] = token(thread_id, field="thread_id")
+    if ns is not None:
+        params["nk"] = token(ns, field="checkpoint_ns")
+    return params
+
+
+def _page_size(filter: dict[str, Any] | None, limit: int | None, emitted: int) -> int:
+    return PAGE if (filter or limit is None) else min(PAGE, limit - emitted)
+
+
+def _page_shape(params: dict[str, Any], after: bool, mark: bool = False) -> tuple[bool, ...]:
+    shape = ("tk" in params, "nk" in params, bool(params["cid"]), bool(params["before"]), after)
+    return (*shape, True) if mark else shape
+
+
+async def first_page(
+    conn: AsyncConnection,
+    *,
+    thread_id: str | None,
+    ns: str | None,
+    checkpoint_id: str | None,
+    before_id: str | None,
+    filter: dict[str, Any] | None,
+    limit: int | None,
+    projection_name: str,
+    stream: tuple[str, str],
+) -> tuple[list[Any], int | None]:
+    """The first page :func:`list_tuples` would read with these arguments, and the watermark of
+    ``projection_name`` from the same statement (None if the page is empty, or the read model
+    does not record ``stream``)."""
+    params = _page_params(thread_id, ns, checkpoint_id, before_id)
+    params.update(lim=_page_size(filter, limit, 0), projection=projection_name)
+    params.update(stream=stream[0], created=stream[1])
+    found = await driver_rows(conn, "page", params, shape=_page_shape(params, False, True))
+    mark = found[0][-1] if found else None
+    return [PageRow._make(r[:-1]) for r in found], None if mark is None else int(mark)
+
+
 async def list_tuples(
     conn: AsyncConnection,
     serde: SerializerProtocol,
@@ -374,6 +401,7 @@ async def list_tuples(
     before_id: str | None,
     filter: dict[str, Any] | None,
     limit: int | None,
+    first: list[Any] | None = None,
 ) -> AsyncIterator[CheckpointTuple]:
     """Checkpoints newest first (per thread and namespace), as LangGraph's ``list``.
 
@@ -381,25 +409,24 @@ async def list_tuples(
     in ``(checkpoint_id DESC, thread_key, ns_key)`` order, so rows written or deleted meanwhile
     cannot repeat or skip a row, whatever snapshot each statement sees (SQLite starts a fresh one
     per statement). Tuples are yielded page by page, the first after the first page.
+    ``first``: the first page, read already by :func:`first_page` with the same arguments.
     """
     if limit is not None and limit <= 0:
         return
-    q = _head_query()
-    if thread_id is not None:
-        q = q.where(_C.thread_key == token(thread_id, field="thread_id"))
-    if ns is not None:
-        q = q.where(_C.ns_key == token(ns, field="checkpoint_ns"))
-    if checkpoint_id:
-        q = q.where(_C.checkpoint_id == checkpoint_id)
-    if before_id:
-        q = q.where(_C.checkpoint_id < before_id)
-    q = q.order_by(_C.checkpoint_id.desc(), _C.thread_key, _C.ns_key)
+    params = _page_params(thread_id, ns, checkpoint_id, before_id)
     emitted = 0
-    after: Row[Any] | None = None
+    after: Any = None
     while True:
-        page_size = PAGE if (filter or limit is None) else min(PAGE, limit - emitted)
-        page = q if after is None else q.where(_after(after))
-        rows = (await conn.execute(page.limit(page_size))).all()
+        page_size = _page_size(filter, limit, emitted)
+        rows: list[Any]
+        if after is None and first is not None:
+            rows = first
+        else:
+            if after is not None:
+                params.update(a_cid=after.checkpoint_id, a_tk=after.thread_key, a_nk=after.ns_key)
+            params["lim"] = page_size
+            shape = _page_shape(params, after is not None)
+            rows = [PageRow._make(r) for r in await driver_rows(conn, "page", params, shape=shape)]
         if not rows:
             return
         after = rows[-1]
@@ -418,19 +445,6 @@ async def list_tuples(
                 return
         if len(rows) < page_size and not filter:
             return
-
-
-def _after(row: Row[Any]) -> Any:
-    """Rows after ``row`` in ``(checkpoint_id DESC, thread_key, ns_key)`` order."""
-    return or_(
-        _C.checkpoint_id < row.checkpoint_id,
-        and_(
-            _C.checkpoint_id == row.checkpoint_id,
-            or_(
-                _C.thread_key > row.thread_key, and_(_C.thread_key == row.thread_key, _C.ns_key > row.ns_key)
-            ),
-        ),
-    )
 
 
 async def delta_history(
