@@ -297,15 +297,16 @@ async def tuple_of(
     pairs = sorted({(ch, version_key(v)) for ch, v in versions.items()})
     tk, nk, cid = token(thread_id, field="thread_id"), token(ns, field="checkpoint_ns"), row.checkpoint_id
     pending: list[PendingWrite]
-    if row.rest is not None:
+    rest_rows = getattr(row, "rest", None)  # only head_row's statement reads them with the row
+    if rest_rows is not None:
         # read with the row: the newest blob of each channel that has any. Used if it holds every
         # blob the checkpoint names, except of channels without a blob at all (none to read then:
         # a checkpoint's blobs are applied with it or before it); else the thread forked
         wanted = set(pairs)
-        have = {(r.channel, r.version) for r in row.rest if r.kind == "b"}
+        have = {(r.channel, r.version) for r in rest_rows if r.kind == "b"}
         stored = {channel for channel, _ in have}
         if all(p in have or p[0] not in stored for p in wanted):
-            rest = [r for r in row.rest if r.kind == "w" or (r.channel, r.version) in wanted]
+            rest = [r for r in rest_rows if r.kind == "w" or (r.channel, r.version) in wanted]
             pending, blobs = await _from_rest(conn, serde, tk, rest)
             return _tuple(serde, thread_id, ns, row, checkpoint, blobs, pending)
     if len(pairs) > PAGE:  # a very wide state: page the blobs
