@@ -570,6 +570,27 @@ class _Core:
         """A read-model connection and the first statement of a read on it (the row and, in the
         same snapshot, the watermark if the model was filled from ``stream``); None if the
         database is down or failed (marked down, so the caller reads the log)."""
+        key = (stream.stream, stream.created)
+        return await self._open(
+            stream,
+            lambda conn: queries.head_row(
+                conn, thread_id, ns, checkpoint_id, PROJECTION, key, complete=False
+            ),
+        )
+
+    async def _open_page(self, args: dict[str, Any], stream: StreamIdentity) -> _Pending | None:
+        """A read-model connection and the first page of a list on it, with the watermark (see
+        :meth:`_open_read`); None if the database is down or failed."""
+        key = (stream.stream, stream.created)
+        return await self._open(
+            stream, lambda conn: queries.first_page(conn, **args, projection_name=PROJECTION, stream=key)
+        )
+
+    async def _open(
+        self, stream: StreamIdentity, first: Callable[[AsyncConnection], Awaitable[tuple[Any, Any]]]
+    ) -> _Pending | None:
+        """Connect to the read model and run ``first`` (a statement that returns its answer and the
+        watermark); None, with the connection closed, if the database is down or fails."""
         model = self.model
         if model.down:
             return None
@@ -582,15 +603,7 @@ class _Core:
                     # PostgreSQL reads at READ COMMITTED, a snapshot per statement in or out of a
                     # transaction: autocommit spares the BEGIN and ROLLBACK round trips
                     await conn.execution_options(isolation_level="AUTOCOMMIT")
-                row, mark = await queries.head_row(
-                    conn,
-                    thread_id,
-                    ns,
-                    checkpoint_id,
-                    PROJECTION,
-                    (stream.stream, stream.created),
-                    complete=False,
-                )
+                found, mark = await first(conn)
         except MODEL_ERRORS as exc:
             await model_failed(model, conn, exc)
             await stack.aclose()
@@ -598,30 +611,7 @@ class _Core:
         except BaseException:
             await stack.aclose()
             raise
-        return _Pending(stack, conn, stream, row, mark)
-
-    async def _open_page(self, args: dict[str, Any], stream: StreamIdentity) -> _Pending | None:
-        """A read-model connection and the first page of a list on it, with the watermark (see
-        :meth:`_open_read`); None if the database is down or failed."""
-        model = self.model
-        stack = AsyncExitStack()
-        conn: AsyncConnection | None = None
-        try:
-            async with asyncio.timeout(model.connect_timeout):
-                conn = await stack.enter_async_context(model.connect())
-                if conn.dialect.name == "postgresql":  # READ COMMITTED: a snapshot per statement anyway
-                    await conn.execution_options(isolation_level="AUTOCOMMIT")
-                rows, mark = await queries.first_page(
-                    conn, **args, projection_name=PROJECTION, stream=(stream.stream, stream.created)
-                )
-        except MODEL_ERRORS as exc:
-            await model_failed(model, conn, exc)
-            await stack.aclose()
-            return None
-        except BaseException:
-            await stack.aclose()
-            raise
-        return _Pending(stack, conn, stream, rows, mark)
+        return _Pending(stack, conn, stream, found, mark)
 
     def _release(self, pending: _Pending | None) -> None:
         """Return a read's connection to the pool without waiting: ending its transaction (a
