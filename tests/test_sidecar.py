@@ -31,6 +31,10 @@ DATA = {
 }
 
 
+# what is refused or checked before a database is involved: one read model is enough
+SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
 async def test_agent_over_http_matches_the_python_sdk(settings: Settings) -> None:
     async with sidecar(settings) as client:
         fresh = (await client.get(agent_path("http-1", "state"))).json()
@@ -156,6 +160,7 @@ BAD_BODIES: list[tuple[str, bytes, int]] = [
 ]
 
 
+@SQLITE_ONLY
 async def test_bad_input_is_a_clear_4xx_and_writes_nothing(settings: Settings) -> None:
     async with sidecar(settings, max_body=4096) as client:
         before = await stream_last_seq(settings)
@@ -196,6 +201,7 @@ async def test_bad_input_is_a_clear_4xx_and_writes_nothing(settings: Settings) -
         assert await stream_last_seq(settings) == before  # nothing was written
 
 
+@SQLITE_ONLY
 async def test_token_required_when_set(settings: Settings) -> None:
     async with running(settings, port=0, token="s3cret") as srv:
         async with httpx.AsyncClient(base_url=srv.url) as client:
@@ -242,6 +248,7 @@ async def test_health_ready_and_metrics(settings: Settings) -> None:
         assert f'skialith_sidecar_stream_last_seq{{stream="{settings.stream}"}}' in text
 
 
+@SQLITE_ONLY
 def test_committed_openapi_is_the_served_one(settings: Settings) -> None:
     committed = json.loads((ROOT / "docs" / "openapi.json").read_text(encoding="utf-8"))
     served = create_app(settings).openapi()
