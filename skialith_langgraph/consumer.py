@@ -60,6 +60,7 @@ DEFAULT_FETCH_TIMEOUT = 1.0  # seconds a fetch waits when the stream is idle
 # writes one transaction (with its fsync) per message costs the writers' cores more than the lag
 DEFAULT_LINGER = 0.005
 RETRY_MAX = 5.0  # seconds between attempts while the database is down
+FIRST_TIMEOUTS = 5  # JetStream API timeouts retried when the consumer first subscribes
 MAX_BATCH_BYTES = 64 * 1024 * 1024  # bytes one fetch may bring (at least two of the largest messages)
 FETCH_GRACE = 1.0  # seconds a fetch waits past its expiry for the server's end-of-request status
 # 409 statuses that only end a pull request; others (consumer deleted, ...) refuse it
@@ -584,7 +585,7 @@ class Consumer(Generic[Item]):
 
     async def _loop(self, log: Log, model: ReadModel) -> None:
         """(Re)subscribe at the watermark and consume, until stopped."""
-        first, delay = True, 0.05
+        first, delay, first_timeouts = True, 0.05, 0
         while not self._stopping.is_set():
             # The database watermark, not the consumer's ack floor, says where to resume: a batch
             # that a killed consumer fetched but never committed would otherwise be acked along
@@ -593,9 +594,16 @@ class Consumer(Generic[Item]):
             try:
                 puller = await self._subscribe(log, await self._resume_point(log, model))
             except nats.errors.Error as exc:
-                if first or self._stopping.is_set():
+                if self._stopping.is_set():
                     raise
-                logger.warning("%s cannot resubscribe (%s); retrying in %.2f s", self.role, exc, delay)
+                if first:
+                    # a cluster still electing the consumer's leader (a new replicated stream, a node
+                    # just lost) answers late: a few timeouts are retried; any other error at start
+                    # is a configuration error, and ends the consumer at once
+                    if not isinstance(exc, nats.errors.TimeoutError) or first_timeouts >= FIRST_TIMEOUTS:
+                        raise
+                    first_timeouts += 1
+                logger.warning("%s cannot subscribe (%s); retrying in %.2f s", self.role, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
                 continue
