@@ -473,6 +473,7 @@ def test_a_token_is_required_off_loopback(nats_url: str) -> None:
             os.environ["SKIALITH_UI_TOKEN"] = env_token
 
 
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)  # the token does not depend on the database
 async def test_token_login_sets_a_cookie_and_guards_every_request(settings: Settings, browser: Any) -> None:
     token = "s3cret-" + "x" * 24
     async with SkialithCheckpointer(settings=settings) as saver:
