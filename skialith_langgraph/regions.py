@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import nats.errors
@@ -135,41 +134,38 @@ async def promote(settings: Settings) -> StreamConfig:
         await log.close()
 
 
-def register(
-    commands: Any,
-    *,
-    parents: list[argparse.ArgumentParser],
-    formatter_class: type[argparse.HelpFormatter],
-    connection_flags: Callable[[argparse.ArgumentParser], None],
-) -> None:
+def register(commands: Any) -> None:
     """Add ``skialith mirror`` and ``skialith promote`` to the ``skialith`` parser's subcommands."""
-    mirror = commands.add_parser(
+    from .cli._common import add_command  # the cli package imports this module
+    from .cli._nats import _connection_flags
+
+    mirror = add_command(
+        commands,
         "mirror",
-        parents=parents,
-        formatter_class=formatter_class,
+        _mirror,
         help="make this region's stream a mirror of another's",
         description="Create the stream (SKIALITH_STREAM) on the NATS of this region (SKIALITH_NATS_URL) "
         "as an asynchronous JetStream mirror of the stream of the same name in JetStream domain "
         "--source-domain, reached over a leaf node connection. See docs/production.md, Two regions.",
+        log_level="INFO",
     )
-    connection_flags(mirror)
+    _connection_flags(mirror)
     mirror.add_argument("--source-domain", required=True, help="the JetStream domain of the origin region")
     mirror.add_argument(
         "--replicas", type=int, choices=[1, 3, 5], default=None, help="replicas of the mirror"
     )
-    mirror.set_defaults(run=_mirror, default_log_level="INFO")
-    prom = commands.add_parser(
+    prom = add_command(
+        commands,
         "promote",
-        parents=parents,
-        formatter_class=formatter_class,
+        _promote,
         help="failover: make this region's mirror writable",
         description="Remove the mirror configuration of the stream on the NATS of this region and give "
         "it the deployment's subjects, so that writes go to it (nats-server >= 2.12). Run it after the "
         "origin region is lost or fenced. --dry-run prints the mirror's state (lag) only.",
+        log_level="INFO",
     )
-    connection_flags(prom)
+    _connection_flags(prom)
     prom.add_argument("--dry-run", action="store_true", help="print the mirror's state, change nothing")
-    prom.set_defaults(run=_promote, default_log_level="INFO")
 
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:

@@ -40,7 +40,7 @@ from ..errors import SkialithError
 from ..sidecar import cli as sidecar_cli
 from . import demo, gc, inspect, projector, status, up
 from ._common import CliError, _HelpFormatter, _home_database_url, common_flags
-from ._nats import _connection_flags, add_nats_flags, nats_overrides
+from ._nats import add_nats_flags, nats_overrides
 from .stack import RESTART_LIMIT, RESTART_WINDOW, EmbeddedStack
 
 __all__ = [
@@ -90,13 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     from ..ui import cli as ui_cli  # the viewer's module imports Starlette only when it runs
 
     ui_cli.register(commands)
-    for external in (sidecar_cli, regions):  # modules outside this package, older signature
-        external.register(
-            commands,
-            parents=common_flags(),
-            formatter_class=_HelpFormatter,
-            connection_flags=_connection_flags,
-        )
+    sidecar_cli.register(commands)
+    regions.register(commands)
     return parser
 
 

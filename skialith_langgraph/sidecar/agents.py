@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request
@@ -153,9 +153,21 @@ def _created(out: dict[str, Any], started: float) -> JSONResponse:
     return JSONResponse(out, status_code=201, headers={"Server-Timing": timing})
 
 
-def _idempotency(request: Request) -> Idempotency:
+async def _write(
+    request: Request,
+    agent_id: str,
+    body: BaseModel,
+    idempotency_key: str | None,
+    write: Callable[[_SharedAgent], Awaitable[dict[str, Any]]],
+) -> JSONResponse:
+    """Run ``write`` once per Idempotency-Key (the body is digested only when there is one) and
+    answer 201 after its PubAck."""
+    started = time.perf_counter()
+    key = check_key(idempotency_key)
+    agent = _agent(request, agent_id, key, body.model_dump() if key else None)
     idem: Idempotency = request.app.state.sidecar.idempotency
-    return idem
+    out: dict[str, Any] = await idem.run(agent._key, key, agent._idem[1], lambda: write(agent))
+    return _created(out, started)
 
 
 @router.get("/{agent_id:path}/state", response_model=AgentStateOut, summary="resume(): the latest checkpoint")
@@ -180,17 +192,11 @@ async def get_state(request: Request, agent_id: str) -> dict[str, Any]:
 async def post_checkpoint(
     request: Request, agent_id: str, body: CheckpointIn, idempotency_key: IdemKey = None
 ) -> JSONResponse:
-    started = time.perf_counter()
-    key = check_key(idempotency_key)
-    wire = body.model_dump()
-    agent = _agent(request, agent_id, key, wire)
-
-    async def write() -> dict[str, Any]:
+    async def write(agent: _SharedAgent) -> dict[str, Any]:
         seq = await _serialized(agent.checkpoint(body.step, body.data))
         return {"agentId": agent_id, "step": body.step, "seq": seq}
 
-    out: dict[str, Any] = await _idempotency(request).run(agent._key, key, agent._idem[1], write)
-    return _created(out, started)
+    return await _write(request, agent_id, body, idempotency_key, write)
 
 
 @router.post(
@@ -202,20 +208,14 @@ async def post_checkpoint(
 async def post_event(
     request: Request, agent_id: str, body: EventIn, idempotency_key: IdemKey = None
 ) -> JSONResponse:
-    started = time.perf_counter()
-    key = check_key(idempotency_key)
-    wire = body.model_dump()
-    agent = _agent(request, agent_id, key, wire)
-
-    async def write() -> dict[str, Any]:
+    async def write(agent: _SharedAgent) -> dict[str, Any]:
         step = body.step
         if step is None:  # the SDK's default: one past the last checkpoint (what resume returns)
             step = (await agent.resume()).step_index
         seq = await _serialized(agent.save_event(body.name, body.payload, step=step))
         return {"agentId": agent_id, "name": body.name, "step": step, "seq": seq}
 
-    out: dict[str, Any] = await _idempotency(request).run(agent._key, key, agent._idem[1], write)
-    return _created(out, started)
+    return await _write(request, agent_id, body, idempotency_key, write)
 
 
 @router.get(

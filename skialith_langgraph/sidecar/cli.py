@@ -11,7 +11,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -140,18 +140,15 @@ async def _lss_check(args: argparse.Namespace) -> int:
     )
 
 
-def register(
-    commands: Any,
-    *,
-    parents: list[argparse.ArgumentParser],
-    formatter_class: type[argparse.HelpFormatter],
-    connection_flags: Callable[[argparse.ArgumentParser], None],
-) -> None:
+def register(commands: Any) -> None:
     """Add ``serve`` and ``lss-check`` to the ``skialith`` parser's subcommands."""
-    serve = commands.add_parser(
+    from ..cli._common import add_command  # the cli package imports this module
+    from ..cli._nats import _connection_flags
+
+    serve = add_command(
+        commands,
         "serve",
-        parents=parents,
-        formatter_class=formatter_class,
+        _serve_on_uvloop,
         help="HTTP sidecar: agents and threads over a JSON API",
         description=(
             "Serve the JSON API of docs/sidecar.md (SkialithAgent over HTTP, read access to threads, "
@@ -161,15 +158,15 @@ def register(
             "and another address is refused without one. Writes answer after the JetStream PubAck. "
             "Run the projector too (skialith up, or skialith projector)."
         ),
+        log_level="INFO",
     )
-    connection_flags(serve)
+    _connection_flags(serve)
     add_serve_flags(serve)
-    serve.set_defaults(run=_serve_on_uvloop, default_log_level="INFO")
 
-    check = commands.add_parser(
+    check = add_command(
+        commands,
         "lss-check",
-        parents=parents,
-        formatter_class=formatter_class,
+        _lss_check,
         help="check a server against the LSS (docs/lss.md)",
         description=(
             "Run the observable checks of docs/lss.md (LSS-01..06) against the HTTP API at --url, "
@@ -186,7 +183,6 @@ def register(
         default=1.0,
         help="LSS-06: the bound on the p50 server-side time to the durability ack (Server-Timing)",
     )
-    check.set_defaults(run=_lss_check, default_log_level="WARNING")
 
 
 @contextlib.asynccontextmanager
