@@ -289,3 +289,45 @@ async def test_nats_down_is_a_503_that_says_so(tmp_path: Path, sqlite_url: str, 
             assert (await client.get(agent_path("down", "state"))).json()["data"] == 2
     finally:
         server.stop()
+
+
+@SQLITE_ONLY
+async def test_fast_path_and_fastapi_answer_alike(settings: Settings) -> None:
+    """A valid write with ``Content-Type: application/json`` takes the plain-ASGI fast path
+    (fastpath.py); with another JSON media type FastAPI answers it. The two agree: a retry under
+    one Idempotency-Key crosses paths without a 409 (same request digest, defaults included), a
+    different body is a 409 on either, and an invalid body gets FastAPI's message on both."""
+    fast = {"content-type": "application/json"}
+    slow = {"content-type": "application/vnd.skialith+json"}
+    async with sidecar(settings) as client:
+        path = agent_path("paths", "checkpoints")
+        first = await client.post(path, content=b'{"step": 2}', headers={**fast, "Idempotency-Key": "k1"})
+        assert first.status_code == 201, first.text
+        last = await stream_last_seq(settings)
+        again = await client.post(
+            path, content=b'{"data": null, "step": 2}', headers={**slow, "Idempotency-Key": "k1"}
+        )
+        assert again.status_code == 201 and again.json() == first.json()
+        assert await stream_last_seq(settings) == last
+        for headers in (fast, slow):
+            other = await client.post(
+                path, content=b'{"step": 2, "data": 1}', headers={**headers, "Idempotency-Key": "k1"}
+            )
+            assert other.status_code == 409 and error(other)["code"] == "conflict"
+        events = agent_path("paths", "events")
+        ev = await client.post(events, content=b'{"name": "n"}', headers={**slow, "Idempotency-Key": "k2"})
+        assert ev.status_code == 201 and ev.json()["step"] == 3
+        retried = await client.post(
+            events, content=b'{"name": "n", "payload": null}', headers={**fast, "Idempotency-Key": "k2"}
+        )
+        assert retried.status_code == 201 and retried.json() == ev.json()
+        for raw in (b'{"step": true}', b'{"step": 1, "x": 0}', b'{"step": 1, "data": NaN}', b"[1]"):
+            answers = [await client.post(path, content=raw, headers=h) for h in (fast, slow)]
+            assert answers[0].status_code == answers[1].status_code and 400 <= answers[0].status_code < 500
+            assert error(answers[0]) == error(answers[1]), raw
+        huge = await client.post(path, content=b'{"step": 1, "data": 1' + b"0" * 30 + b"}", headers=fast)
+        assert huge.status_code == 400 and "cannot be stored" in error(huge)["message"]
+        assert await stream_last_seq(settings) == last + 1  # the one event
+        text = (await client.get("/metrics")).text
+        assert 'route="/v1/agents/{agent_id}/checkpoints",status="201"} 2' in text
+        assert 'route="/v1/agents/{agent_id}/checkpoints",status="409"} 2' in text

@@ -131,11 +131,16 @@ class _SharedAgent(SkialithAgent):
         )
 
 
-def _agent(request: Request, agent_id: str, key: str | None = None, body: Any = None) -> _SharedAgent:
-    state: SidecarState = request.app.state.sidecar
+def _agent(request: Request, agent_id: str) -> _SharedAgent:
+    return shared_agent(request.app.state.sidecar, agent_id)
+
+
+def shared_agent(
+    state: SidecarState, agent_id: str, key: str | None = None, request: str = ""
+) -> _SharedAgent:
     if not agent_id:
         raise ApiError(400, "agent_id must be a non-empty string")
-    return _SharedAgent(agent_id, state, key, digest(request.url.path, body) if key else "")
+    return _SharedAgent(agent_id, state, key, request)
 
 
 async def _serialized(write: Coroutine[Any, Any, int]) -> int:
@@ -146,28 +151,58 @@ async def _serialized(write: Coroutine[Any, Any, int]) -> int:
         raise ApiError(400, f"the value cannot be stored: {exc}") from exc
 
 
+def server_timing(started: float) -> str:
+    """``Server-Timing: ack;dur=<ms>``: from the request's arrival at the route to its PubAck."""
+    return f"ack;dur={(time.perf_counter() - started) * 1000:.3f}"
+
+
 def _created(out: dict[str, Any], started: float) -> JSONResponse:
-    """201 with ``Server-Timing: ack;dur=<ms>`` (from the request's arrival at the route to its
-    PubAck); the body is built here, so FastAPI does not validate it a second time."""
-    timing = f"ack;dur={(time.perf_counter() - started) * 1000:.3f}"
-    return JSONResponse(out, status_code=201, headers={"Server-Timing": timing})
+    """201 with ``Server-Timing``; the body is built here, so FastAPI does not validate it a
+    second time."""
+    return JSONResponse(out, status_code=201, headers={"Server-Timing": server_timing(started)})
 
 
-async def _write(
-    request: Request,
+Write = Callable[[_SharedAgent], Awaitable[dict[str, Any]]]
+
+
+async def run_write(
+    state: SidecarState,
+    path: str,
     agent_id: str,
-    body: BaseModel,
     idempotency_key: str | None,
-    write: Callable[[_SharedAgent], Awaitable[dict[str, Any]]],
-) -> JSONResponse:
-    """Run ``write`` once per Idempotency-Key (the body is digested only when there is one) and
-    answer 201 after its PubAck."""
-    started = time.perf_counter()
+    request_body: Callable[[], dict[str, Any]],
+    write: Write,
+) -> dict[str, Any]:
+    """Run ``write`` once per Idempotency-Key and return its response body (after the PubAck).
+
+    Shared by the FastAPI routes and the fast path (:mod:`.fastpath`), so both have the same
+    semantics. ``request_body()`` (the validated body as a dict) is called, for the key's
+    request digest, only when there is a key.
+    """
     key = check_key(idempotency_key)
-    agent = _agent(request, agent_id, key, body.model_dump() if key else None)
-    idem: Idempotency = request.app.state.sidecar.idempotency
+    agent = shared_agent(state, agent_id, key, digest(path, request_body()) if key else "")
+    idem: Idempotency = state.idempotency
     out: dict[str, Any] = await idem.run(agent._key, key, agent._idem[1], lambda: write(agent))
-    return _created(out, started)
+    return out
+
+
+def checkpoint_write(agent_id: str, step: int, data: Any) -> Write:
+    async def write(agent: _SharedAgent) -> dict[str, Any]:
+        seq = await _serialized(agent.checkpoint(step, data))
+        return {"agentId": agent_id, "step": step, "seq": seq}
+
+    return write
+
+
+def event_write(agent_id: str, name: str, payload: Any, step: int | None) -> Write:
+    async def write(agent: _SharedAgent) -> dict[str, Any]:
+        at = step
+        if at is None:  # the SDK's default: one past the last checkpoint (what resume returns)
+            at = (await agent.resume()).step_index
+        seq = await _serialized(agent.save_event(name, payload, step=at))
+        return {"agentId": agent_id, "name": name, "step": at, "seq": seq}
+
+    return write
 
 
 @router.get("/{agent_id:path}/state", response_model=AgentStateOut, summary="resume(): the latest checkpoint")
@@ -192,11 +227,12 @@ async def get_state(request: Request, agent_id: str) -> dict[str, Any]:
 async def post_checkpoint(
     request: Request, agent_id: str, body: CheckpointIn, idempotency_key: IdemKey = None
 ) -> JSONResponse:
-    async def write(agent: _SharedAgent) -> dict[str, Any]:
-        seq = await _serialized(agent.checkpoint(body.step, body.data))
-        return {"agentId": agent_id, "step": body.step, "seq": seq}
-
-    return await _write(request, agent_id, body, idempotency_key, write)
+    started = time.perf_counter()
+    write = checkpoint_write(agent_id, body.step, body.data)
+    state = request.app.state.sidecar
+    return _created(
+        await run_write(state, request.url.path, agent_id, idempotency_key, body.model_dump, write), started
+    )
 
 
 @router.post(
@@ -208,14 +244,12 @@ async def post_checkpoint(
 async def post_event(
     request: Request, agent_id: str, body: EventIn, idempotency_key: IdemKey = None
 ) -> JSONResponse:
-    async def write(agent: _SharedAgent) -> dict[str, Any]:
-        step = body.step
-        if step is None:  # the SDK's default: one past the last checkpoint (what resume returns)
-            step = (await agent.resume()).step_index
-        seq = await _serialized(agent.save_event(body.name, body.payload, step=step))
-        return {"agentId": agent_id, "name": body.name, "step": step, "seq": seq}
-
-    return await _write(request, agent_id, body, idempotency_key, write)
+    started = time.perf_counter()
+    write = event_write(agent_id, body.name, body.payload, body.step)
+    state = request.app.state.sidecar
+    return _created(
+        await run_write(state, request.url.path, agent_id, idempotency_key, body.model_dump, write), started
+    )
 
 
 @router.get(

@@ -4,7 +4,8 @@ and read model.
 Routes (docs/sidecar.md): ``/v1/agents/...`` (SkialithAgent), ``/v1/threads...`` (read access),
 the raw checkpoint routes of :mod:`.checkpoints` (LangGraph.js), ``/healthz``, ``/readyz``,
 ``/metrics`` and ``/openapi.json``. One pure-ASGI middleware checks the bearer token, caps the
-body size (413 naming the limit) and counts requests for ``/metrics``.
+body size (413 naming the limit) and counts requests for ``/metrics``; behind it, the two write
+routes take a fast path of plain ASGI when the request is certainly valid (:mod:`.fastpath`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ..readmodel import PROJECTION
 from . import agents, threads
 from .checkpoints import router as checkpoints_router  # the raw routes of the LangGraph.js checkpointer
 from .errors import error_body, install_handlers
+from .fastpath import FastWrites
 from .state import Limits, SidecarState
 
 __all__ = ["OPEN_PATHS", "create_app"]
@@ -73,6 +75,8 @@ def create_app(settings: Settings, *, token: str | None = None, limits: Limits |
     app.include_router(threads.router)
     app.include_router(checkpoints_router, prefix="/v1")
     _health_routes(app, state)
+    # innermost first: the gate runs before the fast path of the two writes (fastpath.py)
+    app.add_middleware(FastWrites, state=state, routes=agents.router.routes)
     app.add_middleware(_Gate, state=state)
     return app
 

@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse
 from ..errors import ConfigError, LogError, ReadModelError, SkialithError, SubjectError
 from ..inspect import InspectError
 
-__all__ = ["ApiError", "error_body", "install_handlers"]
+__all__ = ["ApiError", "classify", "error_body", "install_handlers"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api(_: Request, exc: ApiError) -> JSONResponse:
-        return _response(exc.status, exc.message, exc.code)
+        return _classified(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -93,19 +93,36 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(InspectError)
     async def _missing(_: Request, exc: InspectError) -> JSONResponse:
-        return _response(404, str(exc))
+        return _classified(exc)
 
     @app.exception_handler(SkialithError)
     async def _skialith(_: Request, exc: SkialithError) -> JSONResponse:
-        if isinstance(exc, ConfigError | SubjectError | ValueError):
-            return _response(400, str(exc))
-        if isinstance(exc, LogError | ReadModelError):
-            logger.warning("service unavailable: %s", exc)
-            return _response(503, f"the log or the read model is unavailable: {exc}", **{"Retry-After": "1"})
-        logger.exception("unexpected error")
-        return _response(500, f"internal error ({type(exc).__name__}); see the sidecar's log")
+        return _classified(exc)
 
     @app.exception_handler(Exception)
     async def _internal(_: Request, exc: Exception) -> JSONResponse:
-        logger.error("unexpected error answering a request", exc_info=exc)
-        return _response(500, f"internal error ({type(exc).__name__}); see the sidecar's log")
+        return _classified(exc)
+
+
+def _classified(exc: Exception) -> JSONResponse:
+    status, message, code, headers = classify(exc)
+    return _response(status, message, code, **headers)
+
+
+def classify(exc: Exception) -> tuple[int, str, str | None, dict[str, str]]:
+    """How an exception a route raised is answered: status, message, code, headers (logged as
+    the handlers above log it). The fast path (:mod:`.fastpath`) answers with this too."""
+    if isinstance(exc, ApiError):
+        return exc.status, exc.message, exc.code, {}
+    if isinstance(exc, InspectError):
+        return 404, str(exc), None, {}
+    if isinstance(exc, SkialithError):
+        if isinstance(exc, ConfigError | SubjectError | ValueError):
+            return 400, str(exc), None, {}
+        if isinstance(exc, LogError | ReadModelError):
+            logger.warning("service unavailable: %s", exc)
+            return 503, f"the log or the read model is unavailable: {exc}", None, {"Retry-After": "1"}
+        logger.exception("unexpected error", exc_info=exc)
+        return 500, f"internal error ({type(exc).__name__}); see the sidecar's log", None, {}
+    logger.error("unexpected error answering a request", exc_info=exc)
+    return 500, f"internal error ({type(exc).__name__}); see the sidecar's log", None, {}
