@@ -93,7 +93,8 @@ async def running(
         host=host,
         port=port,
         log_level="warning",
-        access_log=False,
+        access_log=False,  # uvicorn picks httptools ("auto"); the serve command runs on uvloop
+        proxy_headers=False,  # no per-request X-Forwarded-* pass: they would only name the client in logs
         lifespan="on",
         timeout_graceful_shutdown=int(STOP_TIMEOUT),
         server_header=False,
