@@ -219,3 +219,66 @@ async def test_a_body_that_is_not_json_is_a_400(settings: Settings) -> None:
         )
         assert r.status_code == 400
         assert isinstance(r, httpx.Response) and error(r)["code"] == "bad_request"
+
+
+async def test_search_pages_with_a_cursor(settings: Settings) -> None:
+    """``/v1/checkpoints/search`` answers a page at a time (``limit``, default 100, at most 1000) and
+    ``nextCursor`` continues it: every checkpoint once, in the list's order, even when one id is
+    in several threads and namespaces (a page may end inside such a run)."""
+    async with sidecar(settings) as client:
+        placed = [("pa", "", f"{i:02d}") for i in range(1, 8)]
+        placed += [("pb", "", f"{i:02d}") for i in (3, 5, 6)] + [("pa", "sub", f"{i:02d}") for i in (5, 6)]
+        for thread, ns, cid in placed:
+            body = put_body(thread, checkpoint(cid, {}, {}), ns=ns, step=int(cid))
+            assert (await client.post("/v1/checkpoints", json=body)).status_code == 201
+
+        async def pages(query: dict[str, Any], limit: int) -> tuple[list[tuple[str, str, str]], list[int]]:
+            seen: list[tuple[str, str, str]] = []
+            sizes: list[int] = []
+            cursor = None
+            while True:
+                r = await client.post(
+                    "/v1/checkpoints/search", json={**query, "limit": limit, "cursor": cursor}
+                )
+                assert r.status_code == 200, r.text
+                items = r.json()["items"]
+                sizes.append(len(items))
+                seen += [
+                    (c["thread_id"], c["checkpoint_ns"], c["checkpoint_id"])
+                    for c in (item["config"]["configurable"] for item in items)
+                ]
+                cursor = r.json()["nextCursor"]
+                if cursor is None:
+                    return seen, sizes
+
+        everything = (await client.post("/v1/checkpoints/search", json={})).json()
+        assert everything["nextCursor"] is None
+        whole = [
+            (c["thread_id"], c["checkpoint_ns"], c["checkpoint_id"])
+            for c in (item["config"]["configurable"] for item in everything["items"])
+        ]
+        assert sorted(whole) == sorted(placed)
+        assert [cid for _, _, cid in whole] == sorted((cid for _, _, cid in placed), reverse=True)
+        for limit in (1, 2, 3, 5, 11, 12):
+            seen, sizes = await pages({}, limit)
+            assert seen == whole, limit
+            assert all(n == limit for n in sizes[:-1]) and 0 < sizes[-1] <= limit, (limit, sizes)
+        thread = {"config": {"configurable": {"thread_id": "pa", "checkpoint_ns": ""}}}
+        seen, sizes = await pages(thread, 3)
+        assert [cid for _, _, cid in seen] == ["07", "06", "05", "04", "03", "02", "01"] and sizes == [
+            3,
+            3,
+            1,
+        ]
+        seen, _ = await pages({**thread, "before": {"configurable": {"checkpoint_id": "05"}}}, 2)
+        assert [cid for _, _, cid in seen] == ["04", "03", "02", "01"]
+        seen, _ = await pages({**thread, "filter": {"step": 6}}, 1)
+        assert seen == [("pa", "", "06")]
+
+        empty = await client.post("/v1/checkpoints/search", json={"limit": 0})
+        assert empty.json() == {"items": [], "nextCursor": None}
+        too_many = await client.post("/v1/checkpoints/search", json={"limit": 1001})
+        assert too_many.status_code == 422 and "1000" in error(too_many)["message"]
+        for bad in ("nope", base64.urlsafe_b64encode(b'["x", -1]').decode(), ""):
+            r = await client.post("/v1/checkpoints/search", json={"cursor": bad})
+            assert r.status_code == 400 and "cursor" in error(r)["message"], bad

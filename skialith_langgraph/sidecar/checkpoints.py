@@ -40,6 +40,8 @@ __all__ = ["PassThroughSerde", "Raw", "router"]
 _PLAIN = strict_serde()  # what stores the checkpoint's fields and the metadata
 STORED_TYPE = "msgpack"  # the type of what this module serializes itself (checkpoint body, metadata)
 _RESERVED = (STORED_TYPE, "empty")  # type names a client value may not use
+DEFAULT_PAGE = 100  # checkpoints in one page of /checkpoints/search unless `limit` says otherwise
+MAX_PAGE = 1000  # the largest `limit` of one page
 
 
 class Raw(NamedTuple):
@@ -166,7 +168,16 @@ class SearchIn(BaseModel):
     config: SearchConfig | None = None
     filter: dict[str, Any] | None = None
     before: SearchConfig | None = None
-    limit: Annotated[StrictInt, Field(ge=0)] | None = None
+    limit: Annotated[StrictInt, Field(ge=0, le=MAX_PAGE)] = Field(
+        default=DEFAULT_PAGE,
+        description=f"Checkpoints in this page (default {DEFAULT_PAGE}, at most {MAX_PAGE}); "
+        "the next ones come with `cursor`.",
+    )
+    cursor: StrictStr | None = Field(
+        default=None,
+        max_length=2048,
+        description="The `nextCursor` of the previous page, with the same config, filter and before.",
+    )
 
 
 class TupleOut(BaseModel):
@@ -179,6 +190,9 @@ class TupleOut(BaseModel):
 
 class SearchOut(BaseModel):
     items: list[TupleOut]
+    nextCursor: str | None = Field(
+        description="Send it as `cursor` for the next page; null when no checkpoint follows this page."
+    )
 
 
 # -- plumbing -------------------------------------------------------------------------------------
@@ -327,20 +341,94 @@ async def get_tuple(
     return _tuple(found)
 
 
-@router.post("/checkpoints/search", response_model=SearchOut, summary="list: checkpoints newest first")
+@router.post(
+    "/checkpoints/search",
+    response_model=SearchOut,
+    summary="list: checkpoints newest first, a page at a time",
+    description=f"At most `limit` checkpoints (default {DEFAULT_PAGE}, at most {MAX_PAGE}) in "
+    "LangGraph's list order (checkpoint id descending); `nextCursor` fetches the next page.",
+)
 async def search(request: Request, body: SearchIn) -> dict[str, Any]:
     conf = body.config.configurable if body.config is not None else SearchConfigurable()
     config: RunnableConfig = {"configurable": conf.model_dump(exclude_none=True)}
     before: RunnableConfig | None = None
     if body.before is not None and body.before.configurable.checkpoint_id is not None:
         before = {"configurable": body.before.configurable.model_dump(exclude_none=True)}
-    items = [
-        _tuple(t)
-        async for t in _saver(request).alist(
-            config, filter=body.filter or None, before=before, limit=body.limit
-        )
-    ]
-    return {"items": items}
+    cursor = None if body.cursor is None else _read_cursor(body.cursor)
+    page, next_cursor = await _page(_saver(request), config, body.filter or None, before, cursor, body.limit)
+    return {"items": [_tuple(t) for t in page], "nextCursor": next_cursor}
+
+
+async def _page(
+    saver: SkialithCheckpointer,
+    config: RunnableConfig,
+    filter: dict[str, Any] | None,
+    before: RunnableConfig | None,
+    cursor: tuple[str, int] | None,
+    n: int,
+) -> tuple[list[CheckpointTuple], str | None]:
+    """``n`` tuples of the list after ``cursor``, and the cursor of the next page.
+
+    The list's order is checkpoint id descending (then thread and namespace), so a page ends at an
+    id: the next one goes on ``before`` it. Ids may repeat across threads and namespaces, so the
+    cursor also says how many checkpoints with its id were returned already (``skip``); those left
+    are read first. One tuple more than the page is read, to know whether another page follows
+    and whether any checkpoint with the last id remains (``skip`` 0 then: no extra read).
+    """
+    if n == 0:
+        return [], None
+    want = n + 1
+    out: list[CheckpointTuple] = []
+    run_id, run = None, 0  # the cursor's id and how many of it the earlier pages returned
+    if cursor is not None:
+        run_id, run = cursor
+        if run:
+            ties: RunnableConfig = {"configurable": {**config["configurable"], "checkpoint_id": run_id}}
+            items = saver.alist(ties, filter=filter, limit=run + want)
+            try:
+                out = [t async for t in items][run:]
+            finally:
+                await items.aclose()  # type: ignore[attr-defined]
+        before = {"configurable": {"checkpoint_id": run_id}}
+    if len(out) < want:
+        items = saver.alist(config, filter=filter, before=before, limit=want - len(out))
+        try:
+            out += [t async for t in items]
+        finally:
+            await items.aclose()  # type: ignore[attr-defined]
+    if len(out) <= n:
+        return out, None
+    page = out[:n]
+    last = _checkpoint_id(page[-1])
+    tail = 0  # the page's trailing checkpoints with the last id
+    while tail < len(page) and _checkpoint_id(page[-1 - tail]) == last:
+        tail += 1
+    if tail == len(page) and last == run_id:
+        tail += run  # the run of that id began on an earlier page
+    skip = tail if _checkpoint_id(out[n]) == last else 0
+    return page, _write_cursor(last, skip)
+
+
+def _checkpoint_id(t: CheckpointTuple) -> str:
+    return str(t.config["configurable"]["checkpoint_id"])
+
+
+def _write_cursor(checkpoint_id: str, skip: int) -> str:
+    raw = json.dumps([checkpoint_id, skip], ensure_ascii=False, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode("ascii")
+
+
+def _read_cursor(cursor: str) -> tuple[str, int]:
+    try:
+        value = json.loads(base64.urlsafe_b64decode(cursor.encode("ascii")))
+        checkpoint_id, skip = value
+        if isinstance(checkpoint_id, str) and checkpoint_id and type(skip) is int and skip >= 0:
+            return checkpoint_id, skip
+    except (ValueError, TypeError, UnicodeError, binascii.Error):
+        pass
+    raise ApiError(
+        400, "cursor is not one this server gave: send the nextCursor of the previous page as it came"
+    )
 
 
 @router.delete(

@@ -48,7 +48,16 @@ interface TupleJson {
 export interface SkialithSaverOptions extends ClientOptions {
   /** The serializer of channel values and writes; default LangGraph.js's `JsonPlusSerializer`. */
   serde?: SerializerProtocol | undefined;
+  /**
+   * Checkpoints per request of {@link SkialithSaver.list} (1..1000, default 100): a list over a
+   * long thread streams page by page instead of arriving in one response.
+   */
+  pageSize?: number | undefined;
 }
+
+/** The sidecar's largest page of `POST /v1/checkpoints/search`. */
+export const MAX_PAGE_SIZE = 1000;
+const DEFAULT_PAGE_SIZE = 100;
 
 function toBase64(bytes: Uint8Array | string): string {
   return (typeof bytes === "string" ? Buffer.from(bytes, "utf8") : Buffer.from(bytes)).toString("base64");
@@ -82,10 +91,16 @@ function threadId(config: RunnableConfig, method: string): string {
  */
 export class SkialithSaver extends BaseCheckpointSaver {
   readonly client: SkialithClient;
+  readonly pageSize: number;
 
   constructor(options: SkialithSaverOptions = {}) {
     super(options.serde);
-    this.client = new SkialithClient(options);
+    const { pageSize = DEFAULT_PAGE_SIZE, ...clientOptions } = options;
+    if (!Number.isInteger(pageSize) || pageSize < 1 || pageSize > MAX_PAGE_SIZE) {
+      throw new SkialithError(`pageSize must be an integer from 1 to ${MAX_PAGE_SIZE}, got ${String(pageSize)}`);
+    }
+    this.pageSize = pageSize;
+    this.client = new SkialithClient(clientOptions);
   }
 
   /** A saver for the sidecar at `url`. */
@@ -119,25 +134,33 @@ export class SkialithSaver extends BaseCheckpointSaver {
   override async *list(config: RunnableConfig, options: CheckpointListOptions = {}): AsyncGenerator<CheckpointTuple> {
     const conf = config?.configurable ?? {};
     const { limit, before, filter } = options;
-    const page = await this.client.request<{ items: TupleJson[] }>("POST", "/v1/checkpoints/search", {
-      body: {
-        config: {
-          configurable: {
-            thread_id: conf.thread_id === undefined || conf.thread_id === null ? undefined : String(conf.thread_id),
-            checkpoint_ns: conf.checkpoint_ns,
-            checkpoint_id: conf.checkpoint_id || undefined,
-          },
+    const query = {
+      config: {
+        configurable: {
+          thread_id: conf.thread_id === undefined || conf.thread_id === null ? undefined : String(conf.thread_id),
+          checkpoint_ns: conf.checkpoint_ns,
+          checkpoint_id: conf.checkpoint_id || undefined,
         },
-        filter,
-        before: before?.configurable?.checkpoint_id
-          ? { configurable: { checkpoint_id: before.configurable.checkpoint_id } }
-          : undefined,
-        limit,
       },
-      retry: true,
-      what: "list",
-    });
-    for (const item of page.items) yield await this.#decode(item);
+      filter,
+      before: before?.configurable?.checkpoint_id
+        ? { configurable: { checkpoint_id: before.configurable.checkpoint_id } }
+        : undefined,
+    };
+    // a page at a time (the sidecar's nextCursor), the next one asked for when this one is consumed
+    let left = limit === undefined || limit === null ? Infinity : Math.max(0, Math.floor(limit));
+    let cursor: string | null = null;
+    while (left > 0) {
+      const page: { items: TupleJson[]; nextCursor: string | null } = await this.client.request(
+        "POST",
+        "/v1/checkpoints/search",
+        { body: { ...query, limit: Math.min(left, this.pageSize), cursor: cursor ?? undefined }, retry: true, what: "list" },
+      );
+      for (const item of page.items) yield await this.#decode(item);
+      left -= page.items.length;
+      cursor = page.nextCursor;
+      if (cursor === null || page.items.length === 0) return;
+    }
   }
 
   override async put(
