@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi.routing import APIRoute
+from starlette.datastructures import URL
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -80,7 +81,8 @@ class FastWrites:
         try:
             out = await agents.run_write(
                 self.state,
-                scope["path"],
+                # the key's digest names the path as FastAPI's request.url.path does
+                "" if key is None else URL(scope=scope).path,
                 agent_id,
                 None if key is None else key.decode("latin-1"),
                 lambda: dumped,
