@@ -16,8 +16,9 @@ production: a sidecar, uvloop + httptools), and this process times:
 * ``http (httpx)``: the same through one keep-alive ``httpx.AsyncClient``;
 * ``ts``: ``@skialith/agent-core``'s ``SkialithAgent`` and ``@skialith/langgraph-checkpoint``'s
   ``SkialithSaver`` in node (its global ``fetch``, keep-alive), driven block by block from here
-  (sdk/typescript/bench/sidecar-driver.mjs; timed inside node); left out with ``--no-ts`` or
-  when node or the built packages are missing;
+  (sdk/typescript/bench/sidecar-driver.mjs; timed inside node), and for reference the same
+  checkpoint request on ``node:http`` with a keep-alive agent (no SDK); left out with ``--no-ts``
+  or when node or the built packages are missing;
 * ``put`` / ``get_tuple``: ``SkialithCheckpointer.aput`` / ``.aget_tuple`` (the latest checkpoint
   of the thread) in this process, and the raw checkpoint routes (``POST /v1/checkpoints``,
   ``GET /v1/checkpoints/tuple``) with the minimal client and from SkialithSaver.
@@ -362,11 +363,12 @@ async def _measure(settings: Settings, iterations: int, warmup: int, block: int,
         for op, path in (
             ("save_event", "ts SkialithAgent (node fetch)"),
             ("checkpoint", "ts SkialithAgent (node fetch)"),
+            ("checkpoint", "ts node:http, no SDK (reference)"),
             ("put", "ts SkialithSaver (node fetch)"),
             ("get_tuple", "ts SkialithSaver (node fetch)"),
         ):
             at = max(i for i, row in enumerate(rows) if row.op == op) + 1
-            rows.insert(at, Row(op, path, node.row(op)))
+            rows.insert(at, Row(op, path, node.row("checkpoint_node_http" if "node:http" in path else op)))
     projector: subprocess.Popen[str] | None = None
     try:
         # the agent writes first, with no projector running (writes never wait on it; a busy
