@@ -97,6 +97,20 @@ class _Client(Client):
         command: bytes = super()._connect_command()
         return command
 
+    async def close(self) -> None:
+        """nats-py's close, without the CancelledError nats-py 2.16 raises when the client is
+        reconnecting (its server just went away): close cancels the reconnect task while that task
+        awaits the old socket's close waiter, which cancels the waiter itself, and close then awaits
+        the same waiter. The connection is closed all the same. A cancellation of the caller's task
+        still propagates."""
+        try:
+            await super().close()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise
+            logger.debug("NATS close: the socket's close waiter was cancelled by the reconnect task")
+
 
 def _connect_options(settings: Settings) -> dict[str, Any]:
     """nats-py's connect options for the credentials and TLS files of ``settings``.

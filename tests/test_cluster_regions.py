@@ -212,3 +212,18 @@ async def drill(a: Any, b: Any, sa: Settings, sb: Settings, tmp_path: Path) -> N
     finally:
         await log.close()
         await model.close()
+
+
+@pytest.mark.parametrize("turns", range(4))
+async def test_closing_while_the_client_reconnects_returns_normally(nats_url: str, turns: int) -> None:
+    """The drill's agents close their connections right after region A is killed, while nats-py is
+    reconnecting. That close raised CancelledError (nats-py cancelled its own socket's close waiter
+    and then awaited it), failing the drill about one run in six. ``force_reconnect`` puts a client
+    on a live server in the same state; ``turns`` loop turns later its reconnect task is awaiting
+    the old socket's close."""
+    log = await Log.open(Settings(nats_url=nats_url))
+    await log.nc.force_reconnect()
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    await log.close()
+    assert log.nc.is_closed
