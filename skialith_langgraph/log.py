@@ -22,6 +22,7 @@ import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
+from nats.aio.transport import TcpTransport
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
@@ -177,9 +178,9 @@ class _Acks:
             nc.stats["out_msgs"] += 1
             nc.stats["out_bytes"] += len(body)
             transport = nc._transport
-            if nc.is_connected and not nc._pending and transport is not None:
-                transport.write(command)  # nothing queued before it: straight to the socket
-            else:  # behind other commands, or while reconnecting: nats-py's buffer, as its publish does
+            if nc.is_connected and not nc._pending and type(transport) is TcpTransport:
+                transport.write(command)  # type: ignore[no-untyped-call]  # nothing queued before it
+            else:  # behind other commands, reconnecting, or a websocket (sent on drain): nats-py's way
                 await nc._send_command(command)
                 if nc._flush_queue is not None and nc._flush_queue.empty():
                     await nc._flush_pending()
