@@ -117,10 +117,12 @@ class _Acks:
     future per publish in flight, keyed by its reply token.
 
     nats-py's ``js.publish`` (a request) spends about a third of a publish's client time on its
-    way: the PUB waits for the flusher task's next turn, and the PubAck passes through a message
-    object, the inbox subscription's queue and task, and a ``wait_for`` callback before the caller
-    wakes. Here the PUB is written to the socket at once when nothing else is queued before it
-    (the connection's order is kept), and the reading task hands the PubAck's bytes to its future.
+    way: the PUB waits for the flusher task, and the PubAck passes through a message object, the
+    inbox subscription's queue and task, and a ``wait_for`` callback before the caller wakes.
+    Here the reading task hands the PubAck's bytes to its future, and the PUBs requested in one
+    turn of the loop go to the socket together at the end of it, in order (a step's writes and
+    its checkpoint, which LangGraph sends at once: one write to the socket instead of two, and
+    the checkpoint is not held up behind the first one's system call).
     """
 
     def __init__(self, nc: _Client, sid: int, prefix: str) -> None:
@@ -130,6 +132,22 @@ class _Acks:
         self._cut = len(prefix.encode())
         self.pending: dict[bytes, asyncio.Future[tuple[bytes, bytes | None]]] = {}
         self._count = 0
+        self._batch: list[bytes] = []
+
+    def _flush(self) -> None:
+        """Send the publishes requested since the last flush, in order, in one write."""
+        batch, self._batch = self._batch, []
+        nc = self.nc
+        transport = nc._transport
+        if nc.is_connected and not nc._pending and type(transport) is TcpTransport:
+            transport.write(batch[0] if len(batch) == 1 else b"".join(batch))  # type: ignore[no-untyped-call]
+            return
+        # behind commands nats-py queued, while reconnecting (sent once reconnected), or over a
+        # websocket (its transport sends on drain): into nats-py's buffer, and wake its flusher
+        nc._pending.extend(batch)
+        nc._pending_data_size += sum(len(command) for command in batch)
+        if nc.is_connected and nc._flush_queue is not None and nc._flush_queue.empty():
+            nc._flush_queue.put_nowait(asyncio.get_running_loop().create_future())
 
     @classmethod
     async def open(cls, nc: _Client) -> _Acks:
@@ -157,6 +175,10 @@ class _Acks:
             raise nats.errors.ConnectionDrainingError
         if len(body) > nc.max_payload:
             raise nats.errors.MaxPayloadError
+        if not nc.is_connected and (
+            nc._max_pending_size <= 0 or len(body) + nc._pending_data_size > nc._max_pending_size
+        ):  # as nats-py's publish: no buffering while reconnecting beyond its limit
+            raise nats.errors.OutboundBufferLimitError
         self._count += 1
         # unique (the count) and not guessable (random): another client of the account may see
         # the inbox, and a forged PubAck must not be able to confirm a write
@@ -177,13 +199,9 @@ class _Acks:
         try:
             nc.stats["out_msgs"] += 1
             nc.stats["out_bytes"] += len(body)
-            transport = nc._transport
-            if nc.is_connected and not nc._pending and type(transport) is TcpTransport:
-                transport.write(command)  # type: ignore[no-untyped-call]  # nothing queued before it
-            else:  # behind other commands, reconnecting, or a websocket (sent on drain): nats-py's way
-                await nc._send_command(command)
-                if nc._flush_queue is not None and nc._flush_queue.empty():
-                    await nc._flush_pending()
+            self._batch.append(command)
+            if len(self._batch) == 1:
+                loop.call_soon(self._flush)
             return await future
         finally:
             expiry.cancel()
