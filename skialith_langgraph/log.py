@@ -166,7 +166,8 @@ class _Acks:
         """Publish ``body`` with ``headers``, reply to a fresh token; the reply's data and raw headers.
 
         Raises what nats-py's request raises: ``ConnectionClosedError``, ``MaxPayloadError``,
-        ``TimeoutError`` (nats' own) when no reply came within ``timeout`` seconds.
+        ``OutboundBufferLimitError`` (reconnecting, its buffer full), ``TimeoutError`` (nats' own)
+        when no reply came within ``timeout`` seconds.
         """
         nc = self.nc
         if nc.is_closed:
