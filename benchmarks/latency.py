@@ -295,10 +295,12 @@ PAUSED = " (projector paused)"
 
 
 async def run_paused(env: BenchEnv, *, iterations: int, block: int, warmup: int) -> list[Row]:
-    """The 1 KiB floor and Skialith ``aput``, interleaved, with the projector process frozen.
+    """The 1 KiB floor, the serde of ``aput`` and Skialith ``aput``, interleaved, with the projector
+    process frozen.
 
     The main latency table runs with the projector consuming every write on the same cores; this
-    splits what the write path costs from what co-located projection costs it.
+    splits what the write path costs from what co-located projection costs it, and gives the
+    write target (``aput`` within 1.25x of floor + serde) all three figures from the same blocks.
     """
     if not env.skialith or FLOOR not in env.floors:
         return []
@@ -308,6 +310,10 @@ async def run_paused(env: BenchEnv, *, iterations: int, block: int, warmup: int)
         Row("publish", "1KiB", FLOOR + PAUSED, _timed(functools.partial(floor.publish, payload))),
         Row("aput", "1KiB", side.contender.name + PAUSED, aput_call(side.contender, "1KiB", tag="paused")),
     ]
+    codec = load_codec()
+    if not isinstance(codec, str):
+        serde = serde_put_call(codec, side.contender.saver, "1KiB")
+        rows.insert(1, Row("serde", "1KiB", SERDE_PUT + PAUSED, serde))
     side.projector.pause()
     try:
         await run_interleaved(rows, iterations=iterations, block=block, warmup=warmup)

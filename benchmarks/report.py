@@ -12,6 +12,7 @@ from .contender import (
     POSTGRES,
     RAW_INSERT,
     SAVE_EVENT,
+    SERDE_PUT,
     SKIALITH,
     SQLA_INSERT,
     SQLITE,
@@ -213,21 +214,39 @@ def _paused_table(results: Results) -> list[str]:
     by_key = {(r.op, r.contender): r.sample.summary() for r in results.latency if r.size == "1KiB"}
     paused = {r.op: r.sample.summary() for r in results.paused}
     table: list[list[str]] = []
-    for label, floor, aput in (
-        ("running (the tables above)", by_key.get(("publish", FLOOR)), by_key.get(("aput", SKIALITH))),
-        ("frozen (SIGSTOP)", paused.get("publish"), paused.get("aput")),
+    for label, floor, serde, aput in (
+        (
+            "running (the tables above)",
+            by_key.get(("publish", FLOOR)),
+            by_key.get(("serde", SERDE_PUT)),
+            by_key.get(("aput", SKIALITH)),
+        ),
+        ("frozen (SIGSTOP)", paused.get("publish"), paused.get("serde"), paused.get("aput")),
     ):
         if floor is None or aput is None:
             continue
         p50 = _x(ratio(aput.p50, floor.p50))
-        table.append([label, _ms(floor.p50), _ms(aput.p50), p50, _ms(floor.p99), _ms(aput.p99)])
-    header = ["projector process", "floor p50", "Skialith aput p50", "ratio p50", "floor p99", "aput p99"]
+        with_serde = _x(ratio(aput.p50, floor.p50 + serde.p50)) if serde is not None else "—"
+        serde_p50 = _ms(serde.p50) if serde is not None else "—"
+        table.append(
+            [label, _ms(floor.p50), serde_p50, _ms(aput.p50), p50, with_serde, _ms(floor.p99), _ms(aput.p99)]
+        )
+    header = [
+        "projector process",
+        "floor p50",
+        "serde p50",
+        "Skialith aput p50",
+        "ratio p50",
+        "p50 vs floor + serde",
+        "floor p99",
+        "aput p99",
+    ]
     return [
         _table(header, table),
         "",
         "1 KiB. The projector applies every write as it arrives, on the same 2 cores as the writer and "
         "the servers; frozen, it shows what the write path costs by itself (the calls interleave in "
-        "blocks as above; the projector catches up afterwards).",
+        "blocks as above, the serde row among them; the projector catches up afterwards).",
         "",
     ]
 

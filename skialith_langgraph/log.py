@@ -22,6 +22,7 @@ import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
+from nats.aio.transport import TcpTransport
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
@@ -90,6 +91,21 @@ class _Client(Client):
     require_tls = False
     denied: str | None = None  # the last permissions violation the server reported
 
+    acks: _Acks | None = None  # the PubAck inbox of Log.publish, once it has published
+
+    @property
+    def own_publish(self) -> bool:
+        """Whether this nats-py has the internals :class:`_Acks` works with (checked once per
+        client). They are private: a nats-py that renamed one publishes through ``js.publish``
+        instead of failing."""
+        known: bool | None = self.__dict__.get("_own_publish")
+        if known is None:
+            known = all(hasattr(self, name) for name in _ACK_INTERNALS) and all(
+                callable(getattr(Client, name, None)) for name in _ACK_METHODS
+            )
+            self.__dict__["_own_publish"] = known
+        return known
+
     def _connect_command(self) -> bytes:
         info = self._server_info or {}
         if self.require_tls and not info.get("tls_required") and not self.options.get("tls_handshake_first"):
@@ -110,6 +126,124 @@ class _Client(Client):
             if task is None or task.cancelling():
                 raise
             logger.debug("NATS close: the socket's close waiter was cancelled by the reconnect task")
+
+    async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
+        # a PubAck goes straight to the publish waiting for it, from the reading task: no message
+        # object, no subscription queue and task, no wait_for callback in between (see _Acks)
+        acks = self.acks
+        if acks is not None and sid == acks.sid:
+            self.stats["in_msgs"] += 1
+            self.stats["in_bytes"] += len(data)
+            acks.deliver(subject, data, headers)
+            return
+        await super()._process_msg(sid, subject, reply, data, headers)
+
+
+# what _Acks and _Client._process_msg use of nats-py's client, besides its public API
+_ACK_INTERNALS = ("_transport", "_pending", "_pending_data_size", "_max_pending_size", "_flush_queue")
+_ACK_METHODS = ("_process_msg", "_process_headers")  # of nats-py's Client itself (_Client overrides one)
+
+
+class _Acks:
+    """The replies to this connection's JetStream publishes: one wildcard inbox subscription, one
+    future per publish in flight, keyed by its reply token.
+
+    nats-py's ``js.publish`` (a request) spends about a third of a publish's client time on its
+    way: the PUB waits for the flusher task, and the PubAck passes through a message object, the
+    inbox subscription's queue and task, and a ``wait_for`` callback before the caller wakes.
+    Here the reading task hands the PubAck's bytes to its future, and the PUBs requested in one
+    turn of the loop go to the socket together at the end of it, in order (a step's writes and
+    its checkpoint, which LangGraph sends at once: one write to the socket instead of two, and
+    the checkpoint is not held up behind the first one's system call).
+    """
+
+    def __init__(self, nc: _Client, sid: int, prefix: str) -> None:
+        self.nc = nc
+        self.sid = sid
+        self.prefix = prefix
+        self._cut = len(prefix.encode())
+        self.pending: dict[bytes, asyncio.Future[tuple[bytes, bytes | None]]] = {}
+        self._count = 0
+        self._batch: list[bytes] = []
+
+    def _flush(self) -> None:
+        """Send the publishes requested since the last flush, in order, in one write."""
+        batch, self._batch = self._batch, []
+        nc = self.nc
+        transport = nc._transport
+        if nc.is_connected and not nc._pending and type(transport) is TcpTransport:
+            transport.write(batch[0] if len(batch) == 1 else b"".join(batch))  # type: ignore[no-untyped-call]
+            return
+        # behind commands nats-py queued, while reconnecting (sent once reconnected), or over a
+        # websocket (its transport sends on drain): into nats-py's buffer, and wake its flusher
+        nc._pending.extend(batch)
+        nc._pending_data_size += sum(len(command) for command in batch)
+        if nc.is_connected and nc._flush_queue is not None and nc._flush_queue.empty():
+            nc._flush_queue.put_nowait(asyncio.get_running_loop().create_future())
+
+    @classmethod
+    async def open(cls, nc: _Client) -> _Acks:
+        prefix = f"{nc.new_inbox()}."
+        sub = await nc.subscribe(f"{prefix}*")  # no callback: every reply is taken by deliver()
+        return cls(nc, sub._id, prefix)
+
+    def deliver(self, subject: bytes, data: bytes, headers: bytes | None) -> None:
+        future = self.pending.pop(subject[self._cut :], None)
+        if future is not None and not future.done():
+            future.set_result((data, headers))
+
+    async def request(
+        self, subject: str, body: bytes, headers: dict[str, str], timeout: float
+    ) -> tuple[bytes, bytes | None]:
+        """Publish ``body`` with ``headers``, reply to a fresh token; the reply's data and raw headers.
+
+        Raises what nats-py's request raises: ``ConnectionClosedError``, ``MaxPayloadError``,
+        ``OutboundBufferLimitError`` (reconnecting, its buffer full), ``TimeoutError`` (nats' own)
+        when no reply came within ``timeout`` seconds.
+        """
+        nc = self.nc
+        if nc.is_closed:
+            raise nats.errors.ConnectionClosedError
+        if nc.is_draining_pubs:
+            raise nats.errors.ConnectionDrainingError
+        if len(body) > nc.max_payload:
+            raise nats.errors.MaxPayloadError
+        if not nc.is_connected and (
+            nc._max_pending_size <= 0 or len(body) + nc._pending_data_size > nc._max_pending_size
+        ):  # as nats-py's publish: no buffering while reconnecting beyond its limit
+            raise nats.errors.OutboundBufferLimitError
+        self._count += 1
+        # unique (the count) and not guessable (random): another client of the account may see
+        # the inbox, and a forged PubAck must not be able to confirm a write
+        token = f"{self._count:x}{os.urandom(4).hex()}"
+        reply = self.prefix + token
+        for value in headers.values():
+            if "\r" in value or "\n" in value:
+                raise ValueError(f"a header of the publish on {subject!r} holds a line break: {value!r}")
+        hdr = "".join(["NATS/1.0\r\n", *(f"{k}: {v}\r\n" for k, v in headers.items()), "\r\n"]).encode()
+        command = b"".join(
+            (f"HPUB {subject} {reply} {len(hdr)} {len(hdr) + len(body)}\r\n".encode(), hdr, body, b"\r\n")
+        )
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[bytes, bytes | None]] = loop.create_future()
+        key = token.encode()
+        self.pending[key] = future
+        expiry = loop.call_later(timeout, _expire, future)
+        try:
+            nc.stats["out_msgs"] += 1
+            nc.stats["out_bytes"] += len(body)
+            self._batch.append(command)
+            if len(self._batch) == 1:
+                loop.call_soon(self._flush)
+            return await future
+        finally:
+            expiry.cancel()
+            self.pending.pop(key, None)
+
+
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(nats.errors.TimeoutError())
 
 
 def _connect_options(settings: Settings) -> dict[str, Any]:
@@ -303,6 +437,7 @@ class Log:
         self._identity = StreamWatch(self)
         self._skipped: set[int] = set()  # sequences of messages a read skipped (logged once each)
         self._prefix_len = len(settings.subject_prefix.split("."))
+        self._acks_lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, settings: Settings, *, ensure_stream: bool = False) -> Log:
@@ -560,10 +695,36 @@ class Log:
         op = await self.next_seq(self.subjects.thread_op(thread_key, "*"), after=first)
         return 0 < op < last
 
+    async def _ack(self, subject: str, body: bytes, headers: dict[str, str]) -> tuple[int, bool]:
+        """Publish and wait for the PubAck: (stream sequence, duplicate). Raises nats-py's errors
+        for what ``js.publish`` would raise them for."""
+        nc = self.nc
+        if not isinstance(nc, _Client) or not nc.own_publish:  # nats-py's own way
+            ack = await self.js.publish(subject, body, timeout=self.settings.publish_timeout, headers=headers)
+            return ack.seq, bool(ack.duplicate)
+        acks = nc.acks
+        if acks is None:
+            async with self._acks_lock:
+                if nc.acks is None:
+                    nc.acks = await _Acks.open(nc)
+            acks = nc.acks
+            assert acks is not None
+        data, raw = await acks.request(subject, body, headers, self.settings.publish_timeout)
+        if raw:  # a status from the server instead of a PubAck: 503 when no stream takes the subject
+            status = ((await nc._process_headers(raw)) or {}).get("Status")
+            if status == "503":
+                raise nats.js.errors.NoStreamResponseError
+            if not data:
+                raise nats.js.errors.APIError(code=int(status) if status and status.isdigit() else None)
+        resp = json.loads(data)
+        if "error" in resp:
+            raise nats.js.errors.APIError.from_error(resp["error"])
+        return int(resp["seq"]), bool(resp.get("duplicate"))
+
     async def _publish(self, subject: str, body: bytes, headers: dict[str, str]) -> int:
         """One publish; the stream sequence, or 0 when JetStream dropped it as a duplicate."""
         try:
-            ack = await self.js.publish(subject, body, timeout=self.settings.publish_timeout, headers=headers)
+            seq, duplicate = await self._ack(subject, body, headers)
         except nats.errors.TimeoutError as exc:
             # on a cluster, ask it why (at most 1 s more): a stream without a leader (quorum lost)
             why = await why_no_ack(self.nc, self.settings.stream, min(1.0, self.settings.publish_timeout))
@@ -599,7 +760,7 @@ class Log:
             raise PublishError(
                 f"JetStream refused {subject!r}: {exc}", url=self.url, subject=subject
             ) from exc
-        return 0 if ack.duplicate else int(ack.seq)
+        return 0 if duplicate else seq
 
     async def last_seq(self, *filters: str) -> int:
         """The stream sequence of the last message on any of ``filters`` (0 if none)."""

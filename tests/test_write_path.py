@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
+import time
 
 import nats
 import pytest
 from langgraph.checkpoint.base import empty_checkpoint
 
 from skialith_langgraph import Projector, Settings, SkialithCheckpointer, codec
+from skialith_langgraph import log as log_module
+from skialith_langgraph.errors import StreamNotFoundError
+from skialith_langgraph.log import Log
 from skialith_langgraph.subjects import Subjects, token
 
 DOWN_DB = "mysql+aiomysql://root@127.0.0.1:1/nothing_listens_here"
@@ -162,3 +167,58 @@ async def test_a_checkpoint_above_max_payload_is_stored_and_read_back_whole(
     finally:
         if projector_running:
             await projector.stop()
+
+
+async def test_concurrent_publishes_each_return_the_sequence_of_their_own_message(settings: Settings) -> None:
+    # PubAcks of one connection arrive on one inbox; each must reach the publish it answers
+    log = await Log.open(settings, ensure_stream=True)
+    try:
+        bodies = [os.urandom(64 + i) for i in range(300)]
+        subjects = [log.subjects.checkpoint(token(f"t{i % 7}", field="thread_id")) for i in range(300)]
+        seqs = await asyncio.gather(
+            *(
+                log.publish(subject, body, codec.msg_id(subject))
+                for subject, body in zip(subjects, bodies, strict=True)
+            )
+        )
+        assert sorted(seqs) == list(range(min(seqs), min(seqs) + 300))
+        stored = {m.seq: m.body async for m in log.read(f"{settings.subject_prefix}.>")}
+        assert [stored[seq] for seq in seqs] == bodies
+    finally:
+        await log.close()
+
+
+async def test_a_write_to_a_deleted_stream_fails_at_once_and_says_to_call_setup(settings: Settings) -> None:
+    async with SkialithCheckpointer(settings=settings.replace(publish_timeout=10.0)) as saver:
+        stored = await saver.aput(_config("t-gone"), _checkpoint(a=1), {}, {"a": "1"})
+        nc = await nats.connect(settings.nats_url)
+        try:
+            await nc.jetstream().delete_stream(settings.stream)
+        finally:
+            await nc.close()
+        started = time.monotonic()
+        with pytest.raises(StreamNotFoundError, match=r"call setup\(\)"):
+            await saver.aput_writes(stored, [("a", 2)], "task-1")
+        assert time.monotonic() - started < 5  # the server says so: no wait for the PubAck timeout
+
+
+async def test_publishes_take_the_own_puback_inbox_and_fall_back_to_nats_py_without_its_internals(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the pinned nats-py has the private parts the PubAck inbox uses, so the fast way is taken
+    log = await Log.open(settings, ensure_stream=True)
+    try:
+        subject = log.subjects.checkpoint(token("t-own", field="thread_id"))
+        first = await log.publish(subject, b"one", codec.msg_id(subject))
+        assert getattr(log.nc, "acks", None) is not None
+    finally:
+        await log.close()
+    # a nats-py that renamed one of them: publishes go through js.publish and still get their PubAck
+    monkeypatch.setattr(log_module._Client, "own_publish", property(lambda self: False))
+    log = await Log.open(settings, ensure_stream=True)
+    try:
+        second = await log.publish(subject, b"two", codec.msg_id(subject))
+        assert second == first + 1
+        assert getattr(log.nc, "acks", None) is None
+    finally:
+        await log.close()
