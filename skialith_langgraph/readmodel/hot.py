@@ -1,0 +1,114 @@
+"""The connections one event loop holds for its hot reads (a thread's latest checkpoint, a list).
+
+Checking a connection out of SQLAlchemy's pool, beginning, and returning it (a ROLLBACK round trip
+on MySQL) cost a read more than its statement; a few autocommit connections of
+:attr:`ReadModel.hot_engine` are kept checked out instead, each serving one read at a time. A read
+that finds none idle while :data:`HOT_KEEP` are busy uses the pool as before, so the number held
+stays bounded however many reads run at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from . import ReadModel
+
+logger = logging.getLogger(__name__)
+
+HOT_KEEP = 4  # connections one loop holds for reads at most
+HOT_IDLE = 300.0  # seconds: a connection idle longer is closed instead of used (server timeouts)
+# where a hot connection's Connection.info keeps its driver connection (statements.driver_rows)
+DRIVER = "skialith.hot_driver"
+PREPARED = "skialith.prepared"  # and its prepared statements, by statement and shape
+
+
+class HotConnections:
+    """The hot connections of one loop's read model (see the module docstring)."""
+
+    def __init__(self, model: ReadModel) -> None:
+        self.model = model
+        self._idle: list[tuple[AsyncConnection, float]] = []  # (connection, monotonic time returned)
+        self._held = 0  # connections open, idle or serving a read
+        self._closed = False
+        self._closing: set[asyncio.Future[None]] = set()
+
+    @property
+    def enabled(self) -> bool:
+        return self.model.hot_engine is not None and not self._closed
+
+    async def take(self) -> AsyncConnection | None:
+        """An idle connection, or a new one while fewer than :data:`HOT_KEEP` are held; None when
+        there is no hot engine or all are busy (the caller uses the pool).
+
+        Raises:
+            ReadModelError: the database is down or refused a new connection.
+        """
+        if not self.enabled:
+            return None
+        now = time.monotonic()
+        while self._idle:
+            conn, since = self._idle.pop()
+            if now - since < HOT_IDLE:
+                return conn
+            self.drop(conn)  # idle too long: the server may have closed it
+        if self._held >= HOT_KEEP:
+            return None
+        self._held += 1
+        try:
+            conn = await self.model.connect_hot()
+            raw = await conn.get_raw_connection()
+        except BaseException:
+            self._held -= 1
+            raise
+        raw.info[DRIVER] = raw.driver_connection
+        raw.info[PREPARED] = {}
+        return conn
+
+    def give(self, conn: AsyncConnection) -> None:
+        """Take back a connection after its read (closed instead if it broke or the loop's
+        read model is closing)."""
+        if self._closed or conn.closed or conn.invalidated:
+            self.drop(conn)
+        else:
+            self._idle.append((conn, time.monotonic()))
+
+    def drop(self, conn: AsyncConnection, *, invalidate: bool = False) -> None:
+        """Close ``conn`` in the background (``invalidate``: its protocol state is unknown, as
+        after a read cancelled mid-statement, so it must not go back to the pool)."""
+        self._held -= 1
+
+        async def close() -> None:
+            try:
+                if invalidate and not conn.invalidated:
+                    await conn.invalidate()
+                await conn.close()
+            except Exception as exc:
+                logger.debug("closing a hot read connection failed: %r", exc)
+
+        task = asyncio.ensure_future(close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def close(self) -> None:
+        """Close the idle connections now, and the busy ones as they are given back."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn, _ in idle:
+            self.drop(conn)
+        if self._closing:
+            with contextlib.suppress(Exception):
+                await asyncio.gather(*self._closing)
+
+    def __len__(self) -> int:
+        return self._held
+
+
+def driver_of(conn: AsyncConnection) -> Any | None:
+    """The driver connection of a hot connection (None for a pool connection)."""
+    return conn.info.get(DRIVER)
