@@ -138,13 +138,23 @@ def _latest_all(dialect: str) -> Any:
     b2, b3, b4 = (checkpoint_blobs.alias(n) for n in ("b2", "b3", "b4"))
     # every lookup below is an ORDER BY ... LIMIT 1 or a primary key probe, so that the plan is an
     # index probe whatever the planner's statistics (a fresh table's lead it to scan the thread)
-    latest_id = (
-        select(c2.c.checkpoint_id)
-        .where(c2.c.thread_key == tk, c2.c.ns_key == nk)
-        .order_by(c2.c.checkpoint_id.desc())
-        .limit(1)
-        .scalar_subquery()
-    )
+    latest_id: Any
+    if dialect == "mysql":
+        # MAX of the key's last column under an equal prefix is read off the index before the
+        # statement runs ("Select tables optimized away"): cheaper than ORDER BY ... LIMIT 1 there
+        latest_id = (
+            select(func.max(c2.c.checkpoint_id))
+            .where(c2.c.thread_key == tk, c2.c.ns_key == nk)
+            .scalar_subquery()
+        )
+    else:
+        latest_id = (
+            select(c2.c.checkpoint_id)
+            .where(c2.c.thread_key == tk, c2.c.ns_key == nk)
+            .order_by(c2.c.checkpoint_id.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
 
     def next_channel(after: Any = None) -> Any:
         q = select(b2.c.channel).where(b2.c.thread_key == tk, b2.c.ns_key == nk)
@@ -176,18 +186,6 @@ def _latest_all(dialect: str) -> Any:
         found = ch.c.channel.is_not(None)
         chv = select(ch.c.channel, newest.label("version")).where(found).cte("skialith_chv")
 
-    def blob_column(column: str) -> Any:
-        return (
-            select(b4.c[column])
-            .where(
-                b4.c.thread_key == tk,
-                b4.c.ns_key == nk,
-                b4.c.channel == chv.c.channel,
-                b4.c.version == chv.c.version,
-            )
-            .scalar_subquery()
-        )
-
     head = select(
         literal_column("'c'").label("kind"),
         _C.checkpoint_id,
@@ -218,12 +216,13 @@ def _latest_all(dialect: str) -> Any:
         null(),
         _W.task_path,
     ).where(_W.thread_key == tk, _W.ns_key == nk, _W.checkpoint_id == latest_id)
+    # each newest (channel, version) joined to its blob row: one primary key probe per channel
     blobs = select(
         literal_column("'b'"),
         null(),
         null(),
-        blob_column("type"),
-        blob_column("blob"),
+        b4.c.type,
+        b4.c.blob,
         null(),
         null(),
         null(),
@@ -232,6 +231,16 @@ def _latest_all(dialect: str) -> Any:
         chv.c.channel,
         chv.c.version,
         null(),
+    ).select_from(
+        chv.join(
+            b4,
+            and_(
+                b4.c.thread_key == tk,
+                b4.c.ns_key == nk,
+                b4.c.channel == chv.c.channel,
+                b4.c.version == chv.c.version,
+            ),
+        )
     )
     return union_all(head, writes, blobs)
 
