@@ -135,6 +135,7 @@ class _Core:
             close_nats(log.nc)
         for connections in self.connections:
             await connections.close_orphans()
+        self.hot.forget()  # their sockets were closed above
 
     # -- writes -----------------------------------------------------------------------------
 

@@ -608,8 +608,7 @@ class Log:
         inbox or timer per lookup. On a cluster the leader is asked (see :func:`leader_seq`).
         """
         if clustered(self.nc):
-            asked = (self._last_seq(f) if n is None else self.next_seq(f, after=n) for f, n in asks)
-            return asyncio.ensure_future(asyncio.gather(*asked))
+            return asyncio.ensure_future(self._ask_leader(asks))  # a Task: see settle
         lookups = self._lookups
         if lookups.prefix is None:
             await lookups.subscribe(self.nc)
@@ -622,12 +621,18 @@ class Log:
             await self.nc.publish(subject, json.dumps(req).encode(), reply=lookups.reply_to(batch, i))
         return batch.future
 
+    async def _ask_leader(self, asks: list[tuple[str, int | None]]) -> list[int]:
+        asked = (self._last_seq(f) if n is None else self.next_seq(f, after=n) for f, n in asks)
+        return list(await asyncio.gather(*asked))
+
     async def settle(self, answers: asyncio.Future[list[int]]) -> list[int]:
         """The answers of :meth:`lookup`, waited for up to the publish timeout.
 
         Raises:
             LogError: no answer in time, or JetStream refused (``StreamNotFoundError``: no stream).
         """
+        if isinstance(answers, asyncio.Task):  # a cluster's leader asked: bounded, its own errors
+            return list(await answers)
         if not answers.done():
             try:
                 await asyncio.wait_for(answers, self.settings.publish_timeout)

@@ -75,6 +75,12 @@ class HotConnections:
         read model is closing)."""
         if self._closed or conn.closed or conn.invalidated:
             self.drop(conn)
+            if not self._closed and not conn.closed:
+                # it failed: the idle ones may be as dead (a database restarted), and each would
+                # fail a read and pause the database again
+                idle, self._idle = self._idle, []
+                for other, _ in idle:
+                    self.drop(other)
         else:
             self._idle.append((conn, time.monotonic()))
 
@@ -104,6 +110,17 @@ class HotConnections:
         if self._closing:
             with contextlib.suppress(Exception):
                 await asyncio.gather(*self._closing)
+
+    def forget(self) -> None:
+        """After their loop was closed without closing them (their sockets closed directly, see
+        ``_loop.Connections``): detach the idle connections from the pool, which would otherwise
+        log each as garbage-collected while checked out. No I/O."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn, _ in idle:
+            self._held -= 1
+            with contextlib.suppress(Exception):
+                conn.sync_connection.connection.detach()  # type: ignore[union-attr]
 
     def __len__(self) -> int:
         return self._held
