@@ -518,7 +518,11 @@ class _Core:
         )
         pending: _Pending | None = None
         if head is None and self.early_reads and self.stream is not None and not self.model.down:
-            pending = await self._open_read(thread_id, ns, checkpoint_id, self.stream)
+            try:
+                pending = await self._open_read(thread_id, ns, checkpoint_id, self.stream)
+            except BaseException:
+                ends.cancel()  # not waited for: forget its replies
+                raise
         try:
             thread_seq, global_seq, *firsts = await log.settle(ends)
             # after the lookups above: an advisory of the stream's re-creation arrived before their replies
@@ -738,7 +742,11 @@ class _Core:
             log = await self._log()
             thread_filter = log.subjects.thread(token(thread_id, field="thread_id"))
             ends = await log.lookup([(thread_filter, None), (log.subjects.global_ops, None)])
-            pending = await self._open_page(args, await log.identity())
+            try:
+                pending = await self._open_page(args, await log.identity())
+            except BaseException:
+                ends.cancel()  # not waited for: forget its replies
+                raise
             try:
                 thread_seq, global_seq = await log.settle(ends)
                 # after the lookups: an advisory of the stream's re-creation arrived before their replies

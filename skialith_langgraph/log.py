@@ -614,11 +614,15 @@ class Log:
             await lookups.subscribe(self.nc)
         batch = lookups.batch(len(asks))
         subject = f"$JS.API.DIRECT.GET.{self.settings.stream}"
-        for i, (subject_filter, after) in enumerate(asks):
-            req: dict[str, Any] = {"last_by_subj": subject_filter}
-            if after is not None:
-                req = {"seq": after + 1, "next_by_subj": subject_filter}
-            await self.nc.publish(subject, json.dumps(req).encode(), reply=lookups.reply_to(batch, i))
+        try:
+            for i, (subject_filter, after) in enumerate(asks):
+                req: dict[str, Any] = {"last_by_subj": subject_filter}
+                if after is not None:
+                    req = {"seq": after + 1, "next_by_subj": subject_filter}
+                await self.nc.publish(subject, json.dumps(req).encode(), reply=lookups.reply_to(batch, i))
+        except BaseException:
+            batch.future.cancel()  # forgets its reply subjects
+            raise
         return batch.future
 
     async def _ask_leader(self, asks: list[tuple[str, int | None]]) -> list[int]:
