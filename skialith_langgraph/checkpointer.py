@@ -605,7 +605,6 @@ class _Core:
         if model.down:
             return None
         hot = self.hot
-        conn: AsyncConnection | None = None
         try:
             conn = await hot.take()
         except MODEL_ERRORS as exc:
@@ -624,6 +623,7 @@ class _Core:
                 raise
             return _Pending(None, conn, stream, found, mark)
         stack = AsyncExitStack()
+        conn = None
         try:
             async with asyncio.timeout(model.connect_timeout):
                 conn = await stack.enter_async_context(model.connect())

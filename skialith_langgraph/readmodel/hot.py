@@ -17,12 +17,13 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from . import ReadModel
+from . import DatabaseUnreachableError, ReadModel
 
 logger = logging.getLogger(__name__)
 
 HOT_KEEP = 4  # connections one loop holds for reads at most
 HOT_IDLE = 300.0  # seconds: a connection idle longer is closed instead of used (server timeouts)
+HOT_RETRY = 30.0  # seconds reads use the pool after a hot connection could not be opened
 # where a hot connection's Connection.info keeps its driver connection (statements.driver_rows)
 DRIVER = "skialith.hot_driver"
 PREPARED = "skialith.prepared"  # and its prepared statements, by statement and shape
@@ -37,6 +38,8 @@ class HotConnections:
         self._held = 0  # connections open, idle or serving a read
         self._closed = False
         self._closing: set[asyncio.Future[None]] = set()
+        self._off_until = 0.0  # monotonic time before which no new hot connection is tried
+        self._warned = False
 
     @property
     def enabled(self) -> bool:
@@ -44,10 +47,12 @@ class HotConnections:
 
     async def take(self) -> AsyncConnection | None:
         """An idle connection, or a new one while fewer than :data:`HOT_KEEP` are held; None when
-        there is no hot engine or all are busy (the caller uses the pool).
+        there is no hot engine, all are busy, or one could not be opened moments ago (the caller
+        uses the pool: a driver that cannot connect where the engine's can, asyncmy refusing an
+        authentication method, must not pause the read model).
 
         Raises:
-            ReadModelError: the database is down or refused a new connection.
+            DatabaseUnreachableError: no database server answers (the caller reads the log).
         """
         if not self.enabled:
             return None
@@ -57,12 +62,24 @@ class HotConnections:
             if now - since < HOT_IDLE:
                 return conn
             self.drop(conn)  # idle too long: the server may have closed it
-        if self._held >= HOT_KEEP:
+        if self._held >= HOT_KEEP or now < self._off_until:
             return None
         self._held += 1
         try:
             conn = await self.model.connect_hot()
             raw = await conn.get_raw_connection()
+        except (DatabaseUnreachableError, TimeoutError):
+            self._held -= 1
+            raise  # the database is down: the caller reads the log, as the pool's failure would say
+        except Exception as exc:
+            self._held -= 1
+            self._off_until = time.monotonic() + HOT_RETRY
+            level = logging.DEBUG if self._warned else logging.WARNING
+            self._warned = True
+            logger.log(
+                level, "cannot open a read connection to %s (%r); reads use the pool", self.model.url, exc
+            )
+            return None
         except BaseException:
             self._held -= 1
             raise
