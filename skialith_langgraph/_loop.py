@@ -108,13 +108,17 @@ def close_stream(writer: asyncio.StreamWriter | None) -> None:
     """
     if writer is None:
         return
-    transport = writer.transport
+    close_transport(writer.transport)
+
+
+def close_transport(transport: Any) -> None:
+    """Close the socket under ``transport``, whose event loop is closed (see :func:`close_stream`)."""
     with contextlib.suppress(RuntimeError):
         transport.abort()
     sock = getattr(transport, "_sock", None)  # asyncio's socket transports
     if isinstance(sock, socket.socket):
         sock.close()
-        transport._sock = None  # type: ignore[attr-defined]
+        transport._sock = None
 
 
 def settle_tasks(tasks: Iterable[asyncio.Task[Any] | None]) -> None:
@@ -187,5 +191,11 @@ class Connections:
             writer = getattr(driver, "_writer", None)  # aiomysql: a socket on the closed loop
             if isinstance(writer, asyncio.StreamWriter):
                 close_stream(writer)
+                with contextlib.suppress(Exception):
+                    driver.close()
+                continue
+            transport = getattr(driver, "_transport", None)  # asyncmy (the hot reads' connections)
+            if isinstance(transport, asyncio.BaseTransport):
+                close_transport(transport)
                 with contextlib.suppress(Exception):
                     driver.close()

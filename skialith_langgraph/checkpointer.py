@@ -39,6 +39,7 @@ from .heads import MAX_GAPS, Heads, ThreadHead
 from .identity import StreamIdentity
 from .log import ExpectationFailed, Log
 from .readmodel import PROJECTION, ReadModel, queries
+from .readmodel.hot import HotConnections
 from .subjects import check_length, token
 from .views import MODEL_ERRORS, ReadStats, Scratch, consistent_view, model_answered, model_failed
 
@@ -54,9 +55,10 @@ PRUNE_ATTEMPTS = 20  # plans of one prune before it gives up on a thread written
 
 @dataclass(slots=True)
 class _Pending:
-    """A read begun on the read model: its connection (``stack`` closes it) and first statement."""
+    """A read begun on the read model: its connection (``stack`` closes a pool connection; a hot
+    one, ``stack`` None, goes back to the core's :class:`HotConnections`) and first statement."""
 
-    stack: AsyncExitStack
+    stack: AsyncExitStack | None
     conn: AsyncConnection
     stream: StreamIdentity
     row: Any
@@ -90,6 +92,9 @@ class _Core:
         self.inflight: dict[tuple[str, str, str], asyncio.Future[None]] = {}
         # the connections of both engines, to close them if the loop is closed under them
         self.connections = [Connections(self.model.engine)]
+        if self.model.hot_engine is not None:
+            self.connections.append(Connections(self.model.hot_engine))
+        self.hot = HotConnections(self.model)  # the connections held for reads (readmodel.hot)
         self.scratch = Scratch(on_create=lambda m: self.connections.append(Connections(m.engine)))
         self.keeper: AsyncIterator[None] | None = None
         self.stream: StreamIdentity | None = None  # the stream the heads were built on
@@ -113,6 +118,7 @@ class _Core:
     async def close(self) -> None:
         if self.releasing:
             await asyncio.gather(*self.releasing)
+        await self.hot.close()
         if self.log is not None:
             await self.log.close()
             self.log = None
@@ -129,6 +135,7 @@ class _Core:
             close_nats(log.nc)
         for connections in self.connections:
             await connections.close_orphans()
+        self.hot.forget()  # their sockets were closed above
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -497,30 +504,32 @@ class _Core:
         thread_filter = log.subjects.thread(token(thread_id, field="thread_id"))
         head = self.heads.get(thread_id)
         gaps = list(head.gaps) if head is not None else []
-        # Without an own-writes head the read model will most likely answer: its first statement
-        # (the row and the watermark, one snapshot) runs alongside the log lookups below, and its
-        # watermark is compared with their answer once both are in. A snapshot is taken before
-        # the lookups answer, so a watermark at or past the log's end means the snapshot holds
-        # every write acknowledged before this call, as when the statement ran after them.
-        # It is started only while the last such read was the read model's to answer: a process
-        # that starts each run on a new thread (no row to find) does not pay a statement per run.
-        early: asyncio.Task[_Pending | None] | None = None
+        # The log lookups (where the thread and the cross-thread operations end, and the gaps
+        # between our pipelined publishes) are asked first and answered while the read model's
+        # first statement runs. Without an own-writes head the read model will most likely answer:
+        # that statement (the row and the watermark, one snapshot) runs here, on a held connection,
+        # and its watermark is compared with the lookups' answer once both are in. A watermark at
+        # or past the log's end means the snapshot holds every write acknowledged before this
+        # call, whichever of the two the database and JetStream answered first.
+        # It runs only while the last such read was the read model's to answer: a process that
+        # starts each run on a new thread (no row to find) does not pay a statement per run.
+        ends = await log.lookup(
+            [(thread_filter, None), (log.subjects.global_ops, None), *((thread_filter, a) for a, _ in gaps)]
+        )
+        pending: _Pending | None = None
         if head is None and self.early_reads and self.stream is not None and not self.model.down:
-            early = asyncio.ensure_future(self._open_read(thread_id, ns, checkpoint_id, self.stream))
+            try:
+                pending = await self._open_read(thread_id, ns, checkpoint_id, self.stream)
+            except BaseException:
+                ends.cancel()  # not waited for: forget its replies
+                raise
         try:
-            # the gaps between our pipelined publishes are checked alongside the read's own lookups
-            thread_seq, global_seq, *firsts = await asyncio.gather(
-                log.last_seq(thread_filter),
-                log.last_seq(log.subjects.global_ops),
-                *(log.next_seq(thread_filter, after=a) for a, _ in gaps),
-            )
+            thread_seq, global_seq, *firsts = await log.settle(ends)
             # after the lookups above: an advisory of the stream's re-creation arrived before their replies
             stream = await log.identity()
         except BaseException:
-            if early is not None:
-                self._release(await early)
+            self._release(pending)
             raise
-        pending = await early if early is not None else None
         if pending is not None and pending.stream != stream:
             self._release(pending)  # read through another stream's watermark: read again below
             pending = None
@@ -589,13 +598,32 @@ class _Core:
     async def _open(
         self, stream: StreamIdentity, first: Callable[[AsyncConnection], Awaitable[tuple[Any, Any]]]
     ) -> _Pending | None:
-        """Connect to the read model and run ``first`` (a statement that returns its answer and the
-        watermark); None, with the connection closed, if the database is down or fails."""
+        """Take a read-model connection (a held hot one if any is idle, else one from the pool) and
+        run ``first`` on it (a statement that returns its answer and the watermark); None, with the
+        connection given back, if the database is down or fails."""
         model = self.model
         if model.down:
             return None
+        hot = self.hot
+        try:
+            conn = await hot.take()
+        except MODEL_ERRORS as exc:
+            await model_failed(model, None, exc)
+            return None
+        if conn is not None:
+            try:
+                async with asyncio.timeout(model.connect_timeout):
+                    found, mark = await first(conn)
+            except MODEL_ERRORS as exc:
+                await model_failed(model, conn, exc)
+                hot.give(conn)  # invalidated: closed, not kept
+                return None
+            except BaseException:
+                hot.drop(conn, invalidate=True)  # cancelled mid-statement: its protocol state is unknown
+                raise
+            return _Pending(None, conn, stream, found, mark)
         stack = AsyncExitStack()
-        conn: AsyncConnection | None = None
+        conn = None
         try:
             async with asyncio.timeout(model.connect_timeout):
                 conn = await stack.enter_async_context(model.connect())
@@ -613,14 +641,28 @@ class _Core:
             raise
         return _Pending(stack, conn, stream, found, mark)
 
-    def _release(self, pending: _Pending | None) -> None:
-        """Return a read's connection to the pool without waiting: ending its transaction (a
-        ROLLBACK round trip on MySQL) is not the reader's wait."""
+    def _release(self, pending: _Pending | None, *, broken: bool = False) -> None:
+        """Give a read's connection back without waiting: a hot one at once, a pool one in the
+        background (ending its transaction, a ROLLBACK round trip on MySQL, is not the reader's wait).
+        ``broken``: a statement on it was interrupted (cancelled), so a hot one is closed."""
         if pending is None:
+            return
+        if pending.stack is None:
+            if broken:
+                self.hot.drop(pending.conn, invalidate=True)
+            else:
+                self.hot.give(pending.conn)
             return
         task = asyncio.ensure_future(_quietly(pending.stack.aclose()))
         self.releasing.add(task)
         task.add_done_callback(self.releasing.discard)
+
+    async def _close(self, pending: _Pending, *, broken: bool = False) -> None:
+        """Give a read's connection back now (see :meth:`_release`)."""
+        if pending.stack is None:
+            self._release(pending, broken=broken)
+        else:
+            await pending.stack.aclose()
 
     async def _from_model(
         self,
@@ -641,6 +683,7 @@ class _Core:
             if pending is None:
                 return _MISS
         conn = pending.conn
+        broken = False
         try:
             row, mark = pending.row, pending.mark
             if row is None and mark is None:  # the first statement found no row: complete it
@@ -661,8 +704,11 @@ class _Core:
         except MODEL_ERRORS as exc:
             await model_failed(model, conn, exc)
             return _MISS
+        except BaseException:
+            broken = True  # cancelled mid-statement
+            raise
         finally:
-            self._release(pending)
+            self._release(pending, broken=broken)
         model_answered(model)
         self.stats.database += 1
         return found
@@ -695,26 +741,37 @@ class _Core:
             # as get_tuple: the first page (with the watermark) runs alongside the log lookups
             log = await self._log()
             thread_filter = log.subjects.thread(token(thread_id, field="thread_id"))
-            early = asyncio.ensure_future(self._open_page(args, await log.identity()))
+            ends = await log.lookup([(thread_filter, None), (log.subjects.global_ops, None)])
             try:
-                thread_seq, global_seq = await log.last_seqs(thread_filter, log.subjects.global_ops)
+                pending = await self._open_page(args, await log.identity())
+            except BaseException:
+                ends.cancel()  # not waited for: forget its replies
+                raise
+            try:
+                thread_seq, global_seq = await log.settle(ends)
                 # after the lookups: an advisory of the stream's re-creation arrived before their replies
                 stream = await log.identity()
             except BaseException:
-                self._release(await early)
+                self._release(pending)
                 raise
             target = max(thread_seq, global_seq)
-            pending = await early
             mark = None if pending is None or pending.stream != stream else pending.mark
             if pending is not None and mark is not None and mark >= target:
                 model_answered(self.model)
                 self.stats.database += 1
+                broken = True  # until the iteration ends or is closed between two items
                 try:
                     items = queries.list_tuples(pending.conn, self.serde, **args, first=pending.row)
                     async for item in items:
+                        broken = False
                         yield item
+                        broken = True
+                    broken = False
+                except GeneratorExit:
+                    broken = False  # closed at a yield: no statement was running
+                    raise
                 finally:
-                    await pending.stack.aclose()  # returned before the iteration ends, as a view's
+                    await self._close(pending, broken=broken)  # returned before the iteration ends
                 return
             self._release(pending)  # empty, behind, or another stream's: the view decides
         materialized: list[CheckpointTuple] | None = None

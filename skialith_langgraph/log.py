@@ -438,6 +438,7 @@ class Log:
         self._skipped: set[int] = set()  # sequences of messages a read skipped (logged once each)
         self._prefix_len = len(settings.subject_prefix.split("."))
         self._acks_lock = asyncio.Lock()
+        self._lookups = _Lookups()  # the replies to lookup()'s direct gets
 
     @classmethod
     async def open(cls, settings: Settings, *, ensure_stream: bool = False) -> Log:
@@ -460,6 +461,7 @@ class Log:
         # every publish was awaited to its PubAck, so nothing is pending: close, don't drain
         # (a drain waits for pull subscriptions and can take its full 30 s timeout)
         await self._identity.close()
+        self._lookups.fail(LogError(f"the NATS connection to {self.url!r} was closed", url=self.url))
         if self._owned and not self.nc.is_closed:
             try:
                 await self.nc.close()
@@ -768,9 +770,69 @@ class Log:
 
     async def last_seqs(self, *filters: str) -> list[int]:
         """The stream sequence of the last message on each of ``filters`` (0 where none)."""
-        if len(filters) == 1:
-            return [await self._last_seq(filters[0])]
-        return list(await asyncio.gather(*(self._last_seq(f) for f in filters)))
+        return await self.settle(await self.lookup([(f, None) for f in filters]))
+
+    async def lookup(self, asks: list[tuple[str, int | None]]) -> asyncio.Future[list[int]]:
+        """Ask JetStream, without waiting for the answers, for the stream sequence of the last
+        message on each ``(filter, None)`` and of the first message after ``n`` on each
+        ``(filter, n)`` (0 where none); :meth:`settle` waits for them.
+
+        The requests are written when the caller next waits (nats-py flushes in its own task), all
+        in one write, so a read can start its database statement meanwhile. Their replies come to
+        one subscription of this connection and resolve the future directly: no request task,
+        inbox or timer per lookup. On a cluster the leader is asked (see :func:`leader_seq`).
+        """
+        if clustered(self.nc):
+            return asyncio.ensure_future(self._ask_leader(asks))  # a Task: see settle
+        lookups = self._lookups
+        if lookups.prefix is None:
+            await lookups.subscribe(self.nc)
+        batch = lookups.batch(len(asks))
+        subject = f"$JS.API.DIRECT.GET.{self.settings.stream}"
+        try:
+            for i, (subject_filter, after) in enumerate(asks):
+                req: dict[str, Any] = {"last_by_subj": subject_filter}
+                if after is not None:
+                    req = {"seq": after + 1, "next_by_subj": subject_filter}
+                await self.nc.publish(subject, json.dumps(req).encode(), reply=lookups.reply_to(batch, i))
+        except BaseException:
+            batch.future.cancel()  # forgets its reply subjects
+            raise
+        return batch.future
+
+    async def _ask_leader(self, asks: list[tuple[str, int | None]]) -> list[int]:
+        asked = (self._last_seq(f) if n is None else self.next_seq(f, after=n) for f, n in asks)
+        return list(await asyncio.gather(*asked))
+
+    async def settle(self, answers: asyncio.Future[list[int]]) -> list[int]:
+        """The answers of :meth:`lookup`, waited for up to the publish timeout.
+
+        Raises:
+            LogError: no answer in time, or JetStream refused (``StreamNotFoundError``: no stream).
+        """
+        if isinstance(answers, asyncio.Task):  # a cluster's leader asked: bounded, its own errors
+            return list(await answers)
+        if not answers.done():
+            try:
+                await asyncio.wait_for(answers, self.settings.publish_timeout)
+            except TimeoutError as exc:
+                raise LogError(
+                    f"NATS at {self.url!r} did not answer a read within "
+                    f"{self.settings.publish_timeout} s; {_HINT}.{self._denied()}",
+                    url=self.url,
+                ) from exc
+        try:
+            return answers.result()
+        except _Refused as exc:
+            if exc.status == "503":
+                raise StreamNotFoundError(
+                    f"stream {self.settings.stream!r} not found at {self.url!r} "
+                    "(or direct get is off); call setup()",
+                    url=self.url,
+                ) from None
+            raise LogError(
+                f"direct get on {self.settings.stream!r} failed: {exc.status} {exc.detail}", url=self.url
+            ) from None
 
     async def _last_seq(self, subject_filter: str) -> int:
         if clustered(self.nc):  # a follower may lag: ask the leader (see cluster.leader_seq)
@@ -1019,6 +1081,91 @@ class Log:
     async def stream_last_seq(self) -> int:
         info = await self.js.stream_info(self.settings.stream)
         return int(info.state.last_seq)
+
+
+class _Refused(Exception):
+    """A direct get answered with an error status (turned into our errors by Log.settle)."""
+
+    def __init__(self, status: str, detail: str) -> None:
+        super().__init__(status, detail)
+        self.status, self.detail = status, detail
+
+
+class _Batch:
+    """The answers to one :meth:`Log.lookup`, filled in as its replies come."""
+
+    __slots__ = ("future", "seqs", "tokens", "waiting")
+
+    def __init__(self, n: int) -> None:
+        self.future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        self.seqs = [0] * n
+        self.waiting = n
+        self.tokens: list[str] = []
+        if n == 0:
+            self.future.set_result([])
+
+
+class _Lookups:
+    """One reply subscription per connection for :meth:`Log.lookup`: reply subjects
+    ``<inbox>.<n>`` map to (batch, index) until answered."""
+
+    def __init__(self) -> None:
+        self.prefix: str | None = None
+        self._open: dict[str, tuple[_Batch, int]] = {}
+        self._next = 0
+        self._lock = asyncio.Lock()
+
+    async def subscribe(self, nc: Client) -> None:
+        async with self._lock:
+            if self.prefix is None:
+                prefix = nc.new_inbox()
+                await nc.subscribe(f"{prefix}.*", cb=self._take)
+                self.prefix = prefix + "."
+
+    def batch(self, n: int) -> _Batch:
+        batch = _Batch(n)
+        batch.future.add_done_callback(lambda _: self._forget(batch))
+        return batch
+
+    def _forget(self, batch: _Batch) -> None:
+        for token in batch.tokens:  # answered, failed, or given up on (timed out, cancelled)
+            self._open.pop(token, None)
+
+    def reply_to(self, batch: _Batch, index: int) -> str:
+        self._next += 1
+        # unique (the count) and not guessable (random), as the PubAck inbox's tokens: a forged
+        # reply must not be able to move where a read thinks a thread ends
+        token = f"{self._next:x}{os.urandom(4).hex()}"
+        self._open[token] = (batch, index)
+        batch.tokens.append(token)
+        assert self.prefix is not None
+        return self.prefix + token
+
+    async def _take(self, msg: Any) -> None:
+        assert self.prefix is not None
+        found = self._open.pop(msg.subject[len(self.prefix) :], None)
+        if found is None:
+            return  # a late reply to a lookup given up on
+        batch, index = found
+        if batch.future.done():
+            return
+        headers = msg.headers or {}
+        status = headers.get("Status")
+        if status is None:
+            batch.seqs[index] = int(headers["Nats-Sequence"]) if headers else 0
+        elif status != "404":
+            batch.future.set_exception(_Refused(status, headers.get("Description", "")))
+            return
+        batch.waiting -= 1
+        if batch.waiting == 0:
+            batch.future.set_result(batch.seqs)
+
+    def fail(self, exc: BaseException) -> None:
+        """Fail every lookup still waiting (the connection is closing)."""
+        open_, self._open = self._open, {}
+        for batch, _ in open_.values():
+            if not batch.future.done():
+                batch.future.set_exception(exc)
 
 
 class _Replies:

@@ -9,6 +9,7 @@ import dataclasses
 import time
 from typing import Any
 
+import pytest
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import empty_checkpoint
 
@@ -206,3 +207,54 @@ async def test_list_after_a_write_the_projector_has_not_applied_includes_that_wr
     finally:
         if not stopped:
             await projector.stop()
+
+
+async def test_reads_use_the_pool_when_their_held_connections_cannot_be_opened(
+    settings: Settings, caplog: Any
+) -> None:
+    """The hot reads' connections (readmodel.hot) are opened by their own engine (asyncmy on MySQL):
+    one that the server refuses while the pool's connections work (here a user the server does not
+    know) must not pause the read model. Reads are served by the read model through the pool,
+    with one warning naming the database; the held connections open again once they can."""
+    if settings.database_url.startswith("sqlite"):
+        pytest.skip("SQLite reads on the pool's connections: no held ones")
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    fast = dataclasses.replace(settings, read_wait=0.0)
+    projector = Projector(settings, fetch_timeout=0.2)
+    await projector.start()
+    try:
+        async with (
+            SkialithCheckpointer(settings=fast) as writer,
+            SkialithCheckpointer(settings=fast) as reader,
+        ):
+            base: RunnableConfig = {"configurable": {"thread_id": "t-pool", "checkpoint_ns": ""}}
+            cp = _checkpoint({"v": "1"}, {"v": "one"})
+            await writer.aput(base, cp, {"step": 0}, {"v": "1"})
+            await reader.asetup()
+            core = reader._cores[asyncio.get_running_loop()]
+            model = core.model
+            good = model.hot_engine
+            assert good is not None
+            refused = make_url(str(good.url.render_as_string(hide_password=False))).set(
+                username="skialith_no_such_user", password="wrong"
+            )
+            model.hot_engine = create_async_engine(refused, isolation_level="AUTOCOMMIT")
+            try:
+                for _ in range(3):
+                    tup = await _caught_up(reader, base, cp["id"])
+                    assert tup.checkpoint["channel_values"] == {"v": "one"}
+                assert not model.down
+                assert len(core.hot) == 0  # nothing held: every read went through the pool
+                warned = [r for r in caplog.records if "cannot open a read connection" in r.getMessage()]
+                assert len(warned) == 1, warned
+                assert model.url in warned[0].getMessage()
+            finally:
+                await model.hot_engine.dispose()
+                model.hot_engine = good
+            core.hot._off_until = 0.0  # the retry pause over: held connections again
+            await _caught_up(reader, base, cp["id"])
+            assert len(core.hot) == 1
+    finally:
+        await projector.stop()

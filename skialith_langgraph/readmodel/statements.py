@@ -24,10 +24,12 @@ from sqlalchemy import (
     tuple_,
     union_all,
 )
+from sqlalchemy.dialects import mysql as mysql_dialect
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..errors import ReadModelError
+from .hot import DRIVER, PREPARED
 from .tables import (
     checkpoint_blobs,
     checkpoint_writes,
@@ -136,13 +138,23 @@ def _latest_all(dialect: str) -> Any:
     b2, b3, b4 = (checkpoint_blobs.alias(n) for n in ("b2", "b3", "b4"))
     # every lookup below is an ORDER BY ... LIMIT 1 or a primary key probe, so that the plan is an
     # index probe whatever the planner's statistics (a fresh table's lead it to scan the thread)
-    latest_id = (
-        select(c2.c.checkpoint_id)
-        .where(c2.c.thread_key == tk, c2.c.ns_key == nk)
-        .order_by(c2.c.checkpoint_id.desc())
-        .limit(1)
-        .scalar_subquery()
-    )
+    latest_id: Any
+    if dialect == "mysql":
+        # MAX of the key's last column under an equal prefix is read off the index before the
+        # statement runs ("Select tables optimized away"): cheaper than ORDER BY ... LIMIT 1 there
+        latest_id = (
+            select(func.max(c2.c.checkpoint_id))
+            .where(c2.c.thread_key == tk, c2.c.ns_key == nk)
+            .scalar_subquery()
+        )
+    else:
+        latest_id = (
+            select(c2.c.checkpoint_id)
+            .where(c2.c.thread_key == tk, c2.c.ns_key == nk)
+            .order_by(c2.c.checkpoint_id.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
 
     def next_channel(after: Any = None) -> Any:
         q = select(b2.c.channel).where(b2.c.thread_key == tk, b2.c.ns_key == nk)
@@ -174,18 +186,6 @@ def _latest_all(dialect: str) -> Any:
         found = ch.c.channel.is_not(None)
         chv = select(ch.c.channel, newest.label("version")).where(found).cte("skialith_chv")
 
-    def blob_column(column: str) -> Any:
-        return (
-            select(b4.c[column])
-            .where(
-                b4.c.thread_key == tk,
-                b4.c.ns_key == nk,
-                b4.c.channel == chv.c.channel,
-                b4.c.version == chv.c.version,
-            )
-            .scalar_subquery()
-        )
-
     head = select(
         literal_column("'c'").label("kind"),
         _C.checkpoint_id,
@@ -216,12 +216,13 @@ def _latest_all(dialect: str) -> Any:
         null(),
         _W.task_path,
     ).where(_W.thread_key == tk, _W.ns_key == nk, _W.checkpoint_id == latest_id)
+    # each newest (channel, version) joined to its blob row: one primary key probe per channel
     blobs = select(
         literal_column("'b'"),
         null(),
         null(),
-        blob_column("type"),
-        blob_column("blob"),
+        b4.c.type,
+        b4.c.blob,
         null(),
         null(),
         null(),
@@ -230,6 +231,16 @@ def _latest_all(dialect: str) -> Any:
         chv.c.channel,
         chv.c.version,
         null(),
+    ).select_from(
+        chv.join(
+            b4,
+            and_(
+                b4.c.thread_key == tk,
+                b4.c.ns_key == nk,
+                b4.c.channel == chv.c.channel,
+                b4.c.version == chv.c.version,
+            ),
+        )
     )
     return union_all(head, writes, blobs)
 
@@ -326,17 +337,23 @@ def _compiled(
 async def driver_rows(
     conn: AsyncConnection, name: str, params: dict[str, Any], n_pairs: int = 0, shape: tuple[Any, ...] = ()
 ) -> list[tuple[Any, ...]]:
-    """Run a hot statement on the driver's connection under ``conn`` (aiomysql, psycopg or aiosqlite)."""
-    sql, names, defaults = _compiled(conn.dialect, name, n_pairs, shape)
-    args: tuple[Any, ...] | dict[str, Any]
-    if names:  # positional paramstyle (aiomysql's format, aiosqlite's qmark)
-        args = tuple(params[k] if k in params else defaults[k] for k in names)
-    else:  # named (psycopg's pyformat)
-        args = {k: params.get(k, v) for k, v in defaults.items()}
-    if not conn.in_transaction():
-        await conn.begin()  # so that closing ``conn`` ends what the driver's statements began
-    driver: Any = (await conn.get_raw_connection()).driver_connection
+    """Run a hot statement on the driver's connection under ``conn`` (aiomysql, asyncmy, psycopg or
+    aiosqlite). On a hot connection (:mod:`.hot`: autocommit, driver known) it runs without a
+    BEGIN, prepared on the server once per connection (asyncmy's binary protocol, psycopg's
+    ``prepare``)."""
+    hot = conn.info.get(DRIVER)
     try:
+        if hot is not None:
+            return await _hot_rows(conn, hot, name, params, n_pairs, shape)
+        sql, names, defaults = _compiled(conn.dialect, name, n_pairs, shape)
+        args: tuple[Any, ...] | dict[str, Any]
+        if names:  # positional paramstyle (aiomysql's format, aiosqlite's qmark)
+            args = tuple(params[k] if k in params else defaults[k] for k in names)
+        else:  # named (psycopg's pyformat)
+            args = {k: params.get(k, v) for k, v in defaults.items()}
+        if not conn.in_transaction():
+            await conn.begin()  # so that closing ``conn`` ends what the driver's statements began
+        driver: Any = (await conn.get_raw_connection()).driver_connection
         if conn.dialect.name == "mysql":
             async with driver.cursor() as cur:
                 await cur.execute(sql, args)
@@ -355,3 +372,46 @@ async def driver_rows(
         # SQLAlchemy's: say that the read model failed, so the caller reads the log instead
         url = conn.engine.url.render_as_string(hide_password=True)
         raise ReadModelError(f"a read from {url!r} failed ({type(exc).__name__}: {exc})", url=url) from exc
+
+
+@functools.lru_cache(maxsize=256)
+def _qmark(name: str, n_pairs: int, shape: tuple[Any, ...]) -> tuple[str, tuple[str, ...], dict[str, Any]]:
+    """A MySQL hot statement with ``?`` placeholders, for server-side prepared statements."""
+    return _compiled(_QMARK_MYSQL, name, n_pairs, shape)
+
+
+_QMARK_MYSQL = mysql_dialect.dialect(paramstyle="qmark")
+
+
+async def _hot_rows(
+    conn: AsyncConnection,
+    driver: Any,
+    name: str,
+    params: dict[str, Any],
+    n_pairs: int,
+    shape: tuple[Any, ...],
+) -> list[tuple[Any, ...]]:
+    key = (name, n_pairs, shape)
+    dialect = conn.dialect
+    if dialect.name == "mysql":
+        prepare = getattr(driver, "prepare", None)  # asyncmy; aiomysql has no prepared statements
+        if prepare is None:
+            sql, names, defaults = _compiled(dialect, name, n_pairs, shape)
+            async with driver.cursor() as cur:
+                await cur.execute(sql, tuple(params[k] if k in params else defaults[k] for k in names))
+                return list(await cur.fetchall())
+        sql, names, defaults = _qmark(name, n_pairs, shape)
+        prepared: dict[Any, Any] = conn.info[PREPARED]
+        statement = prepared.get(key)
+        if statement is None:
+            statement = prepared[key] = await prepare(sql)
+        result = await statement.execute(tuple(params[k] if k in params else defaults[k] for k in names))
+        return list(result.rows or ())
+    # PostgreSQL (psycopg): prepared by the server on first use on this connection
+    sql, _, defaults = _compiled(dialect, name, n_pairs, shape)
+    args = {k: params.get(k, v) for k, v in defaults.items()}
+    args = {k: pg_escape(v) if isinstance(v, str) else v for k, v in args.items()}
+    async with driver.cursor() as cur:
+        await cur.execute(sql, args, prepare=True)
+        rows = await cur.fetchall()
+    return [tuple(pg_unescape(v) if isinstance(v, str) else v for v in row) for row in rows]
