@@ -60,7 +60,9 @@ DEFAULT_FETCH_TIMEOUT = 1.0  # seconds a fetch waits when the stream is idle
 # writes one transaction (with its fsync) per message costs the writers' cores more than the lag
 DEFAULT_LINGER = 0.005
 RETRY_MAX = 5.0  # seconds between attempts while the database is down
-FIRST_TIMEOUTS = 5  # JetStream API timeouts retried when the consumer first subscribes
+FIRST_TIMEOUTS = 5  # JetStream API timeouts and 503s retried when the consumer first subscribes
+# what a JetStream cluster electing a leader answers an API request with
+_ELECTING = (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError)
 MAX_BATCH_BYTES = 64 * 1024 * 1024  # bytes one fetch may bring (at least two of the largest messages)
 FETCH_GRACE = 1.0  # seconds a fetch waits past its expiry for the server's end-of-request status
 # 409 statuses that only end a pull request; others (consumer deleted, ...) refuse it
@@ -598,9 +600,10 @@ class Consumer(Generic[Item]):
                     raise
                 if first:
                     # a cluster still electing the consumer's leader (a new replicated stream, a node
-                    # just lost) answers late: a few timeouts are retried; any other error at start
-                    # is a configuration error, and ends the consumer at once
-                    if not isinstance(exc, nats.errors.TimeoutError) or first_timeouts >= FIRST_TIMEOUTS:
+                    # just lost) answers late or with a 503 ("temporarily unavailable"): a few of
+                    # those are retried; any other error at start is a configuration error, and
+                    # ends the consumer at once
+                    if not isinstance(exc, _ELECTING) or first_timeouts >= FIRST_TIMEOUTS:
                         raise
                     first_timeouts += 1
                 logger.warning("%s cannot subscribe (%s); retrying in %.2f s", self.role, exc, delay)
