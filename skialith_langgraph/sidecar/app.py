@@ -30,7 +30,7 @@ from ..readmodel import PROJECTION
 from . import agents, threads
 from .checkpoints import router as checkpoints_router  # the raw routes of the LangGraph.js checkpointer
 from .errors import error_body, install_handlers
-from .fastpath import FastWrites
+from .fastpath import FastWrites, replay
 from .state import Limits, SidecarState
 
 __all__ = ["OPEN_PATHS", "create_app"]
@@ -221,16 +221,7 @@ class _Gate:
             body = await self._read_body(scope, receive, send)
             if body is None:
                 return
-            sent = False
-
-            async def replay() -> Message:
-                nonlocal sent
-                if sent:
-                    return await receive()
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-
-            await self.app(scope, replay, send)
+            await self.app(scope, replay(body, receive), send)
             return
         await self.app(scope, receive, send)
 

@@ -73,7 +73,7 @@ class FastWrites:
         agent_id: str = child["path_params"]["agent_id"]
         parsed = _parse(scope, body, agent_id, parse)
         if parsed is None:  # not certainly valid: FastAPI answers, with its own messages
-            await self.app(scope, _replay(body, receive), send)
+            await self.app(scope, replay(body, receive), send)
             return
         write, dumped = parsed
         scope.update(child)  # the gate's request counters name the route
@@ -175,17 +175,18 @@ async def _read(receive: Receive) -> bytes | None:
             return b"".join(chunks)
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
+def replay(body: bytes, receive: Receive) -> Receive:
+    """``receive`` that gives ``body`` (already read) first, then what ``receive`` gives."""
     sent = False
 
-    async def replay() -> Message:
+    async def replayed() -> Message:
         nonlocal sent
         if sent:
             return await receive()
         sent = True
         return {"type": "http.request", "body": body, "more_body": False}
 
-    return replay
+    return replayed
 
 
 async def _send(send: Send, status: int, content: Any, headers: dict[str, str]) -> None:
