@@ -13,9 +13,10 @@ import logging
 import os
 import socket
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 import nats
@@ -92,6 +93,8 @@ class _Client(Client):
     denied: str | None = None  # the last permissions violation the server reported
 
     acks: _Acks | None = None  # the PubAck inbox of Log.publish, once it has published
+    # the reply subscriptions of Log.lookup taken by the reading task: sid -> _Lookups.deliver
+    lookups: dict[int, Callable[[bytes, bytes | None], None]] | None = None
 
     @property
     def own_publish(self) -> bool:
@@ -136,6 +139,14 @@ class _Client(Client):
             self.stats["in_bytes"] += len(data)
             acks.deliver(subject, data, headers)
             return
+        lookups = self.lookups
+        if lookups is not None:
+            deliver = lookups.get(sid)
+            if deliver is not None:  # a lookup's reply: its headers straight to its batch (_Lookups)
+                self.stats["in_msgs"] += 1
+                self.stats["in_bytes"] += len(data)
+                deliver(subject, headers)
+                return
         await super()._process_msg(sid, subject, reply, data, headers)
 
 
@@ -438,7 +449,7 @@ class Log:
         self._skipped: set[int] = set()  # sequences of messages a read skipped (logged once each)
         self._prefix_len = len(settings.subject_prefix.split("."))
         self._acks_lock = asyncio.Lock()
-        self._lookups = _Lookups()  # the replies to lookup()'s direct gets
+        self._lookups = _Lookups(settings.publish_timeout)  # the replies to lookup()'s direct gets
 
     @classmethod
     async def open(cls, settings: Settings, *, ensure_stream: bool = False) -> Log:
@@ -777,10 +788,11 @@ class Log:
         message on each ``(filter, None)`` and of the first message after ``n`` on each
         ``(filter, n)`` (0 where none); :meth:`settle` waits for them.
 
-        The requests are written when the caller next waits (nats-py flushes in its own task), all
-        in one write, so a read can start its database statement meanwhile. Their replies come to
-        one subscription of this connection and resolve the future directly: no request task,
-        inbox or timer per lookup. On a cluster the leader is asked (see :func:`leader_seq`).
+        The requests go to the socket at once, in one write (behind anything nats-py queued
+        before them), so a read can start its database statement meanwhile. Their replies come
+        to one subscription of this connection and resolve the future directly: no request
+        task, inbox or timer per lookup (see :class:`_Lookups`). On a cluster the leader is
+        asked (see :func:`leader_seq`).
         """
         if clustered(self.nc):
             return asyncio.ensure_future(self._ask_leader(asks))  # a Task: see settle
@@ -788,15 +800,10 @@ class Log:
         if lookups.prefix is None:
             await lookups.subscribe(self.nc)
         batch = lookups.batch(len(asks))
-        subject = f"$JS.API.DIRECT.GET.{self.settings.stream}"
         try:
-            for i, (subject_filter, after) in enumerate(asks):
-                req: dict[str, Any] = {"last_by_subj": subject_filter}
-                if after is not None:
-                    req = {"seq": after + 1, "next_by_subj": subject_filter}
-                await self.nc.publish(subject, json.dumps(req).encode(), reply=lookups.reply_to(batch, i))
+            await lookups.send(self.nc, f"$JS.API.DIRECT.GET.{self.settings.stream}", batch, asks)
         except BaseException:
-            batch.future.cancel()  # forgets its reply subjects
+            batch.future.cancel()  # its reply subjects are forgotten at its deadline
             raise
         return batch.future
 
@@ -812,17 +819,14 @@ class Log:
         """
         if isinstance(answers, asyncio.Task):  # a cluster's leader asked: bounded, its own errors
             return list(await answers)
-        if not answers.done():
-            try:
-                await asyncio.wait_for(answers, self.settings.publish_timeout)
-            except TimeoutError as exc:
-                raise LogError(
-                    f"NATS at {self.url!r} did not answer a read within "
-                    f"{self.settings.publish_timeout} s; {_HINT}.{self._denied()}",
-                    url=self.url,
-                ) from exc
         try:
-            return answers.result()
+            return await answers  # failed with _Expired at its deadline (_Lookups): no timer here
+        except _Expired as exc:
+            raise LogError(
+                f"NATS at {self.url!r} did not answer a read within "
+                f"{self.settings.publish_timeout} s; {_HINT}.{self._denied()}",
+                url=self.url,
+            ) from exc
         except _Refused as exc:
             if exc.status == "503":
                 raise StreamNotFoundError(
@@ -1091,81 +1095,208 @@ class _Refused(Exception):
         self.status, self.detail = status, detail
 
 
+class _Expired(Exception):
+    """A lookup not answered within the publish timeout (turned into LogError by Log.settle)."""
+
+
 class _Batch:
     """The answers to one :meth:`Log.lookup`, filled in as its replies come."""
 
-    __slots__ = ("future", "seqs", "tokens", "waiting")
+    __slots__ = ("deadline", "future", "seqs", "tokens", "waiting")
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, deadline: float) -> None:
         self.future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
         self.seqs = [0] * n
         self.waiting = n
-        self.tokens: list[str] = []
+        self.tokens: list[bytes] = []
+        self.deadline = deadline
         if n == 0:
             self.future.set_result([])
 
 
+_SEQ = b"\r\nNats-Sequence:"
+
+
+def _direct_reply(headers: bytes | None) -> tuple[str | None, str, int]:
+    """(status, description, sequence) of a direct get's reply from its raw header block:
+    ``NATS/1.0 404 Message Not Found`` or ``NATS/1.0`` and ``Name: value`` lines (the last
+    ``Nats-Sequence``, as nats-py's header dict keeps the last). Read as nats-py parses them, without
+    building the whole dict and message object."""
+    if not headers:
+        return "500", "a direct get reply without headers", 0
+    end = headers.find(b"\r\n")
+    line = headers if end < 0 else headers[:end]
+    if line[8:9] == b" ":  # an inline status: NATS/1.0 <code> <description>
+        status = line[9:12].decode("ascii", "replace")
+        if status.isdigit():
+            return status, line[13:].decode("utf-8", "replace").strip(), 0
+    at = headers.rfind(_SEQ)
+    if at < 0:
+        return "500", "a direct get reply without Nats-Sequence", 0
+    start = at + len(_SEQ)
+    stop = headers.find(b"\r\n", start)
+    try:
+        return None, "", int(headers[start : stop if stop >= 0 else len(headers)])
+    except ValueError:
+        return "500", "a direct get reply with a malformed Nats-Sequence", 0
+
+
 class _Lookups:
     """One reply subscription per connection for :meth:`Log.lookup`: reply subjects
-    ``<inbox>.<n>`` map to (batch, index) until answered."""
+    ``<inbox>.<token>`` map to (batch, index) until answered.
 
-    def __init__(self) -> None:
+    Where nats-py has the internals :class:`_Acks` uses (a :class:`_Client`), the requests of one
+    lookup go to the socket in one write, and the reading task hands each reply's raw headers to
+    :meth:`deliver` (``_Client._process_msg``): no message object or header dict, no subscription
+    queue and task in between; else nats-py's publish and a subscription callback do it. Either
+    way no timer runs per lookup: one timer, at the oldest unanswered lookup's deadline, fails
+    every lookup past its deadline with :class:`_Expired` and forgets the reply subjects of
+    lookups given up on (cancelled).
+    """
+
+    def __init__(self, timeout: float) -> None:
         self.prefix: str | None = None
-        self._open: dict[str, tuple[_Batch, int]] = {}
+        self.timeout = timeout
+        self._prefix = b""
+        self._reply = ""  # the reply subject's prefix in a PUB command
+        self._open: dict[bytes, tuple[_Batch, int]] = {}
+        self._batches: dict[_Batch, None] = {}  # unanswered, oldest (earliest deadline) first
+        self._timer: asyncio.TimerHandle | None = None
         self._next = 0
         self._lock = asyncio.Lock()
+        self._direct = False  # requests written and replies taken directly (see the class docstring)
 
     async def subscribe(self, nc: Client) -> None:
         async with self._lock:
             if self.prefix is None:
                 prefix = nc.new_inbox()
-                await nc.subscribe(f"{prefix}.*", cb=self._take)
+                direct = isinstance(nc, _Client) and nc.own_publish
+                if direct:
+                    sub = await nc.subscribe(f"{prefix}.*")  # no callback: replies go to deliver()
+                    assert isinstance(nc, _Client)
+                    if nc.lookups is None:
+                        nc.lookups = {}
+                    nc.lookups[sub._id] = self.deliver
+                else:
+                    await nc.subscribe(f"{prefix}.*", cb=self._take)
+                self._direct = direct
+                self._prefix = (prefix + ".").encode()
                 self.prefix = prefix + "."
 
     def batch(self, n: int) -> _Batch:
-        batch = _Batch(n)
-        batch.future.add_done_callback(lambda _: self._forget(batch))
+        loop = asyncio.get_running_loop()
+        batch = _Batch(n, loop.time() + self.timeout)
+        if n:
+            self._batches[batch] = None
+            if self._timer is None:
+                self._timer = loop.call_at(batch.deadline, self._expire)
         return batch
 
-    def _forget(self, batch: _Batch) -> None:
-        for token in batch.tokens:  # answered, failed, or given up on (timed out, cancelled)
+    def _expire(self) -> None:
+        """Fail the lookups past their deadline, forget those done, and wait for the next one."""
+        self._timer = None
+        now = asyncio.get_running_loop().time()
+        while self._batches:
+            batch = next(iter(self._batches))
+            if batch.deadline > now and not batch.future.done():
+                self._timer = asyncio.get_running_loop().call_at(batch.deadline, self._expire)
+                return
+            self._done(batch)
+            if not batch.future.done():
+                batch.future.set_exception(_Expired())
+
+    def _done(self, batch: _Batch) -> None:
+        """Forget ``batch``: answered, failed, or given up on (timed out, cancelled)."""
+        self._batches.pop(batch, None)
+        for token in batch.tokens:
             self._open.pop(token, None)
 
     def reply_to(self, batch: _Batch, index: int) -> str:
+        """A new reply subject for answer ``index`` of ``batch``."""
         self._next += 1
         # unique (the count) and not guessable (random), as the PubAck inbox's tokens: a forged
         # reply must not be able to move where a read thinks a thread ends
         token = f"{self._next:x}{os.urandom(4).hex()}"
-        self._open[token] = (batch, index)
-        batch.tokens.append(token)
+        key = token.encode()
+        self._open[key] = (batch, index)
+        batch.tokens.append(key)
         assert self.prefix is not None
         return self.prefix + token
 
+    async def send(self, nc: Client, subject: str, batch: _Batch, asks: list[tuple[str, int | None]]) -> None:
+        """Send the direct gets of ``asks``, replying to ``batch``."""
+        requests = []
+        for i, (subject_filter, after) in enumerate(asks):
+            if after is None:
+                req = b'{"last_by_subj":' + _json_str(subject_filter) + b"}"
+            else:
+                req = b'{"seq":%d,"next_by_subj":' % (after + 1) + _json_str(subject_filter) + b"}"
+            requests.append((self.reply_to(batch, i), req))
+        if self._direct and isinstance(nc, _Client):
+            transport = nc._transport
+            if nc.is_connected and not nc._pending and type(transport) is TcpTransport:
+                # nothing queued before them: straight to the socket, in one write
+                transport.write(  # type: ignore[no-untyped-call]
+                    b"".join(
+                        b"PUB %s %s %d\r\n%s\r\n" % (subject.encode(), reply.encode(), len(req), req)
+                        for reply, req in requests
+                    )
+                )
+                nc.stats["out_msgs"] += len(requests)
+                nc.stats["out_bytes"] += sum(len(req) for _, req in requests)
+                return
+        for reply, req in requests:  # behind queued commands, reconnecting, or another transport
+            await nc.publish(subject, req, reply=reply)
+
+    def deliver(self, subject: bytes, headers: bytes | None) -> None:
+        """A reply, from the reading task: its raw subject and header block."""
+        found = self._open.pop(subject[len(self._prefix) :], None)
+        if found is not None:
+            self._answer(found[0], found[1], *_direct_reply(headers))
+
     async def _take(self, msg: Any) -> None:
+        """A reply, from nats-py's subscription task (the fallback of :meth:`deliver`)."""
         assert self.prefix is not None
-        found = self._open.pop(msg.subject[len(self.prefix) :], None)
+        found = self._open.pop(msg.subject[len(self.prefix) :].encode(), None)
         if found is None:
             return  # a late reply to a lookup given up on
-        batch, index = found
-        if batch.future.done():
-            return
         headers = msg.headers or {}
         status = headers.get("Status")
+        if status is None and "Nats-Sequence" not in headers:
+            self._answer(found[0], found[1], "500", "a direct get reply without Nats-Sequence", 0)
+            return
+        seq = int(headers["Nats-Sequence"]) if status is None else 0
+        self._answer(found[0], found[1], status, headers.get("Description", ""), seq)
+
+    def _answer(self, batch: _Batch, index: int, status: str | None, detail: str, seq: int) -> None:
+        future = batch.future
+        if future.done():
+            return  # a late reply to a lookup given up on
         if status is None:
-            batch.seqs[index] = int(headers["Nats-Sequence"]) if headers else 0
+            batch.seqs[index] = seq
         elif status != "404":
-            batch.future.set_exception(_Refused(status, headers.get("Description", "")))
+            self._done(batch)
+            future.set_exception(_Refused(status, detail))
             return
         batch.waiting -= 1
         if batch.waiting == 0:
-            batch.future.set_result(batch.seqs)
+            self._done(batch)
+            future.set_result(batch.seqs)
 
     def fail(self, exc: BaseException) -> None:
         """Fail every lookup still waiting (the connection is closing)."""
-        open_, self._open = self._open, {}
-        for batch, _ in open_.values():
+        batches, self._batches, self._open = self._batches, {}, {}
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for batch in batches:
             if not batch.future.done():
                 batch.future.set_exception(exc)
+
+
+def _json_str(value: str) -> bytes:
+    """``value`` as a JSON string (as ``json.dumps`` writes it)."""
+    return encode_basestring_ascii(value).encode()
 
 
 class _Replies:
