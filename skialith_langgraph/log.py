@@ -822,21 +822,26 @@ class Log:
         try:
             return await answers  # failed with _Expired at its deadline (_Lookups): no timer here
         except _Expired as exc:
-            raise LogError(
-                f"NATS at {self.url!r} did not answer a read within "
-                f"{self.settings.publish_timeout} s; {_HINT}.{self._denied()}",
-                url=self.url,
-            ) from exc
+            raise self._no_answer() from exc
         except _Refused as exc:
             if exc.status == "503":
-                raise StreamNotFoundError(
-                    f"stream {self.settings.stream!r} not found at {self.url!r} "
-                    "(or direct get is off); call setup()",
-                    url=self.url,
-                ) from None
+                raise self._no_stream() from None
             raise LogError(
                 f"direct get on {self.settings.stream!r} failed: {exc.status} {exc.detail}", url=self.url
             ) from None
+
+    def _no_answer(self) -> LogError:
+        return LogError(
+            f"NATS at {self.url!r} did not answer a read within "
+            f"{self.settings.publish_timeout} s; {_HINT}.{self._denied()}",
+            url=self.url,
+        )
+
+    def _no_stream(self) -> StreamNotFoundError:
+        return StreamNotFoundError(
+            f"stream {self.settings.stream!r} not found at {self.url!r} (or direct get is off); call setup()",
+            url=self.url,
+        )
 
     async def _last_seq(self, subject_filter: str) -> int:
         if clustered(self.nc):  # a follower may lag: ask the leader (see cluster.leader_seq)
@@ -854,17 +859,9 @@ class Log:
         try:
             msg = await self.nc.request(subject, req, timeout=self.settings.publish_timeout)
         except nats.errors.TimeoutError as exc:
-            raise LogError(
-                f"NATS at {self.url!r} did not answer a read within "
-                f"{self.settings.publish_timeout} s; {_HINT}.{self._denied()}",
-                url=self.url,
-            ) from exc
+            raise self._no_answer() from exc
         except nats.errors.NoRespondersError as exc:
-            raise StreamNotFoundError(
-                f"stream {self.settings.stream!r} not found at {self.url!r} "
-                "(or direct get is off); call setup()",
-                url=self.url,
-            ) from exc
+            raise self._no_stream() from exc
         headers = msg.headers or {}
         status = headers.get("Status")
         if status == "404":
@@ -959,11 +956,7 @@ class Log:
         try:
             await asyncio.wait_for(done, self.settings.publish_timeout)
         except TimeoutError as exc:
-            raise LogError(
-                f"NATS at {self.url!r} did not answer a read within "
-                f"{self.settings.publish_timeout} s; {_HINT}.{self._denied()}",
-                url=self.url,
-            ) from exc
+            raise self._no_answer() from exc
         out: list[Any] = []
         previous = 0
         for msg in replies.msgs:
