@@ -708,9 +708,10 @@ class Log:
         op = await self.next_seq(self.subjects.thread_op(thread_key, "*"), after=first)
         return 0 < op < last
 
-    async def _ack(self, subject: str, body: bytes, headers: dict[str, str]) -> tuple[int, bool]:
-        """Publish and wait for the PubAck: (stream sequence, duplicate). Raises nats-py's errors
-        for what ``js.publish`` would raise them for."""
+    async def publish_acked(self, subject: str, body: bytes, headers: dict[str, str]) -> tuple[int, bool]:
+        """Publish and wait for the PubAck: (stream sequence, duplicate), through this connection's
+        PubAck inbox (the write path's way). Raises nats-py's errors for what ``js.publish`` would
+        raise them for, so a caller can use it in place of ``js.publish``."""
         nc = self.nc
         if not isinstance(nc, _Client) or not nc.own_publish:  # nats-py's own way
             ack = await self.js.publish(subject, body, timeout=self.settings.publish_timeout, headers=headers)
@@ -737,7 +738,7 @@ class Log:
     async def _publish(self, subject: str, body: bytes, headers: dict[str, str]) -> int:
         """One publish; the stream sequence, or 0 when JetStream dropped it as a duplicate."""
         try:
-            seq, duplicate = await self._ack(subject, body, headers)
+            seq, duplicate = await self.publish_acked(subject, body, headers)
         except nats.errors.TimeoutError as exc:
             # on a cluster, ask it why (at most 1 s more): a stream without a leader (quorum lost)
             why = await why_no_ack(self.nc, self.settings.stream, min(1.0, self.settings.publish_timeout))

@@ -151,7 +151,8 @@ async def _first_digest(log: Log, seq: int) -> str | None:
 async def _js_publish(log: Log, subject: str, body: bytes, headers: dict[str, str]) -> tuple[int, bool]:
     timeout = log.settings.publish_timeout
     try:
-        ack = await log.js.publish(subject, body, timeout=timeout, headers=headers)
+        # the write path's own PubAck inbox, as an agent's writes without a key take
+        seq, duplicate = await log.publish_acked(subject, body, headers)
     except nats.errors.TimeoutError as exc:
         raise PublishError(
             f"no PubAck from NATS at {log.url!r} within {timeout} s for {subject!r}; the write may or "
@@ -168,4 +169,4 @@ async def _js_publish(log: Log, subject: str, body: bytes, headers: dict[str, st
         ) from exc
     except nats.js.errors.APIError as exc:
         raise PublishError(f"JetStream refused {subject!r}: {exc}", url=log.url, subject=subject) from exc
-    return int(ack.seq), bool(ack.duplicate)
+    return seq, duplicate
