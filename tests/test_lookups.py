@@ -80,6 +80,7 @@ async def test_a_lookup_the_server_does_not_answer_fails_the_read_after_the_time
             assert await log.last_seq(thread) == 0
             assert server.pid is not None
             os.kill(server.pid, signal.SIGSTOP)  # the server hangs: no reply comes
+            _wait_stopped(server.pid)
             try:
                 t0 = time.monotonic()
                 with pytest.raises(LogError, match="did not answer a read within 0.5 s"):
@@ -102,3 +103,15 @@ async def test_a_lookup_the_server_does_not_answer_fails_the_read_after_the_time
             await log.close()
     finally:
         server.stop()
+
+
+def _wait_stopped(pid: int) -> None:
+    """Wait until the kernel shows ``pid`` stopped: SIGSTOP takes effect asynchronously, and a
+    server still running on the other core could answer one more request."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/stat") as stat:
+            if stat.read().rsplit(")", 1)[1].split()[0] in ("T", "t"):
+                return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} did not stop after SIGSTOP")
