@@ -60,8 +60,7 @@ DEFAULT_FETCH_TIMEOUT = 1.0  # seconds a fetch waits when the stream is idle
 # writes one transaction (with its fsync) per message costs the writers' cores more than the lag
 DEFAULT_LINGER = 0.005
 RETRY_MAX = 5.0  # seconds between attempts while the database is down
-FIRST_TIMEOUTS = 5  # JetStream API timeouts and 503s retried when the consumer first subscribes
-# what a JetStream cluster electing a leader answers an API request with
+# what a JetStream cluster electing a leader, or without its quorum, answers an API request with
 _ELECTING = (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError)
 MAX_BATCH_BYTES = 64 * 1024 * 1024  # bytes one fetch may bring (at least two of the largest messages)
 FETCH_GRACE = 1.0  # seconds a fetch waits past its expiry for the server's end-of-request status
@@ -475,9 +474,7 @@ class Consumer(Generic[Item]):
             return
 
     async def close(self) -> None:
-        lease, self._lease = self._lease, None
-        if lease is not None and self._log is not None:
-            await lease.release()
+        await self._release_lease()
         if self._log is not None:
             await self._log.close()
             self._log = None
@@ -544,6 +541,15 @@ class Consumer(Generic[Item]):
             keeper.cancel()
             body.cancel()
             await asyncio.gather(keeper, body, return_exceptions=True)
+            if not self._stopping.is_set():
+                # ended on its own error: give the lease back now, so that a replacement (``up``'s
+                # restart, another host) starts at once instead of being refused until it expires
+                await self._release_lease()
+
+    async def _release_lease(self) -> None:
+        lease, self._lease = self._lease, None
+        if lease is not None and self._log is not None:
+            await lease.release()
 
     async def _run(self) -> None:
         """Consume until stopped. Database outages are retried with backoff; nothing is acked early."""
@@ -587,7 +593,7 @@ class Consumer(Generic[Item]):
 
     async def _loop(self, log: Log, model: ReadModel) -> None:
         """(Re)subscribe at the watermark and consume, until stopped."""
-        first, delay, first_timeouts = True, 0.05, 0
+        first, delay = True, 0.05
         while not self._stopping.is_set():
             # The database watermark, not the consumer's ack floor, says where to resume: a batch
             # that a killed consumer fetched but never committed would otherwise be acked along
@@ -598,14 +604,12 @@ class Consumer(Generic[Item]):
             except nats.errors.Error as exc:
                 if self._stopping.is_set():
                     raise
-                if first:
-                    # a cluster still electing the consumer's leader (a new replicated stream, a node
-                    # just lost) answers late or with a 503 ("temporarily unavailable"): a few of
-                    # those are retried; any other error at start is a configuration error, and
-                    # ends the consumer at once
-                    if not isinstance(exc, _ELECTING) or first_timeouts >= FIRST_TIMEOUTS:
-                        raise
-                    first_timeouts += 1
+                if first and not isinstance(exc, _ELECTING):
+                    # any other error at start is a configuration error, and ends the consumer at
+                    # once; a cluster electing a leader or without its quorum answers late or with
+                    # a 503 ("temporarily unavailable"): waited out with backoff, as after start
+                    # and as a database that does not answer yet
+                    raise
                 logger.warning("%s cannot subscribe (%s); retrying in %.2f s", self.role, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)

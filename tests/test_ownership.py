@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import nats.js.errors
 import pytest
 from langgraph.checkpoint.base import empty_checkpoint
 
@@ -230,3 +231,29 @@ def test_status_masks_a_database_password_and_exits_1_when_it_cannot_read_it(
     assert status["database"]["url"] == "mysql+aiomysql://someone:***@127.0.0.1:1/nothing"
     assert "error" in status["database"]
     assert status["stream"]["name"] == lite.stream
+
+
+async def test_a_replica_that_ends_on_an_error_gives_its_lease_back_at_once(
+    lite: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a configuration error at subscribe ends the projector (injected: a real one is a stream
+    # config the server refuses); a replacement with the same replica id must not be refused
+    # until the ended one's lease expires
+    async def refused(self: Projector, log: Any, start: int) -> Any:
+        raise nats.js.errors.BadRequestError(code=400, description="consumer config refused")
+
+    monkeypatch.setattr(Projector, "_subscribe", refused)
+    first = Projector(lite, fetch_timeout=0.1)
+    first.lease_ttl = 30.0
+    await first.start()
+    with pytest.raises(nats.js.errors.BadRequestError):
+        await asyncio.wait_for(first.wait(), 10)
+    monkeypatch.undo()
+    second = Projector(lite, fetch_timeout=0.1)
+    try:
+        await second.start()  # was: LeaseHeldError naming the ended replica, for up to 30 s
+        assert second.running
+    finally:
+        await second.stop()
+        with pytest.raises(nats.js.errors.BadRequestError):
+            await first.stop()
