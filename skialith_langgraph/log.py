@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -96,18 +97,23 @@ class _Client(Client):
     # the reply subscriptions of Log.lookup taken by the reading task: sid -> _Lookups.deliver
     lookups: dict[int, Callable[[bytes, bytes | None], None]] | None = None
 
-    @property
+    @functools.cached_property
     def own_publish(self) -> bool:
         """Whether this nats-py has the internals :class:`_Acks` works with (checked once per
         client). They are private: a nats-py that renamed one publishes through ``js.publish``
         instead of failing."""
-        known: bool | None = self.__dict__.get("_own_publish")
-        if known is None:
-            known = all(hasattr(self, name) for name in _ACK_INTERNALS) and all(
-                callable(getattr(Client, name, None)) for name in _ACK_METHODS
-            )
-            self.__dict__["_own_publish"] = known
-        return known
+        return all(hasattr(self, name) for name in _ACK_INTERNALS) and all(
+            callable(getattr(Client, name, None)) for name in _ACK_METHODS
+        )
+
+    def write_now(self, data: bytes) -> bool:
+        """Write ``data`` straight to the socket if nothing nats-py queued is ahead of it and the
+        transport is TCP (a websocket sends on drain only); False, and nothing written, if not."""
+        transport = self._transport
+        if self.is_connected and not self._pending and type(transport) is TcpTransport:
+            transport.write(data)  # type: ignore[no-untyped-call]
+            return True
+        return False
 
     def _connect_command(self) -> bytes:
         info = self._server_info or {}
@@ -181,9 +187,7 @@ class _Acks:
         """Send the publishes requested since the last flush, in order, in one write."""
         batch, self._batch = self._batch, []
         nc = self.nc
-        transport = nc._transport
-        if nc.is_connected and not nc._pending and type(transport) is TcpTransport:
-            transport.write(batch[0] if len(batch) == 1 else b"".join(batch))  # type: ignore[no-untyped-call]
+        if nc.write_now(batch[0] if len(batch) == 1 else b"".join(batch)):
             return
         # behind commands nats-py queued, while reconnecting (sent once reconnected), or over a
         # websocket (its transport sends on drain): into nats-py's buffer, and wake its flusher
@@ -1227,15 +1231,11 @@ class _Lookups:
                 req = b'{"seq":%d,"next_by_subj":' % (after + 1) + _json_str(subject_filter) + b"}"
             requests.append((self.reply_to(batch, i), req))
         if self._direct and isinstance(nc, _Client):
-            transport = nc._transport
-            if nc.is_connected and not nc._pending and type(transport) is TcpTransport:
-                # nothing queued before them: straight to the socket, in one write
-                transport.write(  # type: ignore[no-untyped-call]
-                    b"".join(
-                        b"PUB %s %s %d\r\n%s\r\n" % (subject.encode(), reply.encode(), len(req), req)
-                        for reply, req in requests
-                    )
-                )
+            commands = b"".join(
+                b"PUB %s %s %d\r\n%s\r\n" % (subject.encode(), reply.encode(), len(req), req)
+                for reply, req in requests
+            )
+            if nc.write_now(commands):  # nothing queued before them: one write
                 nc.stats["out_msgs"] += len(requests)
                 nc.stats["out_bytes"] += sum(len(req) for _, req in requests)
                 return
