@@ -16,7 +16,6 @@ fresh one-run thread of the same graph, whose state is the same size, the two re
 
 from __future__ import annotations
 
-import gc
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -28,7 +27,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, MessagesState, StateGraph
 
 from .contender import Contender
-from .stats import Sample
+from .stats import Sample, collected_outside
 
 NODES = 5
 KEEP = NODES + 1  # messages kept by the bounded graph: one run's worth
@@ -149,15 +148,15 @@ async def run_graphs(
     # warm-up: compile paths, connections, first-time imports
     for c in contenders:
         await _run_once(apps[c.name], f"g-{tag}-warm-{uuid.uuid4().hex[:6]}", "sync")
-    gc.collect()
     for start in range(0, max(per_durability.values()), block):
-        for s in series:
-            for i in range(start, min(start + block, per_durability[s.thread])):
-                if s.thread == "fresh":
-                    thread_id = f"g-{tag}-fresh-{s.durability}-{i}-{uuid.uuid4().hex[:6]}"
-                else:
-                    thread_id = long_threads[s.contender]
-                s.sample.add(await _run_once(apps[s.contender], thread_id, s.durability))
+        with collected_outside():
+            for s in series:
+                for i in range(start, min(start + block, per_durability[s.thread])):
+                    if s.thread == "fresh":
+                        thread_id = f"g-{tag}-fresh-{s.durability}-{i}-{uuid.uuid4().hex[:6]}"
+                    else:
+                        thread_id = long_threads[s.contender]
+                    s.sample.add(await _run_once(apps[s.contender], thread_id, s.durability))
         # rotate so that no contender always runs first
         series = series[1:] + series[:1]
     total_long = per_durability["long"] * len(DURABILITIES)
@@ -235,15 +234,15 @@ async def run_bounded(
     for c, _ in targets:
         await _check_bounded(c, configs[(c.name, "fresh")], run=0)
         await _check_bounded(c, configs[(c.name, "long")], run=runs - 1)
-    gc.collect()
-    for r in range(reads):
-        k = r % len(targets)
-        kinds = ("fresh", "long") if r % 2 == 0 else ("long", "fresh")
-        for c, _ in targets[k:] + targets[:k]:
-            for kind in kinds:
-                t0 = time.perf_counter_ns()
-                await c.saver.aget_tuple(configs[(c.name, kind)])
-                out[c.name][kind].add(time.perf_counter_ns() - t0)
+    with collected_outside():
+        for r in range(reads):
+            k = r % len(targets)
+            kinds = ("fresh", "long") if r % 2 == 0 else ("long", "fresh")
+            for c, _ in targets[k:] + targets[:k]:
+                for kind in kinds:
+                    t0 = time.perf_counter_ns()
+                    await c.saver.aget_tuple(configs[(c.name, kind)])
+                    out[c.name][kind].add(time.perf_counter_ns() - t0)
     return BoundedResult(runs, KEEP, run_samples, out)
 
 
@@ -298,8 +297,9 @@ async def _time_reads(
                 got = len(first.checkpoint["channel_values"].get("messages", [])) if first else 0
                 if got != want_messages:
                     raise AssertionError(f"{c.name}: long thread has {got} messages, not {want_messages}")
-            for _ in range(n[kind]):
-                t0 = time.perf_counter_ns()
-                await c.saver.aget_tuple(cfg)
-                out[c.name][kind].add(time.perf_counter_ns() - t0)
+            with collected_outside():
+                for _ in range(n[kind]):
+                    t0 = time.perf_counter_ns()
+                    await c.saver.aget_tuple(cfg)
+                    out[c.name][kind].add(time.perf_counter_ns() - t0)
     return out

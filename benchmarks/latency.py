@@ -15,7 +15,6 @@ metadata for ``aput``; of each write for ``aput_writes``). They call Skialith's 
 from __future__ import annotations
 
 import functools
-import gc
 import importlib
 import os
 import time
@@ -40,7 +39,7 @@ from .contender import (
 )
 from .env import BenchEnv
 from .payloads import SIZES, CheckpointChain, _text, make_messages, make_writes, new_task_id
-from .stats import Sample
+from .stats import Sample, collected_outside
 
 Call = Callable[[], Awaitable[int]]  # one timed call; returns nanoseconds
 OPS = ("aput", "aput_writes", "aget_tuple", "alist")
@@ -280,15 +279,15 @@ async def run_interleaved(rows: list[Row], *, iterations: int, block: int, warmu
     groups: dict[str, list[Row]] = {}
     for row in rows:
         groups.setdefault(row.size, []).append(row)
-    gc.collect()
     rounds = max(1, -(-iterations // block))
     for r in range(rounds):
         n = min(block, iterations - r * block)
         for group in groups.values():
             k = r % len(group)
-            for row in group[k:] + group[:k]:
-                for _ in range(n):
-                    row.sample.add(await row.call())
+            with collected_outside():
+                for row in group[k:] + group[:k]:
+                    for _ in range(n):
+                        row.sample.add(await row.call())
 
 
 PAUSED = " (projector paused)"

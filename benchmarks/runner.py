@@ -19,6 +19,7 @@ from .jetstream_side import describe_reads, read_stats
 from .latency import build_rows, run_interleaved, run_paused
 from .projector_bench import run_projector
 from .results import Results
+from .stats import GC_NOTE
 
 VERSIONED = (
     "langgraph",
@@ -202,6 +203,8 @@ async def run(options: Options, command: str) -> Results:
         progress("stopping servers, dropping this run's databases")
     laps.lap("teardown")
     results.notes.extend(n for n in env.notes if n not in results.notes)
+    if results.latency or results.graph:
+        results.notes.append(GC_NOTE)
     results.meta["loadavg_end"] = _loadavg()
     results.meta["seconds"] = time.monotonic() - started
     results.meta["section_seconds"] = laps.seconds

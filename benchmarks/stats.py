@@ -2,9 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+
+GC_NOTE = (
+    "Automatic garbage collection is off while a block of calls is timed and a full collection runs, "
+    "untimed, before and after each block (what `timeit` does): a full collection of this process, "
+    "which holds every contender's threads, takes 100-250 ms on this machine and would land on "
+    "whichever row happened to be running."
+)
+
+
+@contextlib.contextmanager
+def collected_outside() -> Iterator[None]:
+    """Time the enclosed calls without cyclic-GC pauses: collect, disable, collect again after.
+
+    The benchmark process holds every contender's data, so a generation-2 collection (100-250 ms
+    here) is the process's cost, not the cost of the call it interrupts; ``timeit`` turns the
+    collector off for the same reason. Allocation and reference-counting frees stay in the timing.
+    """
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+        gc.collect()
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
