@@ -21,7 +21,15 @@ from sqlalchemy.sql import Insert
 from ..codec import CheckpointMsg, DeleteRunsMsg, DeleteThreadMsg, EventMsg, Msg, PruneMsg, WritesMsg
 from ..errors import ProjectionError
 from ..subjects import token
-from .tables import agent_events, blob_parts, checkpoint_blobs, checkpoint_writes, checkpoints, projection
+from .tables import (
+    agent_events,
+    blob_parts,
+    checkpoint_blobs,
+    checkpoint_writes,
+    checkpoints,
+    projection,
+    thread_channels,
+)
 
 Row = dict[str, Any]
 
@@ -105,6 +113,8 @@ class Batch:
         self.writes_last: list[Row] = []  # special writes (negative idx): the last value wins
         self.events: list[Row] = []
         self.parts: list[Row] = []
+        # (thread_key, ns_key, channel) of the blobs, for skialith_thread_channels (MySQL family only)
+        self.channels: set[tuple[str, str, str]] | None = set() if self.dialect == "mysql" else None
         self._keys: dict[str, str] = {}  # id -> token; a batch holds many messages of few threads
         self._running: asyncio.Future[Any] | None = None  # the statement the server is executing
 
@@ -183,6 +193,9 @@ class Batch:
                 cols = [k for k in self.ckpts[0] if k not in ("thread_key", "ns_key", "checkpoint_id")]
                 await self.upsert_rows(checkpoints, cols, self.ckpts)
             await self.upsert_rows(checkpoint_blobs, ["type", "blob"], self.blobs)
+            if self.channels:
+                rows = [{"thread_key": t, "ns_key": n, "channel": c} for t, n, c in sorted(self.channels)]
+                await self.upsert_rows(thread_channels, [], rows)
             await self.upsert_rows(checkpoint_writes, [], self.writes_first)
             await self.upsert_rows(
                 checkpoint_writes, ["channel", "type", "blob", "task_path"], self.writes_last
@@ -195,6 +208,8 @@ class Batch:
                 self._running = None
         self.ckpts, self.blobs, self.writes_first, self.writes_last, self.events = [], [], [], [], []
         self.parts = []
+        if self.channels is not None:
+            self.channels = set()
 
     async def add(self, seq: int, msg: Msg) -> None:
         if isinstance(msg, CheckpointMsg):
@@ -220,6 +235,8 @@ class Batch:
                 self.blobs.append(
                     {"thread_key": tk, "ns_key": nk, "channel": ch, "version": ver, "type": typ, "blob": data}
                 )
+                if self.channels is not None:
+                    self.channels.add((tk, nk, ch))
         elif isinstance(msg, WritesMsg):
             tk, nk = self.key(msg.thread_id, "thread_id"), self.key(msg.checkpoint_ns, "checkpoint_ns")
             # a repeated special write inside one put_writes keeps the last; ordinary ones the first
@@ -266,7 +283,7 @@ async def apply_op(conn: AsyncConnection, msg: Msg) -> None:
     """Apply a delete, prune or delete-for-runs, in log order."""
     if isinstance(msg, DeleteThreadMsg):
         tk = token(msg.thread_id, field="thread_id")
-        for table in (checkpoints, checkpoint_blobs, checkpoint_writes):
+        for table in (checkpoints, checkpoint_blobs, checkpoint_writes, thread_channels):
             await conn.execute(delete(table).where(table.c.thread_key == tk))
         await conn.execute(delete(blob_parts).where(blob_parts.c.owner_key == tk))
     elif isinstance(msg, PruneMsg):

@@ -22,6 +22,7 @@ from .tables import (
     projection,
     schema_version,
     stream_identity,
+    thread_channels,
 )
 
 logger = logging.getLogger(__name__)
@@ -141,6 +142,23 @@ async def _inspect_thread_seq_index(conn: AsyncConnection) -> None:
     await conn.run_sync(lambda sync: checkpoints_thread_seq.create(sync, checkfirst=True))
 
 
+async def _thread_channels(conn: AsyncConnection) -> None:
+    """The ``skialith_thread_channels`` table, filled from the stored blobs on MySQL-family servers
+    (the only ones that read it): without it their read of a latest checkpoint scanned every blob
+    version of the thread."""
+    await conn.run_sync(lambda sync: thread_channels.create(sync, checkfirst=True))
+    if conn.dialect.name != "mysql":
+        return
+    b = checkpoint_blobs.c
+    await conn.execute(
+        insert(thread_channels)
+        .prefix_with("IGNORE")
+        .from_select(
+            ["thread_key", "ns_key", "channel"], select(b.thread_key, b.ns_key, b.channel).distinct()
+        )
+    )
+
+
 # index + 1 is the schema version; append only
 MIGRATIONS: list[Callable[[AsyncConnection], Awaitable[None]]] = [
     _v1,
@@ -149,7 +167,8 @@ MIGRATIONS: list[Callable[[AsyncConnection], Awaitable[None]]] = [
     _stream_identity,
     _dead_letters,
     _projector_alive,
-    _inspect_thread_seq_index,  # issue 12 (inspection); keep it last when merging other migrations
+    _inspect_thread_seq_index,  # issue 12 (inspection)
+    _thread_channels,  # issue 11: latest reads on MySQL independent of a thread's history
 ]
 
 # the key of PostgreSQL's transaction-level advisory lock that serializes migrations

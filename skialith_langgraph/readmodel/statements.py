@@ -21,6 +21,7 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    true,
     tuple_,
     union_all,
 )
@@ -38,6 +39,7 @@ from .tables import (
     pg_unescape,
     projection,
     stream_identity,
+    thread_channels,
 )
 
 _C = checkpoints.c
@@ -129,9 +131,9 @@ def _latest_all(dialect: str) -> Any:
     The newest blob version of each channel is what the latest checkpoint of a thread refers to
     unless the thread forked (``update_state`` on an older checkpoint); :func:`tuple_of` checks
     every (channel, version) the checkpoint names against them and reads the missing ones with
-    the second statement. The channels are found by a skip scan of the blobs' key (a loose index
-    scan on MySQL, a recursive CTE elsewhere: one index probe per channel), so the cost follows
-    the number of channels, not the thread's history."""
+    the second statement. The channels are found by a skip scan of the blobs' key (a recursive
+    CTE; on MySQL-family servers ``skialith_thread_channels``): one index probe per channel, so
+    the cost follows the number of channels, not the thread's history."""
     tk: Any = bindparam("tk")
     nk: Any = bindparam("nk")
     c2 = checkpoints.alias("c2")
@@ -162,29 +164,81 @@ def _latest_all(dialect: str) -> Any:
             q = q.where(b2.c.channel > after)
         return q.order_by(b2.c.channel).limit(1).scalar_subquery()
 
-    chv: Any
+    # the newest (channel, version) of each channel that has blobs, and the blob row of each: one
+    # index probe per channel, so the cost follows the number of channels, not the thread's history
+    pairs: Any
+    where: Any
+    cols: tuple[Any, ...]  # type, blob, channel, version
     if dialect == "mysql":
-        # MariaDB and MySQL read MAX per group of a key prefix by a loose index scan, one probe per
-        # channel ("Using index for group-by"); their recursive CTE below would scan the thread
-        chv = (
-            select(b3.c.channel, func.max(b3.c.version).label("version"))
-            .where(b3.c.thread_key == tk, b3.c.ns_key == nk)
-            .group_by(b3.c.thread_key, b3.c.ns_key, b3.c.channel)  # the whole key prefix: else no loose scan
-            .subquery("skialith_chv")
-        )
-    else:
-        # PostgreSQL has no loose index scan: a skip scan by recursive CTE, one probe per channel
-        ch = select(next_channel().label("channel")).cte("skialith_ch", recursive=True)
-        ch = ch.union_all(select(next_channel(ch.c.channel)).where(ch.c.channel.is_not(None)))
+        # MariaDB and MySQL skip between channels neither by a loose index scan (they choose by the
+        # table's average versions per channel, which many short threads keep near one) nor by the
+        # recursive CTE below (a correlated range is read from the start of the thread): the
+        # channels come from skialith_thread_channels, and each newest version from a backward
+        # probe of the blobs' key
+        tc = thread_channels.alias("tc")
         newest = (
             select(b3.c.version)
-            .where(b3.c.thread_key == tk, b3.c.ns_key == nk, b3.c.channel == ch.c.channel)
+            .where(
+                b3.c.thread_key == tc.c.thread_key, b3.c.ns_key == tc.c.ns_key, b3.c.channel == tc.c.channel
+            )
             .order_by(b3.c.version.desc())
             .limit(1)
             .scalar_subquery()
         )
-        found = ch.c.channel.is_not(None)
-        chv = select(ch.c.channel, newest.label("version")).where(found).cte("skialith_chv")
+        # every listed channel comes back, with NULLs where no blob is left (pruned): a channel the
+        # table does not list (rows from an older projector) sends tuple_of to the second statement
+        pairs = tc.outerjoin(
+            b4,
+            and_(
+                b4.c.thread_key == tc.c.thread_key,
+                b4.c.ns_key == tc.c.ns_key,
+                b4.c.channel == tc.c.channel,
+                b4.c.version == newest,
+            ),
+        )
+        where = and_(tc.c.thread_key == tk, tc.c.ns_key == nk)
+        cols = (b4.c.type, b4.c.blob, tc.c.channel, b4.c.version)
+    else:
+        # a skip scan of the blobs' key by recursive CTE, one probe per channel
+        ch = select(next_channel().label("channel")).cte("skialith_ch", recursive=True)
+        ch = ch.union_all(select(next_channel(ch.c.channel)).where(ch.c.channel.is_not(None)))
+        newest_of = (
+            select(b3.c.version, b3.c.type, b3.c.blob)
+            .where(b3.c.thread_key == tk, b3.c.ns_key == nk, b3.c.channel == ch.c.channel)
+            .order_by(b3.c.version.desc())
+            .limit(1)
+        )
+        if dialect == "postgresql":
+            # the newest blob row of each channel by LATERAL ... LIMIT 1: a join to the blobs would
+            # be planned by their statistics (a hash join over every version of the thread when
+            # the table is young)
+            nb = newest_of.lateral("skialith_nb")
+            pairs = ch.join(nb, true())
+            cols = (nb.c.type, nb.c.blob, ch.c.channel, nb.c.version)
+        else:
+            # SQLite (no LATERAL): the newest version of each channel, then its row's columns by
+            # primary key probes. Not a join to the blobs: with statistics (ANALYZE, PRAGMA
+            # optimize) SQLite builds a Bloom filter for it by reading the whole blobs table
+            newest = newest_of.with_only_columns(b3.c.version).scalar_subquery()
+            chv = (
+                select(ch.c.channel, newest.label("version"))
+                .where(ch.c.channel.is_not(None))
+                .cte("skialith_chv")
+            )
+            at = and_(
+                b4.c.thread_key == tk,
+                b4.c.ns_key == nk,
+                b4.c.channel == chv.c.channel,
+                b4.c.version == chv.c.version,
+            )
+            pairs = chv
+            cols = (
+                select(b4.c.type).where(at).scalar_subquery(),
+                select(b4.c.blob).where(at).scalar_subquery(),
+                chv.c.channel,
+                chv.c.version,
+            )
+        where = ch.c.channel.is_not(None) if dialect == "postgresql" else true()
 
     head = select(
         literal_column("'c'").label("kind"),
@@ -216,31 +270,24 @@ def _latest_all(dialect: str) -> Any:
         null(),
         _W.task_path,
     ).where(_W.thread_key == tk, _W.ns_key == nk, _W.checkpoint_id == latest_id)
-    # each newest (channel, version) joined to its blob row: one primary key probe per channel
-    blobs = select(
-        literal_column("'b'"),
-        null(),
-        null(),
-        b4.c.type,
-        b4.c.blob,
-        null(),
-        null(),
-        null(),
-        null(),
-        null(),
-        chv.c.channel,
-        chv.c.version,
-        null(),
-    ).select_from(
-        chv.join(
-            b4,
-            and_(
-                b4.c.thread_key == tk,
-                b4.c.ns_key == nk,
-                b4.c.channel == chv.c.channel,
-                b4.c.version == chv.c.version,
-            ),
+    blobs = (
+        select(
+            literal_column("'b'"),
+            null(),
+            null(),
+            cols[0],
+            cols[1],
+            null(),
+            null(),
+            null(),
+            null(),
+            null(),
+            cols[2],
+            cols[3],
+            null(),
         )
+        .select_from(pairs)
+        .where(where)
     )
     return union_all(head, writes, blobs)
 
