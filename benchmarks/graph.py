@@ -27,7 +27,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, MessagesState, StateGraph
 
 from .contender import Contender
-from .stats import Sample, collected_outside
+from .stats import Sample, collected_outside, gc_section
 
 NODES = 5
 KEEP = NODES + 1  # messages kept by the bounded graph: one run's worth
@@ -148,17 +148,18 @@ async def run_graphs(
     # warm-up: compile paths, connections, first-time imports
     for c in contenders:
         await _run_once(apps[c.name], f"g-{tag}-warm-{uuid.uuid4().hex[:6]}", "sync")
-    for start in range(0, max(per_durability.values()), block):
-        with collected_outside():
-            for s in series:
-                for i in range(start, min(start + block, per_durability[s.thread])):
-                    if s.thread == "fresh":
-                        thread_id = f"g-{tag}-fresh-{s.durability}-{i}-{uuid.uuid4().hex[:6]}"
-                    else:
-                        thread_id = long_threads[s.contender]
-                    s.sample.add(await _run_once(apps[s.contender], thread_id, s.durability))
-        # rotate so that no contender always runs first
-        series = series[1:] + series[:1]
+    with gc_section():
+        for start in range(0, max(per_durability.values()), block):
+            with collected_outside():
+                for s in series:
+                    for i in range(start, min(start + block, per_durability[s.thread])):
+                        if s.thread == "fresh":
+                            thread_id = f"g-{tag}-fresh-{s.durability}-{i}-{uuid.uuid4().hex[:6]}"
+                        else:
+                            thread_id = long_threads[s.contender]
+                        s.sample.add(await _run_once(apps[s.contender], thread_id, s.durability))
+            # rotate so that no contender always runs first
+            series = series[1:] + series[:1]
     total_long = per_durability["long"] * len(DURABILITIES)
     fresh_threads = {}
     for c in contenders:
@@ -234,7 +235,7 @@ async def run_bounded(
     for c, _ in targets:
         await _check_bounded(c, configs[(c.name, "fresh")], run=0)
         await _check_bounded(c, configs[(c.name, "long")], run=runs - 1)
-    with collected_outside():
+    with gc_section(), collected_outside():
         for r in range(reads):
             k = r % len(targets)
             kinds = ("fresh", "long") if r % 2 == 0 else ("long", "fresh")
@@ -289,17 +290,20 @@ async def _time_reads(
     """
     out: dict[str, dict[str, Sample]] = {c.name: {"fresh": Sample(), "long": Sample()} for c, _ in targets}
     want_messages = expect * (NODES + 1)
-    for kind in ("fresh", "long"):
-        for c, base in targets:
-            cfg: RunnableConfig = {"configurable": {"thread_id": threads[kind][base], "checkpoint_ns": ""}}
-            first = await c.saver.aget_tuple(cfg)
-            if kind == "long":
-                got = len(first.checkpoint["channel_values"].get("messages", [])) if first else 0
-                if got != want_messages:
-                    raise AssertionError(f"{c.name}: long thread has {got} messages, not {want_messages}")
-            with collected_outside():
-                for _ in range(n[kind]):
-                    t0 = time.perf_counter_ns()
-                    await c.saver.aget_tuple(cfg)
-                    out[c.name][kind].add(time.perf_counter_ns() - t0)
+    with gc_section():
+        for kind in ("fresh", "long"):
+            for c, base in targets:
+                cfg: RunnableConfig = {
+                    "configurable": {"thread_id": threads[kind][base], "checkpoint_ns": ""}
+                }
+                first = await c.saver.aget_tuple(cfg)
+                if kind == "long":
+                    got = len(first.checkpoint["channel_values"].get("messages", [])) if first else 0
+                    if got != want_messages:
+                        raise AssertionError(f"{c.name}: long thread has {got} messages, not {want_messages}")
+                with collected_outside():
+                    for _ in range(n[kind]):
+                        t0 = time.perf_counter_ns()
+                        await c.saver.aget_tuple(cfg)
+                        out[c.name][kind].add(time.perf_counter_ns() - t0)
     return out

@@ -39,7 +39,7 @@ from .contender import (
 )
 from .env import BenchEnv
 from .payloads import SIZES, CheckpointChain, _text, make_messages, make_writes, new_task_id
-from .stats import Sample, collected_outside
+from .stats import Sample, collected_outside, gc_section
 
 Call = Callable[[], Awaitable[int]]  # one timed call; returns nanoseconds
 OPS = ("aput", "aput_writes", "aget_tuple", "alist")
@@ -280,14 +280,15 @@ async def run_interleaved(rows: list[Row], *, iterations: int, block: int, warmu
     for row in rows:
         groups.setdefault(row.size, []).append(row)
     rounds = max(1, -(-iterations // block))
-    for r in range(rounds):
-        n = min(block, iterations - r * block)
-        for group in groups.values():
-            k = r % len(group)
-            with collected_outside():
-                for row in group[k:] + group[:k]:
-                    for _ in range(n):
-                        row.sample.add(await row.call())
+    with gc_section():
+        for r in range(rounds):
+            n = min(block, iterations - r * block)
+            for group in groups.values():
+                k = r % len(group)
+                with collected_outside():
+                    for row in group[k:] + group[:k]:
+                        for _ in range(n):
+                            row.sample.add(await row.call())
 
 
 PAUSED = " (projector paused)"

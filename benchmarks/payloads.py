@@ -122,7 +122,12 @@ class CheckpointChain:
         ckpt = create_checkpoint(base, None, self.step)  # type: ignore[arg-type]  # a Checkpoint dict
         ckpt["updated_channels"] = ["messages"]
         metadata: CheckpointMetadata = {"source": "loop", "step": self.step, "parents": {}}
-        return self.config, ckpt, metadata, {"messages": new_version}
+        # every channel whose version changed, as LangGraph passes them (the savers store a blob,
+        # "empty" where the checkpoint holds no value, for each)
+        new_versions = {"messages": new_version, "branch:to:agent": new_version}
+        if self.step == 0:
+            new_versions["__start__"] = versions["__start__"]
+        return self.config, ckpt, metadata, new_versions
 
     def advance(self, returned: RunnableConfig, checkpoint: Checkpoint) -> None:
         """Record the config an ``aput`` returned, so the next checkpoint is its child."""

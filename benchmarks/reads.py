@@ -43,6 +43,7 @@ from .latency import (
     serde_put_call,
 )
 from .payloads import SIZES
+from .stats import collected_outside, gc_section
 
 
 async def _read_rows(env: BenchEnv, ops: tuple[str, ...], sizes: tuple[str, ...]) -> list[Row]:
@@ -144,17 +145,18 @@ async def _phases(env: BenchEnv, size: str, reads: int) -> None:
         counts: dict[str, int] = {}
         cpu = time.process_time()
         try:
-            for _ in range(reads):
-                phases.marks.clear()
-                phases.counts.clear()
-                t0 = time.perf_counter_ns()
-                await call()
-                total = time.perf_counter_ns() - t0
-                line = {k: (v - t0) / 1e3 for k, v in phases.marks.items()}
-                line["returned"] = total / 1e3
-                timelines.append(line)
-                for k, n in phases.counts.items():
-                    counts[k] = counts.get(k, 0) + n
+            with gc_section(), collected_outside():
+                for _ in range(reads):
+                    phases.marks.clear()
+                    phases.counts.clear()
+                    t0 = time.perf_counter_ns()
+                    await call()
+                    total = time.perf_counter_ns() - t0
+                    line = {k: (v - t0) / 1e3 for k, v in phases.marks.items()}
+                    line["returned"] = total / 1e3
+                    timelines.append(line)
+                    for k, n in phases.counts.items():
+                        counts[k] = counts.get(k, 0) + n
         finally:
             phases.undo()
         cpu_us = (time.process_time() - cpu) / reads * 1e6

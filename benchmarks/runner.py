@@ -59,7 +59,7 @@ class Plan:
         if options.quick:
             plan = cls(20, 10, 2, 2, 6, 3, 5, 0.2, 1_000, 200.0, 1.0, 5)
         else:
-            plan = cls(300, 50, 20, 60, 150, 10, 30, 1.5, 20_000, 500.0, 4.0, 100)
+            plan = cls(1000, 10, 20, 60, 150, 10, 30, 1.5, 20_000, 500.0, 4.0, 100)
         if options.iterations is not None:
             n = max(1, options.iterations)
             plan = dataclasses.replace(plan, iterations=n, block=min(plan.block, n))

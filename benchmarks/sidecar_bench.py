@@ -53,7 +53,7 @@ import nats
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import empty_checkpoint
 
-from benchmarks.stats import Sample, collected_outside
+from benchmarks.stats import Sample, collected_outside, gc_section
 from skialith_langgraph import SkialithCheckpointer, codec
 from skialith_langgraph.agent import SkialithAgent
 from skialith_langgraph.config import Settings
@@ -183,13 +183,14 @@ async def _interleave(rows: list[Row], iterations: int, warmup: int, block: int)
     for row in rows:
         await row.block(warmup)
     rounds = max(1, -(-iterations // block))
-    for r in range(rounds):
-        n = min(block, iterations - r * block)
-        k = r % len(rows)
-        with collected_outside():
-            for row in rows[k:] + rows[:k]:
-                for ns in await row.block(n):
-                    row.sample.add(ns)
+    with gc_section():
+        for r in range(rounds):
+            n = min(block, iterations - r * block)
+            k = r % len(rows)
+            with collected_outside():
+                for row in rows[k:] + rows[:k]:
+                    for ns in await row.block(n):
+                        row.sample.add(ns)
 
 
 async def _caught_up(saver: SkialithCheckpointer, timeout: float = 120.0) -> None:

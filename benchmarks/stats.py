@@ -9,30 +9,44 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 GC_NOTE = (
-    "Automatic garbage collection is off while a block of calls is timed and a full collection runs, "
-    "untimed, before and after each block (what `timeit` does): a full collection of this process, "
-    "which holds every contender's threads, takes 100-250 ms on this machine and would land on "
-    "whichever row happened to be running."
+    "Automatic garbage collection is off while a block of calls is timed (what `timeit` does); "
+    "between blocks, untimed, a collection runs and the objects that survive it are frozen "
+    "(`gc.freeze`), so that each collection looks at one block's objects only. Left on, a full "
+    "collection of this process, which holds every contender's threads, took 100-250 ms here and "
+    "landed on whichever row happened to be running."
 )
 
 
 @contextlib.contextmanager
+def gc_section() -> Iterator[None]:
+    """A timed section whose blocks run under :func:`collected_outside`: at its end the frozen
+    objects are handed back to the collector and collected."""
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.collect()
+
+
+@contextlib.contextmanager
 def collected_outside() -> Iterator[None]:
-    """Time the enclosed calls without cyclic-GC pauses: collect, disable, collect again after.
+    """Time the enclosed calls without cyclic-GC pauses: collect and freeze first, collector off.
 
     The benchmark process holds every contender's data, so a generation-2 collection (100-250 ms
     here) is the process's cost, not the cost of the call it interrupts; ``timeit`` turns the
     collector off for the same reason. Allocation and reference-counting frees stay in the timing.
+    The survivors are frozen (``gc.freeze``), so the collection before the next block looks at
+    what this block made only; call it inside :func:`gc_section`, which unfreezes them.
     """
     was_enabled = gc.isenabled()
     gc.collect()
+    gc.freeze()
     gc.disable()
     try:
         yield
     finally:
         if was_enabled:
             gc.enable()
-        gc.collect()
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
