@@ -171,17 +171,19 @@ def _ckpt(cid: str, version: str) -> CheckpointMsg:
     )
 
 
-async def _channels(conn: AsyncConnection) -> set[tuple[str, str, str]]:
+async def _channels(conn: AsyncConnection) -> set[tuple[str, str, str, str]]:
     c = thread_channels.c
-    return {tuple(r) for r in await conn.execute(select(c.thread_key, c.ns_key, c.channel))}  # type: ignore[misc]
+    rows = await conn.execute(select(c.thread_key, c.ns_key, c.channel, c.version))
+    return {(r.thread_key, r.ns_key, r.channel, r.version) for r in rows}
 
 
 async def test_a_read_model_from_before_the_channel_table_gets_it_filled_at_migration(
     database_url: str,
 ) -> None:
     """A read model at the schema version before ``skialith_thread_channels`` holds a thread: the
-    migration creates the table and, on MySQL (the one dialect that reads it), fills it from the
-    stored blobs, so that thread's latest read finds every newest blob in its one statement."""
+    migration creates the table and, on MySQL (the one dialect that reads it), fills it with each
+    channel's newest version from the stored blobs, so that thread's latest read finds every newest
+    blob in its one statement."""
     tk, nk = token("m", field="thread_id"), token("", field="checkpoint_ns")
     old = ReadModel.from_url(database_url)
     try:
@@ -200,10 +202,13 @@ async def test_a_read_model_from_before_the_channel_table_gets_it_filled_at_migr
             found = await _channels(conn)
             row, _ = await queries.head_row(conn, "m", "", None, None)
         mysql = model.engine.dialect.name == "mysql"
-        assert found == ({(tk, nk, ch) for ch in CHANNELS} if mysql else set())
+        assert found == ({(tk, nk, ch, "0029") for ch in CHANNELS} if mysql else set())
         assert row is not None and row.checkpoint_id == "c029"
         newest = {(r.channel, r.version, r.blob) for r in row.rest if r.kind == "b"}
         assert newest == {(ch, "0029", f"{ch}@0029".encode()) for ch in CHANNELS}
+        async with model.begin() as conn:  # a fork's blobs at an older version: the newest stays
+            await apply_messages(conn, [(99, _ckpt("c100", "0005"))], name=None)
+            assert await _channels(conn) == found
         async with model.begin() as conn:
             await apply_messages(conn, [(100, DeleteThreadMsg(thread_id="m"))], name=None)
             assert await _channels(conn) == set()

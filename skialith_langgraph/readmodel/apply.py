@@ -13,7 +13,7 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import delete, select, tuple_, update
+from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Insert
@@ -49,6 +49,10 @@ def upsert(dialect: str, table: Any, update: Sequence[str]) -> Insert:
     """An INSERT that overwrites ``update`` columns on a key conflict (none: keep the first row)."""
     if dialect == "mysql":
         my = mysql.insert(table)
+        if table is thread_channels:  # the newest version wins, whichever batch comes first
+            return my.on_duplicate_key_update(
+                {"version": func.greatest(table.c.version, my.inserted.version)}
+            )
         cols = update or [next(iter(table.primary_key.columns)).name]
         return my.on_duplicate_key_update({c: my.inserted[c] for c in cols})
     if dialect in ("sqlite", "postgresql"):
@@ -113,8 +117,9 @@ class Batch:
         self.writes_last: list[Row] = []  # special writes (negative idx): the last value wins
         self.events: list[Row] = []
         self.parts: list[Row] = []
-        # (thread_key, ns_key, channel) of the blobs, for skialith_thread_channels (MySQL family only)
-        self.channels: set[tuple[str, str, str]] | None = set() if self.dialect == "mysql" else None
+        # (thread_key, ns_key, channel) -> newest version among the blobs, for skialith_thread_channels
+        # (MySQL family only)
+        self.channels: dict[tuple[str, str, str], str] | None = {} if self.dialect == "mysql" else None
         self._keys: dict[str, str] = {}  # id -> token; a batch holds many messages of few threads
         self._running: asyncio.Future[Any] | None = None  # the statement the server is executing
 
@@ -194,8 +199,11 @@ class Batch:
                 await self.upsert_rows(checkpoints, cols, self.ckpts)
             await self.upsert_rows(checkpoint_blobs, ["type", "blob"], self.blobs)
             if self.channels:
-                rows = [{"thread_key": t, "ns_key": n, "channel": c} for t, n, c in sorted(self.channels)]
-                await self.upsert_rows(thread_channels, [], rows)
+                rows = [
+                    {"thread_key": t, "ns_key": n, "channel": c, "version": v}
+                    for (t, n, c), v in sorted(self.channels.items())
+                ]
+                await self.upsert_rows(thread_channels, ["version"], rows)
             await self.upsert_rows(checkpoint_writes, [], self.writes_first)
             await self.upsert_rows(
                 checkpoint_writes, ["channel", "type", "blob", "task_path"], self.writes_last
@@ -209,7 +217,7 @@ class Batch:
         self.ckpts, self.blobs, self.writes_first, self.writes_last, self.events = [], [], [], [], []
         self.parts = []
         if self.channels is not None:
-            self.channels = set()
+            self.channels = {}
 
     async def add(self, seq: int, msg: Msg) -> None:
         if isinstance(msg, CheckpointMsg):
@@ -236,7 +244,9 @@ class Batch:
                     {"thread_key": tk, "ns_key": nk, "channel": ch, "version": ver, "type": typ, "blob": data}
                 )
                 if self.channels is not None:
-                    self.channels.add((tk, nk, ch))
+                    known = self.channels.get((tk, nk, ch))
+                    if known is None or ver > known:  # code point order: the bytes' order in UTF-8
+                        self.channels[(tk, nk, ch)] = ver
         elif isinstance(msg, WritesMsg):
             tk, nk = self.key(msg.thread_id, "thread_id"), self.key(msg.checkpoint_ns, "checkpoint_ns")
             # a repeated special write inside one put_writes keeps the last; ordinary ones the first

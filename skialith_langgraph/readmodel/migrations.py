@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from sqlalchemy import delete, exists, insert, inspect, select, text
+from sqlalchemy import delete, exists, func, insert, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..errors import MigrationError
@@ -145,17 +145,18 @@ async def _inspect_thread_seq_index(conn: AsyncConnection) -> None:
 async def _thread_channels(conn: AsyncConnection) -> None:
     """The ``skialith_thread_channels`` table, filled from the stored blobs on MySQL-family servers
     (the only ones that read it): without it their read of a latest checkpoint scanned every blob
-    version of the thread."""
+    version of the thread. One pass over the blobs' key."""
     await conn.run_sync(lambda sync: thread_channels.create(sync, checkfirst=True))
     if conn.dialect.name != "mysql":
         return
     b = checkpoint_blobs.c
+    newest = select(b.thread_key, b.ns_key, b.channel, func.max(b.version)).group_by(
+        b.thread_key, b.ns_key, b.channel
+    )
     await conn.execute(
         insert(thread_channels)
         .prefix_with("IGNORE")
-        .from_select(
-            ["thread_key", "ns_key", "channel"], select(b.thread_key, b.ns_key, b.channel).distinct()
-        )
+        .from_select(["thread_key", "ns_key", "channel", "version"], newest)
     )
 
 

@@ -302,14 +302,13 @@ async def tuple_of(
         # read with the row: the newest blob of each channel that has any. Used if it holds every
         # blob the checkpoint names, except of channels without a blob at all (none to read then:
         # a checkpoint's blobs are applied with it or before it); else the thread forked. On
-        # MySQL the channels come from skialith_thread_channels (statements._latest_all): one it
-        # does not list may still have blobs, so it is read with the second statement too
+        # MySQL the newest versions come from skialith_thread_channels (statements._latest_all),
+        # which rows from an older projector may lack: there every version must be found
         wanted = set(pairs)
-        have = {(r.channel, r.version) for r in rest_rows if r.kind == "b" and r.version is not None}
+        have = {(r.channel, r.version) for r in rest_rows if r.kind == "b"}
         stored = {channel for channel, _ in have}
-        listed = {r.channel for r in rest_rows if r.kind == "b"}
-        unknown = conn.dialect.name == "mysql"
-        if all(p in have or (p[0] not in stored and (p[0] in listed or not unknown)) for p in wanted):
+        exact = conn.dialect.name == "mysql"
+        if all(p in have or not (exact or p[0] in stored) for p in wanted):
             rest = [r for r in rest_rows if r.kind == "w" or (r.channel, r.version) in wanted]
             pending, blobs = await _from_rest(conn, serde, tk, rest)
             return _tuple(serde, thread_id, ns, row, checkpoint, blobs, pending)

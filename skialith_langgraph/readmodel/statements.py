@@ -172,32 +172,21 @@ def _latest_all(dialect: str) -> Any:
     if dialect == "mysql":
         # MariaDB and MySQL skip between channels neither by a loose index scan (they choose by the
         # table's average versions per channel, which many short threads keep near one) nor by the
-        # recursive CTE below (a correlated range is read from the start of the thread): the
-        # channels come from skialith_thread_channels, and each newest version from a backward
-        # probe of the blobs' key
+        # recursive CTE below (a correlated range is read from the start of the thread), and a
+        # dependent subquery per channel costs ~100 us each: skialith_thread_channels holds each
+        # channel's newest version, joined to its blob by primary key
         tc = thread_channels.alias("tc")
-        newest = (
-            select(b3.c.version)
-            .where(
-                b3.c.thread_key == tc.c.thread_key, b3.c.ns_key == tc.c.ns_key, b3.c.channel == tc.c.channel
-            )
-            .order_by(b3.c.version.desc())
-            .limit(1)
-            .scalar_subquery()
-        )
-        # every listed channel comes back, with NULLs where no blob is left (pruned): a channel the
-        # table does not list (rows from an older projector) sends tuple_of to the second statement
-        pairs = tc.outerjoin(
+        pairs = tc.join(
             b4,
             and_(
                 b4.c.thread_key == tc.c.thread_key,
                 b4.c.ns_key == tc.c.ns_key,
                 b4.c.channel == tc.c.channel,
-                b4.c.version == newest,
+                b4.c.version == tc.c.version,
             ),
         )
         where = and_(tc.c.thread_key == tk, tc.c.ns_key == nk)
-        cols = (b4.c.type, b4.c.blob, tc.c.channel, b4.c.version)
+        cols = (b4.c.type, b4.c.blob, tc.c.channel, tc.c.version)
     else:
         # a skip scan of the blobs' key by recursive CTE, one probe per channel
         ch = select(next_channel().label("channel")).cte("skialith_ch", recursive=True)

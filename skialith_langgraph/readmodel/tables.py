@@ -144,18 +144,20 @@ checkpoint_blobs = Table(
     Column("blob", BLOB, nullable=False),
 )
 
-# The channels that have blobs, per thread and namespace. On MySQL-family servers the read of a
-# thread's latest checkpoint finds the newest blob of each channel through it, one index probe per
-# channel (statements._latest_all): their optimizers, going by the table's average versions per
-# channel, scan every blob version of the thread instead of skipping between channels. Filled on
-# MySQL-family servers only, in the transaction that stores the blobs; a channel missing here
-# costs the read a second statement, never a wrong answer.
+# The newest blob version of each channel, per thread and namespace. On MySQL-family servers the
+# read of a thread's latest checkpoint joins its blobs through it, a primary-key probe per channel
+# (statements._latest_all): their optimizers, going by the table's average versions per channel,
+# scan every blob version of the thread for the newest instead of skipping between channels.
+# Filled on MySQL-family servers only, in the transaction that stores the blobs; the read checks
+# every version the checkpoint names against what it returns, so a row missing or behind costs
+# that read a second statement, never a wrong answer.
 thread_channels = Table(
     "skialith_thread_channels",
     metadata,
     Column("thread_key", KEY, primary_key=True),
     Column("ns_key", KEY, primary_key=True),
     Column("channel", ID, primary_key=True),
+    Column("version", ID, nullable=False),
 )
 
 checkpoint_writes = Table(
