@@ -12,9 +12,11 @@ statistics built a Bloom filter by reading the whole blobs table.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -104,7 +106,11 @@ async def _analyze(conn: AsyncConnection) -> None:
         await conn.exec_driver_sql("ANALYZE")
 
 
-async def test_the_latest_read_does_not_read_the_threads_history(settings: Settings) -> None:
+@contextlib.asynccontextmanager
+async def _running(
+    settings: Settings,
+) -> AsyncIterator[tuple[SkialithCheckpointer, SkialithCheckpointer, ReadModel]]:
+    """A projector, a writer, a reader standing for another process, and the read model itself."""
     fast = dataclasses.replace(settings, read_wait=0.0)
     projector = Projector(settings, fetch_timeout=0.2)
     await projector.start()
@@ -114,35 +120,43 @@ async def test_the_latest_read_does_not_read_the_threads_history(settings: Setti
             SkialithCheckpointer(settings=fast) as writer,
             SkialithCheckpointer(settings=fast) as reader,
         ):
-            long_id = await _write(writer, "t-long", LONG_RUNS)
-            for i in range(SHORT_THREADS):
-                await _write(writer, f"t-short-{i}", 1)
-            last_short = await _write(writer, "t-short-last", 1)
-            # another process reads both from the read model, with the right values
-            config: RunnableConfig = {"configurable": {"thread_id": "t-long", "checkpoint_ns": ""}}
-            deadline = time.monotonic() + 60
-            while True:
-                before = reader.read_stats.database
-                tup = await reader.aget_tuple(config)
-                if reader.read_stats.database > before:
-                    break
-                assert time.monotonic() < deadline, "the read model never served the long thread"
-                await asyncio.sleep(0.05)
-            assert tup is not None and tup.config["configurable"]["checkpoint_id"] == long_id
-            assert tup.checkpoint["channel_values"] == {ch: f"{ch}-{LONG_RUNS - 1}" for ch in CHANNELS}
-            short = await reader.aget_tuple(
-                {"configurable": {"thread_id": "t-short-last", "checkpoint_ns": ""}}
-            )
-            assert short is not None and short.config["configurable"]["checkpoint_id"] == last_short
+            yield writer, reader, model
+    finally:
+        await model.close()
+        await projector.stop()
+
+
+async def _served(reader: SkialithCheckpointer, thread_id: str) -> Any:
+    """The reader's latest tuple of ``thread_id`` once the read model serves it."""
+    config: RunnableConfig = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+    deadline = time.monotonic() + 60
+    while True:
+        before = reader.read_stats.database
+        tup = await reader.aget_tuple(config)
+        if reader.read_stats.database > before and tup is not None:
+            return tup
+        assert time.monotonic() < deadline, f"the read model never served {thread_id!r}"
+        await asyncio.sleep(0.05)
+
+
+async def test_the_latest_read_does_not_read_the_threads_history(settings: Settings) -> None:
+    async with _running(settings) as (writer, reader, model):
+        long_id = await _write(writer, "t-long", LONG_RUNS)
+        for i in range(SHORT_THREADS):
+            await _write(writer, f"t-short-{i}", 1)
+        last_short = await _write(writer, "t-short-last", 1)
+        # another process reads both from the read model, with the right values
+        tup = await _served(reader, "t-long")
+        assert tup.config["configurable"]["checkpoint_id"] == long_id
+        assert tup.checkpoint["channel_values"] == {ch: f"{ch}-{LONG_RUNS - 1}" for ch in CHANNELS}
+        short = await _served(reader, "t-short-last")
+        assert short.config["configurable"]["checkpoint_id"] == last_short
         async with model.connect() as conn:
             await _analyze(conn)
         async with model.connect() as conn:
             long_rows = await _rows_read(conn, "t-long")
             short_rows = await _rows_read(conn, "t-short-last")
             total = (await conn.exec_driver_sql("SELECT COUNT(*) FROM skialith_checkpoint_blobs")).scalar()
-    finally:
-        await model.close()
-        await projector.stop()
     versions = LONG_RUNS * len(CHANNELS)
     report = json.dumps(
         {"long": long_rows, "short": short_rows, "blob rows": total, "long versions": versions}
@@ -219,28 +233,13 @@ async def test_a_read_model_from_before_the_channel_table_gets_it_filled_at_migr
 async def test_a_channel_the_table_does_not_list_is_still_read(settings: Settings) -> None:
     """The channel table is an index, never the truth: with its rows gone (a database restored
     from an older dump, a hand-made edit), another process still reads every value right."""
-    fast = dataclasses.replace(settings, read_wait=0.0)
-    projector = Projector(settings, fetch_timeout=0.2)
-    await projector.start()
-    model = ReadModel.from_url(settings.database_url)
-    try:
-        async with (
-            SkialithCheckpointer(settings=fast) as writer,
-            SkialithCheckpointer(settings=fast) as reader,
-        ):
-            last = await _write(writer, "t-gone", 5)
-            config: RunnableConfig = {"configurable": {"thread_id": "t-gone", "checkpoint_ns": ""}}
-            deadline = time.monotonic() + 30
-            while (tup := await reader.aget_tuple(config)) is None or reader.read_stats.database == 0:
-                assert time.monotonic() < deadline, "the read model never served the thread"
-                await asyncio.sleep(0.05)
-            async with model.begin() as conn:
-                await conn.execute(delete(thread_channels))
-            before = reader.read_stats.database
-            tup = await reader.aget_tuple(config)
-            assert reader.read_stats.database == before + 1  # served by the read model, not the log
-            assert tup is not None and tup.config["configurable"]["checkpoint_id"] == last
-            assert tup.checkpoint["channel_values"] == {ch: f"{ch}-4" for ch in CHANNELS}
-    finally:
-        await model.close()
-        await projector.stop()
+    async with _running(settings) as (writer, reader, model):
+        last = await _write(writer, "t-gone", 5)
+        await _served(reader, "t-gone")
+        async with model.begin() as conn:
+            await conn.execute(delete(thread_channels))
+        before = reader.read_stats.database
+        tup = await reader.aget_tuple({"configurable": {"thread_id": "t-gone", "checkpoint_ns": ""}})
+        assert reader.read_stats.database == before + 1  # served by the read model, not the log
+        assert tup is not None and tup.config["configurable"]["checkpoint_id"] == last
+        assert tup.checkpoint["channel_values"] == {ch: f"{ch}-4" for ch in CHANNELS}
