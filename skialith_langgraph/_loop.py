@@ -92,6 +92,21 @@ class LoopThread:
 
 # -- what a closed event loop leaves behind ---------------------------------------------------------
 #
+async def cancel_until_done(*tasks: asyncio.Future[Any], every: float = 0.1) -> None:
+    """Cancel ``tasks`` and wait until each has ended, cancelling again every ``every`` seconds
+    while one still runs. Their results and errors are left on them.
+
+    One cancellation can be lost on Python 3.11: ``asyncio.wait_for`` (around aiomysql's connect)
+    returns or raises what its inner call produced when that call ends as the cancellation
+    arrives, so a loop that retries a refused connection carries on as if never cancelled. A
+    cancellation of the caller itself still propagates."""
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=every)
+
+
 # A loop closed without ``shutdown_asyncgens`` (``loop.close()`` after ``run_until_complete``) never
 # runs the async close of what was opened on it, and asyncio cannot close it afterwards: every way
 # to close a transport ends in scheduling ``connection_lost`` on its loop, which raises

@@ -40,6 +40,7 @@ from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ._loop import cancel_until_done
 from .codec import Msg, loads
 from .config import Settings
 from .errors import CodecError, LogError, ReadModelError, SkialithError
@@ -538,9 +539,10 @@ class Consumer(Generic[Item]):
                 keeper.result()
             await body
         finally:
-            keeper.cancel()
-            body.cancel()
-            await asyncio.gather(keeper, body, return_exceptions=True)
+            await cancel_until_done(keeper, body)
+            for task in (keeper, body):
+                if not task.cancelled():
+                    task.exception()  # retrieved: what counts was raised above
             if not self._stopping.is_set():
                 # ended on its own error: give the lease back now, so that a replacement (``up``'s
                 # restart, another host) starts at once instead of being refused until it expires
@@ -560,8 +562,7 @@ class Consumer(Generic[Item]):
         try:
             await self._loop(log, model)
         finally:
-            heartbeat.cancel()
-            await asyncio.wait({heartbeat})
+            await cancel_until_done(heartbeat)  # a beat may be connecting: once may not be enough
             await self._said_stopped(model)
 
     async def _heartbeat(self, model: ReadModel) -> None:

@@ -542,3 +542,50 @@ async def test_projector_waits_for_a_database_that_is_not_up_yet(
     stopped.proc.send_signal(signal.SIGTERM)
     assert stopped.wait(STOP_TIMEOUT) == 0, stopped.describe()
     assert "stopped before it started" in stopped.out
+
+
+async def test_a_stop_signal_ends_a_projector_start_that_lost_a_cancellation(
+    nats_url: str, unique: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python 3.11's ``asyncio.wait_for``, around aiomysql's connect, returns what its call produced
+    when that call ends as the cancellation arrives (a refused connection): the cancellation is
+    lost, and the projector's wait for its database went on. The CLI's stop must end it anyway (a
+    clean-clone CI run saw ``skialith projector`` ignore SIGTERM there until it was killed).
+
+    The lost cancellation is injected (a real connect loses it only at one instant): the first
+    cancellation of the read model's setup is swallowed and the setup fails as a refused connect."""
+    from skialith_langgraph import Projector
+    from skialith_langgraph.cli._common import _unless_stopped
+    from skialith_langgraph.readmodel import DatabaseUnreachableError, ReadModel
+
+    lost: list[bool] = []
+
+    async def setup(self: ReadModel) -> None:
+        try:
+            await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            if lost:
+                raise
+            lost.append(True)  # swallowed, as wait_for does
+        raise DatabaseUnreachableError("no database server answers (injected)", url=self.url)
+
+    monkeypatch.setattr(ReadModel, "setup", setup)
+    settings = Settings(
+        nats_url=nats_url,
+        database_url=f"sqlite:///{tmp_path / 'unused.db'}",
+        stream=f"SK{unique}".upper(),
+        subject_prefix=f"sk{unique}",
+    )
+    projector = Projector(settings)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.3, stop.set)
+    started = time.monotonic()
+    try:
+        waiting = asyncio.ensure_future(_unless_stopped(projector.start(), stop))
+        done, _ = await asyncio.wait({waiting}, timeout=10)
+        assert done, "the start went on waiting for its database after the stop"
+        assert waiting.result() is False
+    finally:
+        await projector.close()
+    assert lost == [True]
+    assert time.monotonic() - started < 5

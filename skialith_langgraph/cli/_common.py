@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from .._loop import cancel_until_done
+
 logger = logging.getLogger("skialith_langgraph.cli")
 
 
@@ -56,9 +58,9 @@ async def _unless_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) 
     if task.done():
         task.result()
         return True
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await cancel_until_done(task)  # once may not be enough (see cancel_until_done)
+    if not task.cancelled():
+        task.result()  # it ended by itself as the stop came: its error, if it failed
     return False
 
 

@@ -11,6 +11,7 @@ import urllib.parse
 from collections.abc import Coroutine
 from typing import Any
 
+from .._loop import cancel_until_done
 from ..config import (
     DEFAULT_DATABASE_URL,
     DEFAULT_NATS_URL,
@@ -58,9 +59,9 @@ async def _until_stopped(run: Coroutine[Any, Any, int], stop: asyncio.Event) -> 
     await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
     stopper.cancel()
     if not task.done():
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_until_done(task)  # it may be connecting: once may not be enough (see there)
+        if not task.cancelled():
+            task.exception()  # retrieved: interrupted all the same
         _out("interrupted")
         return 130
     return task.result()

@@ -12,6 +12,7 @@ from typing import Any
 import nats.js.errors
 from sqlalchemy.exc import SQLAlchemyError
 
+from .._loop import cancel_until_done
 from ..config import (
     Settings,
     safe_nats_url,
@@ -173,9 +174,9 @@ async def _projector(args: argparse.Namespace) -> int:
                             await _serve(watch, stop, probe, args.progress_interval, quiet_idle=False)
                     finally:
                         if announce is not None:
-                            announce.cancel()
-                            with contextlib.suppress(asyncio.CancelledError):
-                                await announce
+                            await cancel_until_done(announce)  # it polls the database: see there
+                            if not announce.cancelled():
+                                announce.exception()  # retrieved: its failure is not the projector's
         finally:
             await _stop_projector(projector)
     stats = projector.stats
