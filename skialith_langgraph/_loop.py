@@ -90,8 +90,6 @@ class LoopThread:
             loop.close()
 
 
-# -- what a closed event loop leaves behind ---------------------------------------------------------
-#
 async def cancel_until_done(*tasks: asyncio.Future[Any], every: float = 0.1) -> None:
     """Cancel ``tasks`` and wait until each has ended, cancelling again every ``every`` seconds
     while one still runs. Their results and errors are left on them.
@@ -107,6 +105,8 @@ async def cancel_until_done(*tasks: asyncio.Future[Any], every: float = 0.1) -> 
         _, pending = await asyncio.wait(pending, timeout=every)
 
 
+# -- what a closed event loop leaves behind ---------------------------------------------------------
+#
 # A loop closed without ``shutdown_asyncgens`` (``loop.close()`` after ``run_until_complete``) never
 # runs the async close of what was opened on it, and asyncio cannot close it afterwards: every way
 # to close a transport ends in scheduling ``connection_lost`` on its loop, which raises

@@ -1156,7 +1156,6 @@ class _Lookups:
         self.prefix: str | None = None
         self.timeout = timeout
         self._prefix = b""
-        self._reply = ""  # the reply subject's prefix in a PUB command
         self._open: dict[bytes, tuple[_Batch, int]] = {}
         self._batches: dict[_Batch, None] = {}  # unanswered, oldest (earliest deadline) first
         self._timer: asyncio.TimerHandle | None = None
@@ -1259,7 +1258,11 @@ class _Lookups:
         if status is None and "Nats-Sequence" not in headers:
             self._answer(found[0], found[1], "500", "a direct get reply without Nats-Sequence", 0)
             return
-        seq = int(headers["Nats-Sequence"]) if status is None else 0
+        try:
+            seq = int(headers["Nats-Sequence"]) if status is None else 0
+        except ValueError:  # as _direct_reply answers it: the read fails now, not at its deadline
+            self._answer(found[0], found[1], "500", "a direct get reply with a malformed Nats-Sequence", 0)
+            return
         self._answer(found[0], found[1], status, headers.get("Description", ""), seq)
 
     def _answer(self, batch: _Batch, index: int, status: str | None, detail: str, seq: int) -> None:

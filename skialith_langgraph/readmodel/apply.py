@@ -45,23 +45,23 @@ MAX_STATEMENT = 1024 * 1024
 YIELD_ROWS = 64  # rows rendered between yields to the loop while a statement is being sent
 
 
-def upsert(dialect: str, table: Any, update: Sequence[str]) -> Insert:
-    """An INSERT that overwrites ``update`` columns on a key conflict (none: keep the first row)."""
+def upsert(dialect: str, table: Any, update: Sequence[str], *, greatest: bool = False) -> Insert:
+    """An INSERT that overwrites ``update`` columns on a key conflict (none: keep the first row);
+    with ``greatest``, each keeps the greater of the stored and the new value instead."""
     if dialect == "mysql":
         my = mysql.insert(table)
-        if table is thread_channels:  # the newest version wins, whichever batch comes first
-            return my.on_duplicate_key_update(
-                {"version": func.greatest(table.c.version, my.inserted.version)}
-            )
         cols = update or [next(iter(table.primary_key.columns)).name]
+        if greatest:
+            return my.on_duplicate_key_update({c: func.greatest(table.c[c], my.inserted[c]) for c in cols})
         return my.on_duplicate_key_update({c: my.inserted[c] for c in cols})
     if dialect in ("sqlite", "postgresql"):
         ins = sqlite.insert(table) if dialect == "sqlite" else postgresql.insert(table)
         if not update:
             return ins.on_conflict_do_nothing()
+        larger = func.max if dialect == "sqlite" else func.greatest  # SQLite's scalar max(a, b)
         return ins.on_conflict_do_update(
             index_elements=[c.name for c in table.primary_key.columns],
-            set_={c: ins.excluded[c] for c in update},
+            set_={c: larger(table.c[c], ins.excluded[c]) if greatest else ins.excluded[c] for c in update},
         )
     raise ProjectionError(
         f"unsupported database dialect {dialect!r}; use SQLite, MySQL/MariaDB/TiDB or PostgreSQL"
@@ -70,10 +70,12 @@ def upsert(dialect: str, table: Any, update: Sequence[str]) -> Insert:
 
 @functools.lru_cache(maxsize=64)
 def _multirow(
-    dialect: Any, table: Any, update: tuple[str, ...], keys: tuple[str, ...]
+    dialect: Any, table: Any, update: tuple[str, ...], keys: tuple[str, ...], greatest: bool
 ) -> tuple[str, str, tuple[str, ...]]:
     """(``INSERT ... VALUES``, ``ON DUPLICATE KEY ...``, key order) of a MySQL upsert of ``keys``."""
-    compiled = upsert("mysql", table, update).compile(dialect=dialect, column_keys=list(keys))
+    compiled = upsert("mysql", table, update, greatest=greatest).compile(
+        dialect=dialect, column_keys=list(keys)
+    )
     sql = str(compiled)
     head, sep, rest = sql.partition(" VALUES (")
     if not sep or compiled.positiontup is None:
@@ -147,8 +149,11 @@ class Batch:
         )
         return f"{PARTS_PREFIX}{n}:{digest}:{typ}", b""
 
-    async def upsert_rows(self, table: Any, update: Sequence[str], rows: list[Row]) -> None:
-        """Upsert ``rows`` (all with the same keys) as few statements as the packet size allows.
+    async def upsert_rows(
+        self, table: Any, update: Sequence[str], rows: list[Row], *, greatest: bool = False
+    ) -> None:
+        """Upsert ``rows`` (all with the same keys) as few statements as the packet size allows
+        (``update`` and ``greatest`` as :func:`upsert` takes them).
 
         On MySQL/TiDB the multi-row INSERTs are rendered here, values as hex literals: the
         driver's executemany does the same, but escapes bytes in Python at ~60 us per KiB, which
@@ -157,10 +162,10 @@ class Batch:
         if not rows:
             return
         if self.dialect != "mysql":
-            await self.conn.execute(upsert(self.dialect, table, update), rows)
+            await self.conn.execute(upsert(self.dialect, table, update, greatest=greatest), rows)
             return
         literal = _literal
-        head, tail, keys = _multirow(self.conn.dialect, table, tuple(update), tuple(rows[0]))
+        head, tail, keys = _multirow(self.conn.dialect, table, tuple(update), tuple(rows[0]), greatest)
         sql = [head]
         size = len(head) + len(tail)
         for i, row in enumerate(rows, 1):
@@ -203,7 +208,8 @@ class Batch:
                     {"thread_key": t, "ns_key": n, "channel": c, "version": v}
                     for (t, n, c), v in sorted(self.channels.items())
                 ]
-                await self.upsert_rows(thread_channels, ["version"], rows)
+                # the newest version wins, whichever batch brought it
+                await self.upsert_rows(thread_channels, ["version"], rows, greatest=True)
             await self.upsert_rows(checkpoint_writes, [], self.writes_first)
             await self.upsert_rows(
                 checkpoint_writes, ["channel", "type", "blob", "task_path"], self.writes_last

@@ -203,6 +203,7 @@ def _latest_all(dialect: str) -> Any:
             # the table is young)
             nb = newest_of.lateral("skialith_nb")
             pairs = ch.join(nb, true())
+            where = ch.c.channel.is_not(None)
             cols = (nb.c.type, nb.c.blob, ch.c.channel, nb.c.version)
         else:
             # SQLite (no LATERAL): the newest version of each channel, then its row's columns by
@@ -221,13 +222,13 @@ def _latest_all(dialect: str) -> Any:
                 b4.c.version == chv.c.version,
             )
             pairs = chv
+            where = true()  # the CTE keeps found channels only
             cols = (
                 select(b4.c.type).where(at).scalar_subquery(),
                 select(b4.c.blob).where(at).scalar_subquery(),
                 chv.c.channel,
                 chv.c.version,
             )
-        where = ch.c.channel.is_not(None) if dialect == "postgresql" else true()
 
     head = select(
         literal_column("'c'").label("kind"),
